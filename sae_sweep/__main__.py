@@ -1,0 +1,114 @@
+"""`python -m sae_sweep`: the Hydra entrypoint.
+
+Composes conf/ against the dataclasses in config.py, converts once to a RunConfig, runs it and
+returns the objective (final MMCS) so Hydra sweepers can optimise it.
+
+Bad input never produces a traceback: composition errors (unknown key or option, wrong type) and
+validation errors (a value out of range) print one line naming the field and exit with code 2
+before training starts. A run that does not complete (diverged) exits with code 3 after its
+record is written. In a multirun, a failing job raises instead, so the sweeper records it and goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_BAD_CONFIG = 2
+EXIT_RUN_FAILED = 3
+
+
+def register_configs() -> None:
+    """Register the dataclass schemas the YAML files in conf/ extend."""
+    from hydra.core.config_store import ConfigStore
+
+    from sae_sweep.config import LoggerConfig, RunConfig, SAEConfig, ToyDataConfig, TrainConfig
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(group="data", name="toy_schema", node=ToyDataConfig)
+    cs.store(group="sae", name="relu_schema", node=SAEConfig)
+    cs.store(group="train", name="default_schema", node=TrainConfig)
+    cs.store(group="logger", name="default_schema", node=LoggerConfig)
+
+
+def _die(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"sae_sweep: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def one_line(exc: BaseException) -> str:
+    """Collapse a Hydra/OmegaConf error (and its cause) into one line that still names the field."""
+    parts: list[str] = []
+    seen: set[str] = set()
+    e: BaseException | None = exc
+    while e is not None and len(parts) < 6:
+        for line in str(e).splitlines():
+            line = line.strip()
+            m = re.match(r"full_key:\s*(\S+)", line)
+            if m:
+                line = f"(field {m.group(1)})"
+            elif not line or line.startswith("object_type=") or line.startswith("reference_type="):
+                continue
+            if line not in seen:
+                seen.add(line)
+                parts.append(line)
+        e = e.__cause__
+    return " ".join(parts) or type(exc).__name__
+
+
+def _task(cfg) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from sae_sweep.config import ConfigError
+    from sae_sweep.run import RunFailed, format_summary, run
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        run_cfg = OmegaConf.to_object(cfg)
+    except ConfigError as exc:
+        if multirun:
+            raise
+        _die(str(exc), EXIT_BAD_CONFIG)
+    run_dir = Path(hc.runtime.output_dir)
+    label = hc.job.override_dirname or run_cfg.name
+    summary = run(run_cfg, run_dir, run_name=label, group=run_cfg.name)
+    if not multirun:
+        print(format_summary(summary, run_dir))
+    if summary["status"] != "completed":
+        message = f"run {summary['status']}: {summary['message']} (record: {run_dir / 'summary.json'})"
+        if multirun:
+            raise RunFailed(message)
+        _die(message, EXIT_RUN_FAILED)
+    return summary.get("mmcs")
+
+
+def main() -> None:
+    # Let composition errors reach us instead of Hydra's multi-line report, so we can print one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sae_sweep.config import ConfigError
+
+    register_configs()
+    entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)
+    try:
+        entry()
+    except ConfigError as exc:
+        _die(str(exc), EXIT_BAD_CONFIG)
+    except (HydraException, OmegaConfBaseException) as exc:
+        _die(one_line(exc), EXIT_BAD_CONFIG)
+
+
+if __name__ == "__main__":
+    main()

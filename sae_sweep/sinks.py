@@ -1,0 +1,156 @@
+"""Metric sinks: the JSONL file in the run dir is the record; W&B mirrors it.
+
+A sink takes a flat dict of named metrics per evaluation (``log``) and the run's final summary
+(``finish``). The trainer only sees the :class:`MetricSink` protocol; wandb is imported here alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class MetricSink(Protocol):
+    def log(self, metrics: dict[str, Any], step: int) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+class JsonlSink:
+    """Appends one JSON object per evaluation to ``metrics.jsonl`` (flushed each line)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "w", encoding="utf-8")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        row = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self._f.close()
+
+
+class WandbSink:
+    """One W&B run per job; offline by default, always finished (failed runs with exit code 1)."""
+
+    def __init__(
+        self,
+        *,
+        run_dir: Path,
+        mode: str,
+        project: str,
+        name: str,
+        group: str | None,
+        config: dict[str, Any],
+        entity: str | None = None,
+        tags: list[str] | None = None,
+    ):
+        import wandb  # imported here so the rest of the package never pays for it
+
+        self.run = wandb.init(
+            dir=str(run_dir),
+            mode=mode,
+            project=project,
+            entity=entity,
+            name=name,
+            group=group,
+            tags=tags or None,
+            config=config,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.run.log(metrics, step=step)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for k, v in summary.items():
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                self.run.summary[k] = v
+        self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+
+
+# --- reading an offline W&B run back from disk -------------------------------------------------------
+_HEADER = b":W&B\xe1\xbe\x00"
+_BLOCK = 32768
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_wandb_records(path: Path):
+    """Yield the protobuf ``Record`` messages stored in an offline ``run-*.wandb`` file.
+
+    The file is a 7-byte header followed by a LevelDB-style log: 32 KiB blocks of records, each a
+    7-byte header (crc32c, little-endian length, type) and a payload; payloads split across blocks
+    are reassembled from FIRST/MIDDLE/LAST pieces.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if not data.startswith(_HEADER):
+        raise ValueError(f"{path} is not a W&B run file (bad header)")
+    pos, pending = len(_HEADER), b""
+    while pos + 7 <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < 7:
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        payload = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:  # zero padding at the end of a block
+            pos += _BLOCK - pos % _BLOCK if pos % _BLOCK else 0
+            continue
+        if kind == _FULL:
+            pending = payload
+        elif kind == _FIRST:
+            pending = payload
+            continue
+        elif kind == _MIDDLE:
+            pending += payload
+            continue
+        elif kind == _LAST:
+            pending += payload
+        else:
+            raise ValueError(f"{path}: unknown record type {kind} at byte {pos}")
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(pending)
+        yield record
+
+
+def read_wandb_offline_run(run_dir: Path) -> dict[str, Any]:
+    """The history rows, summary, config and exit code of the single offline W&B run under run_dir."""
+    files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"expected one offline W&B run under {run_dir}/wandb, found {len(files)}")
+    history: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    out: dict[str, Any] = {"exit_code": None, "name": None, "group": None}
+    for rec in read_wandb_records(files[0]):
+        which = rec.WhichOneof("record_type")
+        if which == "history":
+            history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+        elif which == "summary":
+            for i in rec.summary.update:
+                summary[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        elif which == "config":
+            for i in rec.config.update:
+                config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        elif which == "run":
+            out["name"], out["group"] = rec.run.display_name, rec.run.run_group
+            for i in rec.run.config.update:
+                config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+        elif which == "exit":
+            out["exit_code"] = rec.exit.exit_code
+    return {**out, "history": history, "summary": summary, "config": config}
