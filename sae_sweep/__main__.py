@@ -72,15 +72,25 @@ def _task(cfg) -> float | None:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    try:
-        run_cfg = OmegaConf.to_object(cfg)
-    except ConfigError as exc:
-        if multirun:
-            raise
-        _die(str(exc), EXIT_BAD_CONFIG)
     run_dir = Path(hc.runtime.output_dir)
+    should_stop = None
+    try:
+        if multirun:
+            # Record the cell (for grid resume) and reach the Optuna trial, if any, for pruning.
+            from sae_sweep.sweep.job import start_job
+
+            should_stop = start_job(cfg, run_dir, list(hc.overrides.task))
+        run_cfg = OmegaConf.to_object(cfg)
+    except Exception as exc:
+        if not multirun and isinstance(exc, ConfigError):
+            _die(str(exc), EXIT_BAD_CONFIG)
+        if multirun:
+            from sae_sweep.sweep.job import record_failure
+
+            record_failure(run_dir, exc)
+        raise
     label = hc.job.override_dirname or run_cfg.name
-    summary = run(run_cfg, run_dir, run_name=label, group=run_cfg.name)
+    summary = run(run_cfg, run_dir, run_name=label, group=run_cfg.name, should_stop=should_stop)
     if not multirun:
         print(format_summary(summary, run_dir))
     if summary["status"] != "completed":
@@ -102,9 +112,14 @@ def main() -> None:
 
     register_configs()
     entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)
+    from sae_sweep.sweep.outcome import SweepAborted
+    from sae_sweep.sweep.storage import SweepConfigError
+
     try:
         entry()
-    except ConfigError as exc:
+    except SweepAborted as exc:
+        _die(str(exc), EXIT_RUN_FAILED)
+    except (ConfigError, SweepConfigError) as exc:
         _die(str(exc), EXIT_BAD_CONFIG)
     except (HydraException, OmegaConfBaseException) as exc:
         _die(one_line(exc), EXIT_BAD_CONFIG)

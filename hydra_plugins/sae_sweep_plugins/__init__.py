@@ -1,0 +1,18 @@
+"""Hydra entry points for sae_sweep's sweepers (the code lives in ``sae_sweep.sweep``).
+
+Hydra instantiates a sweeper only when its ``_target_`` starts with ``hydra_plugins.`` and it finds
+the class by ``__module__ + __name__``, so each sweeper gets an empty subclass defined here; this
+module also registers their configs as ``hydra/sweeper=sae_grid`` and ``hydra/sweeper=sae_optuna``.
+"""
+
+from hydra.core.config_store import ConfigStore
+
+from sae_sweep.sweep import grid
+
+
+class SaeGridSweeper(grid.SaeGridSweeper):
+    """Hydra's basic sweeper plus grid resume and a failure budget (see sae_sweep.sweep.grid)."""
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="sae_grid", node=grid.GridSweeperConf,
+                             provider="sae_sweep")

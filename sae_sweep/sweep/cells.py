@@ -1,0 +1,87 @@
+"""A cell of a sweep is identified by its resolved run config, not by its directory.
+
+The key is a hash of the resolved config minus the fields that change how a run is logged or
+shown but not what it computes (W&B settings, the progress bar, thread count, the sweep name).
+Every run dir of a multirun gets a ``cell.json`` with this key, so a re-run of the same sweep can
+tell which cells already finished, however their directories happen to be named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CELL_FILE = "cell.json"
+SUMMARY_FILE = "summary.json"
+# Dotted paths that do not change what a run computes.
+IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads")
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
+def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run part of a composed config (no ``hydra`` node), resolved to plain Python values."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(tree, dict)
+    tree.pop("hydra", None)
+    out = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+    assert isinstance(out, dict)
+    return out  # type: ignore[return-value]
+
+
+def cell_key(cfg: DictConfig) -> str:
+    """16 hex digits identifying what a run computes."""
+    tree = resolved_run_config(cfg)
+    for dotted in IGNORED_KEYS:
+        _drop(tree, dotted)
+    blob = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_cell(run_dir: Path, key: str, overrides: list[str], trial: int | None = None) -> None:
+    record = {"cell_key": key, "overrides": overrides, "trial": trial,
+              "started_at": time.time(), "host": os.uname().nodename, "pid": os.getpid()}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{CELL_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(run_dir / CELL_FILE)  # atomic, so a kill never leaves half a record
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when missing or truncated (a run killed mid-write)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    """Run dirs under a sweep dir: those holding a cell.json, one or two levels down."""
+    found = list(sweep_dir.glob(f"*/{CELL_FILE}")) + list(sweep_dir.glob(f"*/*/{CELL_FILE}"))
+    return sorted(p.parent for p in found)
+
+
+def finished_cells(sweep_dir: Path) -> dict[str, Path]:
+    """Cell key -> run dir for every cell whose run completed."""
+    done: dict[str, Path] = {}
+    for d in run_dirs(sweep_dir):
+        cell, summary = read_json(d / CELL_FILE), read_json(d / SUMMARY_FILE)
+        if cell and summary and summary.get("status") == "completed":
+            done.setdefault(str(cell.get("cell_key")), d)
+    return done

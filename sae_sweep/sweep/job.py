@@ -1,0 +1,61 @@
+"""The job side of a sweep, called from ``__main__._task`` in a multirun.
+
+It records which cell the run is (cell.json) and, when the run is an Optuna trial, reports each
+evaluation to that trial through the shared storage so the study's pruner can stop it. The sweeper
+leaves ``trial.json`` in the run dir before launching; reaching the trial through storage rather than
+through the sweeper's memory is what makes pruning work in joblib workers or on SLURM nodes too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from sae_sweep.sweep.cells import SUMMARY_FILE, cell_key, read_json, write_cell
+
+TRIAL_FILE = "trial.json"
+
+# should_stop(member, samples_seen, metrics) -> True to stop, as train.StopFn.
+StopFn = Any
+
+
+def start_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> StopFn | None:
+    """Record the run's cell; return the trial's pruning hook when this run is a prunable trial."""
+    trial = read_json(run_dir / TRIAL_FILE)
+    # A stale record from an earlier attempt in this dir must not pass for this attempt's result.
+    (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    write_cell(run_dir, cell_key(cfg), overrides, trial=trial.get("number") if trial else None)
+    if trial and trial.get("metric") and trial.get("pruner") not in (None, "none"):
+        return trial_reporter(trial)
+    return None
+
+
+def trial_reporter(info: dict[str, Any]) -> StopFn:
+    import optuna
+
+    from sae_sweep.sweep.storage import make_pruner, open_storage
+
+    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]),
+                              pruner=make_pruner(info["pruner"], info.get("pruner_kwargs")))
+    trial = optuna.Trial(study, info["trial_id"])
+    metric = info["metric"]
+
+    def should_stop(member: int, samples: int, metrics: dict[str, float]) -> bool:
+        value = metrics.get(metric)
+        if value is None or not math.isfinite(value):
+            return False
+        trial.report(float(value), samples)
+        return trial.should_prune()
+
+    return should_stop
+
+
+def record_failure(run_dir: Path, exc: BaseException) -> None:
+    """A job that raised before run() wrote its record still leaves a failed summary.json."""
+    path = run_dir / SUMMARY_FILE
+    if not path.exists():
+        path.write_text(json.dumps({"status": "failed", "message": f"{type(exc).__name__}: {exc}"}, indent=2))

@@ -1,0 +1,86 @@
+"""The results table of a sweep: one row per cell, written as runs.parquet and runs.csv.
+
+Rows come from the run dirs' records (cell.json, summary.json, .hydra/config.yaml), so the table
+can be rebuilt at any time from disk, whichever sweeper or launcher produced the runs. A cell that
+ran more than once (a failed cell re-run by a resumed grid) appears once: its completed run if any,
+else its latest attempt.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from sae_sweep.sweep.cells import CELL_FILE, IGNORED_KEYS, SUMMARY_FILE, read_json, run_dirs
+
+METRICS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "fvu", "l0",
+           "dead", "alive")
+TIMINGS = ("samples", "train_time_s", "samples_per_s", "setup_time_s", "wall_time_s")
+BASE = ("run", "cell_key", "trial", "status", "message", "alpha", "dict_size", "seed")
+STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3, "interrupted": 4, "incomplete": 5}
+
+
+def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
+    """The value of every overridden run field, typed as in the resolved config (not as text)."""
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    keys = [k for k in keys if not k.startswith("hydra.") and k != "experiment"
+            and not any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS)]
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(cfg_path) if cfg_path.exists() else None
+    # The base axes come from the config too, so a run that failed before training still has them.
+    out: dict[str, Any] = {k: OmegaConf.select(cfg, k, default=None) for k in ("alpha", "dict_size", "seed")
+                           if cfg is not None}
+    for k in keys:
+        value = OmegaConf.select(cfg, k, default=None) if cfg is not None else None
+        if value is None:
+            value = next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == k)
+        out[k] = value
+    return out
+
+
+def collect_runs(sweep_dir: Path) -> pd.DataFrame:
+    """One row per cell under ``sweep_dir`` (empty frame with the base columns when there is none)."""
+    rows: list[dict[str, Any]] = []
+    for d in run_dirs(sweep_dir):
+        cell = read_json(d / CELL_FILE) or {}
+        summary = read_json(d / SUMMARY_FILE)
+        status = summary.get("status", "failed") if summary else "incomplete"
+        row: dict[str, Any] = {"run": str(d.relative_to(sweep_dir)), "cell_key": cell.get("cell_key"),
+                               "trial": cell.get("trial"), "status": status,
+                               "message": (summary or {}).get("message", "")}
+        row.update(_swept(list(cell.get("overrides") or []), d))
+        for k in ("alpha", "dict_size", "seed", *METRICS, *TIMINGS):
+            if summary and k in summary:
+                row[k] = summary[k]
+        row["started_at"] = pd.to_datetime(cell.get("started_at"), unit="s", utc=True)
+        end = (d / SUMMARY_FILE).stat().st_mtime if summary else math.nan
+        row["finished_at"] = pd.to_datetime(end, unit="s", utc=True)
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=list(BASE))
+    df = pd.DataFrame(rows)
+    for col in ("trial", "dict_size", "seed", "samples", "dead", "alive"):
+        if col in df.columns:  # stay integers even where a failed run leaves a gap
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    df["_rank"] = df["status"].map(STATUS_RANK).fillna(9)
+    df = df.sort_values(["_rank", "started_at"], ascending=[True, False])
+    df = df.drop_duplicates("cell_key", keep="first").drop(columns="_rank")
+    order = [c for c in BASE if c in df.columns] + [c for c in df.columns if c not in BASE]
+    sort_cols = [c for c in ("trial", "run") if c in df.columns]
+    return df[order].sort_values(sort_cols, na_position="last").reset_index(drop=True)
+
+
+def write_results_table(sweep_dir: Path) -> pd.DataFrame:
+    """Write runs.parquet and runs.csv into ``sweep_dir`` (atomically) and return the table."""
+    sweep_dir = Path(sweep_dir)
+    df = collect_runs(sweep_dir)
+    for name, write in (("runs.parquet", lambda p: df.to_parquet(p, index=False)),
+                        ("runs.csv", lambda p: df.to_csv(p, index=False))):
+        tmp = sweep_dir / f".{name}.tmp"
+        write(tmp)
+        tmp.replace(sweep_dir / name)
+    return df

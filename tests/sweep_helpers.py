@@ -1,0 +1,66 @@
+"""Builders for the sweep tests: the real CLI in a subprocess, shrunk to seconds-long runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+# A run of a few seconds on one thread (the suite runs two test workers on two cores).
+TINY = ["experiment=smoke", "dict_size=32", "data.n=16", "data.h=32", "data.mean_active=3",
+        "train.num_samples=10000", "train.eval_every=2500", "train.batch_size=128", "data.eval_size=512",
+        "logger.wandb.mode=disabled", "train.threads=1", "train.progress=false", "train.save_weights=false"]
+
+
+def cli_env() -> dict[str, str]:
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("WANDB_MODE", None)
+    return env
+
+
+def sweep_cmd(sweep_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "sae_sweep", "-m", *TINY, f"hydra.sweep.dir={sweep_dir}", *args]
+
+
+def run_sweep(sweep_dir: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m sae_sweep -m TINY ARGS` into ``sweep_dir``, run from the sweep's parent dir."""
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(sweep_cmd(sweep_dir, *args), cwd=sweep_dir.parent, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_sweep(sweep_dir: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """The same sweep started in the background, in its own process group (so a kill takes its workers)."""
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "w") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen(sweep_cmd(sweep_dir, *args), cwd=sweep_dir.parent, env=cli_env(),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def table(sweep_dir: Path) -> pd.DataFrame:
+    df = pd.read_parquet(sweep_dir / "runs.parquet")
+    csv = pd.read_csv(sweep_dir / "runs.csv")
+    assert list(csv.columns) == list(df.columns) and len(csv) == len(df)
+    return df
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

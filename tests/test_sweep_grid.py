@@ -1,0 +1,106 @@
+"""Grids with the sae_grid sweeper (Hydra's basic sweeper + resume): the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from tests.sweep_helpers import kill_group, ok, run_sweep, start_sweep, table
+
+from sae_sweep.sinks import read_wandb_offline_run
+
+
+def test_grid__one_run_dir_per_cell_one_wandb_run_each_and_a_results_table(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    ok(run_sweep(sweep, "alpha=0.1,0.3", "seed=0,1", "logger.wandb.mode=offline"))
+
+    df = table(sweep)
+    assert len(df) == 4 and set(df["status"]) == {"completed"}
+    assert sorted(zip(df["alpha"], df["seed"])) == [(0.1, 0), (0.1, 1), (0.3, 0), (0.3, 1)]
+    for col in ("run", "cell_key", "dict_size", "mmcs", "fvu", "l0", "wall_time_s", "train_time_s",
+                "started_at", "finished_at", "train.num_samples"):
+        assert col in df.columns, col
+    assert df["cell_key"].is_unique
+    for run in df["run"]:
+        run_dir = sweep / run
+        assert (run_dir / "summary.json").exists() and (run_dir / "metrics.jsonl").exists()
+        wb = read_wandb_offline_run(run_dir)
+        assert wb["group"] == "smoke"  # grouped by sweep
+        assert "alpha=" in wb["name"] and "seed=" in wb["name"]  # named by its overrides
+        assert wb["exit_code"] == 0
+
+
+def test_grid_resume__skips_finished_cells_and_reruns_only_failed_ones(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    first = ok(run_sweep(sweep, "alpha=0.1,-1"))  # alpha=-1 fails validation in its job
+    assert "1 of 2 runs failed" in first.stderr + first.stdout
+    df = table(sweep)
+    assert sorted(df["status"]) == ["completed", "failed"]
+    assert "alpha must be" in df.loc[df["status"] == "failed", "message"].item()
+    done = sweep / df.loc[df["status"] == "completed", "run"].item() / "summary.json"
+    mtime = done.stat().st_mtime_ns
+
+    again = ok(run_sweep(sweep, "alpha=0.1,-1"))
+    assert "resume: 1 of 2 cells already finished" in again.stderr + again.stdout
+    assert done.stat().st_mtime_ns == mtime  # the finished cell did not run again
+    assert len(table(sweep)) == 2
+
+
+def test_grid_resume__recognises_a_cell_by_its_resolved_config_not_its_directory(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    ok(run_sweep(sweep, "alpha=0.1"))
+    # Same cell spelled differently (another directory name), plus a field that only changes logging.
+    again = ok(run_sweep(sweep, "alpha=0.10", "train.progress=true"))
+    assert "resume: 1 of 1 cells already finished" in again.stderr + again.stdout
+    assert len(table(sweep)) == 1
+
+
+def test_grid_resume__a_grid_killed_mid_run_finishes_on_rerun_with_every_cell_once(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    args = ("alpha=0.1,0.2,0.3", "train.num_samples=20000")
+    proc = start_sweep(sweep, *args, log=tmp_path / "first.log")
+    deadline = time.time() + 180
+    # Kill once one cell finished and the next one started.
+    while time.time() < deadline:
+        cells = list(sweep.glob("*/cell.json"))
+        if len(list(sweep.glob("*/summary.json"))) >= 1 and len(cells) >= 2:
+            break
+        time.sleep(0.05)
+    kill_group(proc)
+    assert not (sweep / "runs.parquet").exists()
+    finished = [p.parent for p in sweep.glob("*/summary.json")]
+    assert 1 <= len(finished) < 3
+
+    again = ok(run_sweep(sweep, *args))
+    assert f"resume: {len(finished)} of 3 cells already finished" in again.stderr + again.stdout
+    df = table(sweep)
+    assert len(df) == 3 and df["cell_key"].is_unique and set(df["status"]) == {"completed"}
+    assert sorted(df["alpha"]) == [0.1, 0.2, 0.3]
+
+
+def test_grid__stops_with_a_one_line_error_when_failures_exceed_the_rate_and_keeps_the_table(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    proc = run_sweep(sweep, "alpha=-1,0.1,0.2", "hydra.sweeper.max_batch_size=1",
+                     "hydra.sweeper.max_failure_rate=0")
+    assert proc.returncode == 3
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sae_sweep: error: 1 of 1 runs failed") and "max_failure_rate" in last
+    df = table(sweep)
+    assert list(df["status"]) == ["failed"]
+
+
+@pytest.mark.parametrize("bad", ["hydra.sweeper.max_failure_rate=2", "hydra.sweeper.nope=1"])
+def test_grid__bad_sweeper_setting_is_a_one_line_error(tmp_path: Path, bad: str) -> None:
+    proc = run_sweep(tmp_path / "grid", "alpha=0.1", bad)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sae_sweep: error:"), proc.stderr[-2000:]
+
+
+def test_grid__basic_sweeper_still_writes_the_results_table(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    ok(run_sweep(sweep, "hydra/sweeper=basic", "alpha=0.1,0.2"))
+    df = table(sweep)
+    assert len(df) == 2 and json.loads((sweep / df["run"][0] / "cell.json").read_text())["cell_key"]
