@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,6 +107,8 @@ def read_wandb_records(path: Path):
             pos += left_in_block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):  # the writer is mid-record: stop at what is complete
+            break
         payload = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:  # zero padding at the end of a block
@@ -128,29 +131,46 @@ def read_wandb_records(path: Path):
         yield record
 
 
-def read_wandb_offline_run(run_dir: Path) -> dict[str, Any]:
-    """The history rows, summary, config and exit code of the single offline W&B run under run_dir."""
-    files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one offline W&B run under {run_dir}/wandb, found {len(files)}")
+def read_wandb_offline_run(run_dir: Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """The history rows, summary, config and exit code of the single offline W&B run under run_dir.
+
+    wandb-core writes the file from its own process and may still be flushing when ``finish()``
+    has returned, so this waits (up to ``wait_s``) until the run's exit record is on disk.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+        if len(files) > 1:
+            raise FileNotFoundError(f"expected one offline W&B run under {run_dir}/wandb, found {len(files)}")
+        if files:
+            out = _parse_run_file(files[0])
+            if out["exit_code"] is not None or time.monotonic() > deadline:
+                return out
+        elif time.monotonic() > deadline:
+            raise FileNotFoundError(f"no offline W&B run under {run_dir}/wandb")
+        time.sleep(0.2)
+
+
+def _parse_run_file(path: Path) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     config: dict[str, Any] = {}
     out: dict[str, Any] = {"exit_code": None, "name": None, "group": None}
-    for rec in read_wandb_records(files[0]):
+
+    def key(item: Any) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    for rec in read_wandb_records(path):
         which = rec.WhichOneof("record_type")
         if which == "history":
-            history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+            history.append({key(i): json.loads(i.value_json) for i in rec.history.item})
         elif which == "summary":
-            for i in rec.summary.update:
-                summary[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+            summary.update({key(i): json.loads(i.value_json) for i in rec.summary.update})
         elif which == "config":
-            for i in rec.config.update:
-                config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+            config.update({key(i): json.loads(i.value_json) for i in rec.config.update})
         elif which == "run":
             out["name"], out["group"] = rec.run.display_name, rec.run.run_group
-            for i in rec.run.config.update:
-                config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+            config.update({key(i): json.loads(i.value_json) for i in rec.run.config.update})
         elif which == "exit":
             out["exit_code"] = rec.exit.exit_code
     return {**out, "history": history, "summary": summary, "config": config}

@@ -1,0 +1,83 @@
+"""The trainer: recovers a planted dictionary, isolates divergence, obeys should_stop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sae_sweep.config import ToyDataConfig, TrainConfig
+from sae_sweep.data.toy import ToyFeatures
+from sae_sweep.sae import SAE
+from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, train
+
+
+class ListSink:
+    def __init__(self):
+        self.rows, self.summary = [], None
+
+    def log(self, metrics, step):
+        self.rows.append((step, metrics))
+
+    def finish(self, summary):
+        self.summary = summary
+
+
+def _setup(k: int = 1, j: int = 64, **train_kw):
+    data = ToyFeatures(ToyDataConfig(n=16, h=32, mean_active=3.0, eval_size=2048, correlation=0.3))
+    sae = SAE(16, j, k=k, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(**{"batch_size": 128, "num_samples": 200_000, "eval_every": 50_000, "progress": False,
+                         **train_kw})
+    eval_set = EvalSet(data.eval_set(), data.ground_truth.features_HN)
+    return data, sae, cfg, eval_set
+
+
+def test_train__recovers_a_planted_dictionary():
+    data, sae, cfg, eval_set = _setup(num_samples=400_000)
+    before = evaluate(sae, [1.0], eval_set)[0]
+    sink = ListSink()
+    [out] = train(sae, [1.0], data.batches(128, 0), cfg, eval_set, [[sink]])
+    assert out.status == COMPLETED and out.samples == (400_000 // 128) * 128
+    assert before["mmcs"] < 0.6
+    assert out.final["mmcs"] > 0.95, out.final
+    assert out.final["loss"] < before["loss"]
+    assert [s for s, _ in sink.rows] == [r["samples"] for _, r in sink.rows]
+    assert len(sink.rows) == math.ceil((400_000 // 128) / math.ceil(50_000 / 128))
+    assert torch.allclose(sae.W_dec_KJN.norm(dim=-1), torch.ones(1, 64), atol=1e-5)
+
+
+def test_train__a_diverging_member_is_marked_and_the_other_trains_as_if_alone():
+    data, sae, cfg, eval_set = _setup(k=2, num_samples=20_000, eval_every=10_000)
+    solo = sae.member(0)
+    with torch.no_grad():
+        sae.W_enc_KNJ[1, 0, 0] = float("nan")  # member 1's loss is NaN from the first step
+    sinks = [[ListSink()], [ListSink()]]
+    out = train(sae, [0.3, 0.3], data.batches(128, 0), cfg, eval_set, sinks)
+    assert out[0].status == COMPLETED and math.isfinite(out[0].final["loss"])
+    assert out[1].status == DIVERGED and "loss became nan" in out[1].message
+    assert sinks[1][0].rows == [] and len(sinks[0][0].rows) == 2
+    [alone] = train(solo, [0.3], data.batches(128, 0), cfg, eval_set, [[]])
+    assert torch.allclose(solo.W_dec_KJN[0], sae.W_dec_KJN[0], atol=1e-5)
+    assert alone.final["loss"] == pytest.approx(out[0].final["loss"], rel=1e-4)
+
+
+def test_train__should_stop_prunes_a_member():
+    data, sae, cfg, eval_set = _setup(num_samples=40_000, eval_every=10_000)
+    calls = []
+
+    def stop(member, samples, row):
+        calls.append(samples)
+        return samples >= 20_000
+
+    [out] = train(sae, [0.3], data.batches(128, 0), cfg, eval_set, [[]], should_stop=stop)
+    assert out.status == PRUNED and out.samples < 40_000 and len(calls) == 2
+
+
+def test_evaluate__reports_dead_latents_and_recovery_metrics():
+    data, sae, cfg, eval_set = _setup()
+    with torch.no_grad():
+        sae.b_enc_KJ[0, :5] = -1e6  # planted: five latents can never fire
+    row = evaluate(sae, [0.1], eval_set)[0]
+    assert row["dead"] >= 5 and row["alive"] == 64 - row["dead"]
+    assert {"mmcs", "mmcs_learned", "recovered_90", "recovered_99", "fvu", "l0", "l1", "mse", "loss"} <= row.keys()
