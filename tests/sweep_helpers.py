@@ -14,7 +14,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 # A run of a few seconds on one thread (the suite runs two test workers on two cores).
 TINY = ["experiment=smoke", "dict_size=32", "data.n=16", "data.h=32", "data.mean_active=3",
-        "train.num_samples=10000", "train.eval_every=2500", "train.batch_size=128", "data.eval_size=512",
+        "train.num_samples=5000", "train.eval_every=2500", "train.batch_size=128", "data.eval_size=512",
         "logger.wandb.mode=disabled", "train.threads=1", "train.progress=false", "train.save_weights=false"]
 
 

@@ -16,3 +16,14 @@ class SaeGridSweeper(grid.SaeGridSweeper):
 
 ConfigStore.instance().store(group="hydra/sweeper", name="sae_grid", node=grid.GridSweeperConf,
                              provider="sae_sweep")
+
+
+from sae_sweep.sweep import optuna_sweeper  # noqa: E402
+
+
+class SaeOptunaSweeper(optuna_sweeper.SaeOptunaSweeper):
+    """Optuna ask/tell sweeper with study resume, pruning and failures (see sae_sweep.sweep.optuna_sweeper)."""
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="sae_optuna", node=optuna_sweeper.OptunaSweeperConf,
+                             provider="sae_sweep")

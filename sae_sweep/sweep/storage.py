@@ -55,6 +55,19 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage:
     return optuna.storages.RDBStorage(spec, **kwargs)
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler without its ``study.stop()`` after the last point, which raises outside
+    ``study.optimize``; the sweeper stops by itself once every point has finished."""
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        return None
+
+    def all_finished(self, study: optuna.Study) -> bool:
+        finished = {t.system_attrs.get("grid_id") for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+                    if t.state.is_finished() and self._same_search_space(t.system_attrs.get("search_space", {}))}
+        return finished >= set(range(self._n_min_trials))
+
+
 def derived_seed(seed: int | None, n_trials_so_far: int) -> int | None:
     """A sampler seed that differs after a restart: a fixed seed would re-propose the same points."""
     if seed is None:
@@ -76,7 +89,7 @@ def make_sampler(name: str, seed: int | None, grid: dict[str, list[Any]] | None,
         if grid is None:
             raise SweepConfigError("hydra.sweeper.sampler=grid needs every parameter to be choice(...) or "
                                    "range(...), not interval(...)")
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return AskTellGridSampler(grid, seed=seed)
     raise SweepConfigError(f"hydra.sweeper.sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 

@@ -1,0 +1,118 @@
+"""hydra/sweeper=sae_optuna: search spaces, samplers, storages, study resume, failures, pruning.
+
+Every test runs the real CLI in a subprocess and reads the study back from its real storage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sae_sweep.sweep.storage import open_storage, storage_spec
+from tests.sweep_helpers import ok, run_sweep, table
+
+OPTUNA = ("hydra/sweeper=sae_optuna",)
+
+
+def load(sweep: Path, storage: str | None = None, name: str = "smoke") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(storage_spec(storage, sweep)))
+
+
+def test_optuna__tpe_search_over_log_float_choice_and_int_fills_study_and_table(tmp_path: Path) -> None:
+    sweep = tmp_path / "tpe"
+    ok(run_sweep(sweep, *OPTUNA, "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=1",
+                 "alpha=tag(log,interval(0.01,1))", "dict_size=choice(16,32)", "train.batch_size=int(interval(64,128))"))
+    study = load(sweep)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # default: maximise MMCS on toy data
+    for t in trials:
+        assert 0.01 <= t.params["alpha"] <= 1 and t.params["dict_size"] in (16, 32)
+        assert isinstance(t.params["train.batch_size"], int) and 64 <= t.params["train.batch_size"] <= 128
+        assert isinstance(study.trials[0].distributions["alpha"], optuna.distributions.FloatDistribution)
+        assert study.trials[0].distributions["alpha"].log
+    df = table(sweep)
+    assert list(df["trial"]) == [0, 1, 2] and list(df["run"]) == ["trial_00000", "trial_00001", "trial_00002"]
+    assert list(df["mmcs"]) == pytest.approx([t.value for t in trials])
+    assert list(df["train.batch_size"]) == [t.params["train.batch_size"] for t in trials]
+
+
+def test_optuna_resume__n_trials_is_the_study_total_and_a_seeded_sampler_does_not_repeat_points(tmp_path: Path) -> None:
+    sweep = tmp_path / "resume"
+    args = (*OPTUNA, "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0", "alpha=interval(0.01,1)")
+    ok(run_sweep(sweep, *args, "hydra.sweeper.n_trials=2"))
+    ok(run_sweep(sweep, *args, "hydra.sweeper.n_trials=3"))
+    again = ok(run_sweep(sweep, *args, "hydra.sweeper.n_trials=3"))  # complete already: runs nothing
+    assert "Launching" not in again.stderr + again.stdout
+    alphas = [t.params["alpha"] for t in load(sweep).get_trials(states=(TrialState.COMPLETE,))]
+    assert len(alphas) == 3 and len(set(alphas)) == 3
+    assert len(table(sweep)) == 3
+
+
+def test_optuna_grid__a_resumed_study_runs_exactly_the_missing_points(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "alpha=choice(0.1,0.3)", "seed=range(0,2)")
+    ok(run_sweep(sweep, *args, "hydra.sweeper.n_trials=1"))
+    ok(run_sweep(sweep, *args, "hydra.sweeper.n_trials=null"))  # null: the whole grid
+    points = [(t.params["alpha"], t.params["seed"]) for t in load(sweep).get_trials()]
+    assert sorted(points) == [(0.1, 0), (0.1, 1), (0.3, 0), (0.3, 1)]
+    assert sorted(zip(table(sweep)["alpha"], table(sweep)["seed"])) == sorted(points)
+
+
+def test_optuna__runs_that_raise_or_diverge_are_told_fail_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    sweep = tmp_path / "fail"
+    proc = ok(run_sweep(sweep, *OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null",
+                        "alpha=choice(0.1,-1)", "train.lr=choice(0.001,1e30)",
+                        "hydra.sweeper.max_failure_rate=1"))
+    assert "run failed" in proc.stderr + proc.stdout
+    by_point = {(t.params["alpha"], t.params["train.lr"]): t for t in load(sweep).get_trials()}
+    assert by_point[(0.1, 0.001)].state == TrialState.COMPLETE
+    assert by_point[(0.1, 1e30)].state == TrialState.FAIL  # diverged
+    assert by_point[(0.1, 1e30)].user_attrs["status"] == "diverged"
+    assert by_point[(-1, 0.001)].state == TrialState.FAIL  # raised (invalid alpha)
+    assert sorted(table(sweep)["status"]) == ["completed", "diverged", "failed", "failed"]
+
+
+def test_optuna__stops_with_a_one_line_error_once_failures_exceed_the_rate(tmp_path: Path) -> None:
+    sweep = tmp_path / "rate"
+    proc = run_sweep(sweep, *OPTUNA, "hydra.sweeper.n_trials=5", "hydra.sweeper.max_failure_rate=0",
+                     "alpha=choice(-1,-2)")
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines()[-1].startswith("sae_sweep: error: 1 of 1 runs failed")
+    assert len(load(sweep).get_trials()) == 1 and len(table(sweep)) == 1
+
+
+def test_optuna__multi_objective_nsgaii_minimises_fvu_and_l0(tmp_path: Path) -> None:
+    sweep = tmp_path / "moo"
+    ok(run_sweep(sweep, *OPTUNA, "hydra.sweeper.sampler=nsgaii", "hydra.sweeper.n_trials=2",
+                 "hydra.sweeper.seed=0", "hydra.sweeper.objectives=[fvu,l0]",
+                 "alpha=tag(log,interval(0.01,1))"))
+    study = load(sweep)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    df = table(sweep)
+    for t, (_, row) in zip(study.get_trials(), df.iterrows()):
+        assert t.values == pytest.approx([row["fvu"], row["l0"]])
+
+
+@pytest.mark.parametrize("storage", ["journal:{tmp}/studies/j.log", "sqlite:///{tmp}/studies/s.db"])
+def test_optuna__journal_file_and_rdb_url_storages_hold_the_named_study(tmp_path: Path, storage: str) -> None:
+    url = storage.format(tmp=tmp_path)
+    ok(run_sweep(tmp_path / "st", *OPTUNA, f"hydra.sweeper.storage='{url}'", "hydra.sweeper.study_name=mine",
+                 "hydra.sweeper.n_trials=1", "alpha=interval(0.1,0.3)"))
+    assert [t.state for t in load(tmp_path, url, "mine").get_trials()] == [TrialState.COMPLETE]
+    assert not (tmp_path / "st" / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("bad, says", [
+    (("hydra.sweeper.sampler=grid", "alpha=interval(0.1,1)"), "needs every parameter"),
+    (("hydra.sweeper.sampler=cmaes", "alpha=interval(0.1,1)"), "sampler must be one of"),
+    (("hydra.sweeper.storage=nowhere", "alpha=interval(0.1,1)"), "storage must be"),
+])
+def test_optuna__bad_sweeper_input_is_a_one_line_error(tmp_path: Path, bad: tuple[str, ...], says: str) -> None:
+    proc = run_sweep(tmp_path / "bad", *OPTUNA, *bad)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], proc.stderr[-2000:]
