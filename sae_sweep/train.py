@@ -92,6 +92,7 @@ def train(
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=fused)
     outcomes = [MemberOutcome() for _ in range(sae.k)]
     running = [True] * sae.k
+    alpha_t_K = torch.tensor(list(alpha_K), device=device)
     window_loss = torch.zeros(sae.k, dtype=torch.float64, device=device)
     window_steps = 0
     train_time = 0.0
@@ -102,7 +103,7 @@ def train(
             t0 = time.perf_counter()
             y_BN = next(batches).to(device, non_blocking=True)
             mse_K, l1_K = loss_and_grads(sae, y_BN, alpha_K)
-            loss_K = mse_K + torch.tensor(alpha_K, device=device) * l1_K
+            loss_K = mse_K + alpha_t_K * l1_K
             finite_K = torch.isfinite(loss_K).tolist()
             sae.project_decoder_grad_()
             opt.step()
