@@ -156,7 +156,7 @@ class SaeOptunaSweeper(Sweeper):
                 study.sampler = make_sampler(c.sampler, derived_seed(c.seed, n_existing), grid, c.sampler_kwargs)
                 if isinstance(study.sampler, AskTellGridSampler) and study.sampler.all_finished(study):
                     break
-                trials = [study.ask(space) for _ in range(min(c.n_jobs, n_total - n_existing))]
+                trials = [self._ask(study, space, name) for _ in range(min(c.n_jobs, n_total - n_existing))]
                 batch = [self._prepare(t, fixed, sweep_dir, spec, name, objectives) for t in trials]
                 results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
                 for trial, ret in zip(trials, results):
@@ -167,6 +167,14 @@ class SaeOptunaSweeper(Sweeper):
             raise SweepAborted(budget.message())
         self._log_best(study, objectives)
         return None
+
+    @staticmethod
+    def _ask(study: optuna.Study, space: dict[str, Any], name: str) -> optuna.Trial:
+        try:
+            return study.ask(space)
+        except ValueError as exc:  # e.g. a categorical whose choices changed since the study began
+            raise SweepConfigError(f"search space does not fit study {name!r}: {exc}; keep the space or use "
+                                   f"another hydra.sweeper.study_name") from exc
 
     def _prepare(self, trial: optuna.Trial, fixed: list[str], sweep_dir: Path, spec: str, name: str,
                  objectives: dict[str, str]) -> list[str]:
