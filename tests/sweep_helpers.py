@@ -64,3 +64,61 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on 127.0.0.1 (initdb as user postgres), stopped by its PID."""
+
+    def __init__(self) -> None:
+        import pwd
+        import shutil
+        import tempfile
+
+        self.bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                                          check=True).stdout.strip())
+        pw = pwd.getpwnam("postgres")
+        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        # Not under pytest's tmp_path: that is private to root, and the server runs as postgres.
+        self.dir = Path(tempfile.mkdtemp(prefix="sae_sweep_pg_"))
+        shutil.chown(self.dir, "postgres", "postgres")
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.pid: int | None = None
+
+    def _as_postgres(self) -> None:
+        os.setgid(self.gid)
+        os.setuid(self.uid)
+
+    def start(self) -> PostgresServer:
+        import time
+
+        data = self.dir / "data"
+        subprocess.run([str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], preexec_fn=self._as_postgres, check=True,
+                       capture_output=True, cwd=self.dir)
+        proc = subprocess.Popen([str(self.bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1",
+                                 "-p", str(self.port), "-k", str(self.dir), "-c", "fsync=off",
+                                 "-c", "max_connections=100"],
+                                preexec_fn=self._as_postgres, cwd=self.dir,
+                                stdout=open(self.dir / "server.log", "w"), stderr=subprocess.STDOUT)
+        self.pid = proc.pid
+        self._proc = proc
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                              capture_output=True).returncode == 0:
+                return self
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"PostgreSQL did not start: {(self.dir / 'server.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGINT)  # fast shutdown
+            self._proc.wait(timeout=30)
+            self.pid = None
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -9,6 +9,7 @@ else its latest attempt.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def write_results_table(sweep_dir: Path) -> pd.DataFrame:
     df = collect_runs(sweep_dir)
     for name, write in (("runs.parquet", lambda p: df.to_parquet(p, index=False)),
                         ("runs.csv", lambda p: df.to_csv(p, index=False))):
-        tmp = sweep_dir / f".{name}.tmp"
+        tmp = sweep_dir / f".{name}.{os.getpid()}.tmp"  # per process: several workers may share a sweep dir
         write(tmp)
         tmp.replace(sweep_dir / name)
     return df
