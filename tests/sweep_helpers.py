@@ -66,6 +66,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pg_bindir() -> Path:
+    """Where initdb and postgres live: pg_config's answer, else Debian's versioned directory."""
+    import glob
+    import shutil
+
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip()
+        if out and (Path(out) / "initdb").exists():
+            return Path(out)
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql-15)")
+    return Path(found[-1]).parent
+
+
 class PostgresServer:
     """A private PostgreSQL cluster on 127.0.0.1 (initdb as user postgres), stopped by its PID."""
 
@@ -74,8 +89,7 @@ class PostgresServer:
         import shutil
         import tempfile
 
-        self.bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                                          check=True).stdout.strip())
+        self.bindir = pg_bindir()
         pw = pwd.getpwnam("postgres")
         self.uid, self.gid = pw.pw_uid, pw.pw_gid
         # Not under pytest's tmp_path: that is private to root, and the server runs as postgres.
