@@ -20,6 +20,8 @@ The generative model (after Sharkey, Braun & beren 2022, with its replication's 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,20 @@ def derive_seed(*parts: int) -> int:
 STREAM_GROUND_TRUTH = 0
 STREAM_EVAL = 1
 STREAM_TRAIN = 2
+
+# Sampler tuning (see ToyFeatures._draw): torch runs an op serially below this many elements
+# (at::internal::GRAIN_SIZE), and one batch is spread over at most this many threads.
+_PARALLEL_GRAIN = 1 << 15
+_MAX_THREADS = 2
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _thread_pool() -> ThreadPoolExecutor:
+    """The sampler's worker threads, created on first use and again after a fork (threads do not survive one)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=_MAX_THREADS - 1, thread_name_prefix="toy-sampler"))
+    return _POOL[1]
 
 
 def decay_weights(cfg: ToyDataConfig) -> torch.Tensor:
@@ -153,28 +169,101 @@ class ToyFeatures:
     def sample_codes(
         self, batch_size: int, g: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sparse codes of one batch: (active mask (B, h), row idx, feature idx, magnitude) of the nnz."""
-        active_BH = self._fire(batch_size, g)
-        empty = (~active_BH.any(dim=1)).nonzero().squeeze(1)
-        if empty.numel() > 0:
-            forced = torch.multinomial(self._forced_choice_H, empty.numel(), replacement=True, generator=g)
-            active_BH[empty, forced] = True
-        rows, cols = active_BH.nonzero(as_tuple=True)  # row-major, so rows are sorted
-        values = torch.rand(cols.numel(), generator=g).mul_(self._magnitudes_H[cols])
+        """Sparse codes of one batch: (active mask (B, h), row idx, feature idx, magnitude) of the nnz.
+
+        Draws exactly what :meth:`sample` draws from ``g``, so the same generator state gives the
+        codes behind the same ``y``.
+        """
+        active_BH, rows, cols, values, _ = self._draw(batch_size, g)
         return active_BH, rows, cols, values
 
     def sample(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         """One batch of activations y, float32 (B, n)."""
-        active_BH, _, cols, values = self.sample_codes(batch_size, g)
-        counts_B = active_BH.sum(dim=1)
+        _, _, cols, values, counts_B = self._draw(batch_size, g)
         offsets_B = torch.zeros(batch_size, dtype=torch.long)
         torch.cumsum(counts_B[:-1], dim=0, out=offsets_B[1:])
-        y_BN = nnf.embedding_bag(
-            cols, self._features_HN, offsets_B, mode="sum", per_sample_weights=values
-        )
+        y_BN = nnf.embedding_bag(cols, self._features_HN, offsets_B, mode="sum", per_sample_weights=values)
         if self.cfg.noise_std > 0.0:
             y_BN.add_(torch.randn(y_BN.shape, generator=g), alpha=self.cfg.noise_std)
         return y_BN
+
+    # --- the sampler's internals -------------------------------------------------------------------
+    # The copula fires feature i iff sd * e_i + m_i < t_i, with e_i ~ N(0, 1) idiosyncratic and
+    # m = factors @ loadings common; that is e_i < (t_i - m_i) / sd, so one GEMM over the batch gives
+    # per-(sample, feature) thresholds and the idiosyncratic draws are compared against them
+    # directly (with correlation 1, sd = 0 and no idiosyncratic draw is needed at all).
+    # The idiosyncratic draws, one per (sample, feature), are nearly all of the work and are serial
+    # per generator. So the batch is cut into chunks of fewer than torch's parallel grain size of
+    # latents (every op on a chunk stays serial and in cache; no nested OpenMP teams), each chunk
+    # draws from its own torch.Generator seeded from ``g`` before any chunk runs, and up to
+    # _MAX_THREADS threads run the chunks (torch releases the GIL inside each op). The stream thus
+    # depends on (g, B) alone, not on the thread count or the order the chunks ran in.
+
+    def _draw(
+        self, batch_size: int, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch of codes: (active mask (B, h), rows, cols, values of the nnz, active count per row)."""
+        cfg = self.cfg
+        h = cfg.h
+        thresholds_BH: torch.Tensor | None = None
+        if cfg.correlation > 0.0:
+            factors_BR = torch.randn(batch_size, cfg.correlation_rank, generator=g)
+            if self._sd_idio > 0.0:  # (t - m) / sd
+                thresholds_BH = torch.addmm(self._thresholds_H / self._sd_idio, factors_BR,
+                                            self._loadings_RH, alpha=-1.0 / self._sd_idio)
+                active_BH = torch.empty(batch_size, h, dtype=torch.bool)
+            else:  # correlation 1: z = m exactly
+                active_BH = torch.mm(factors_BR, self._loadings_RH).lt_(self._thresholds_H).bool()
+        else:
+            active_BH = torch.empty(batch_size, h, dtype=torch.bool)
+        rows_per_chunk = max(1, (_PARALLEL_GRAIN - 1) // h)
+        starts = list(range(0, batch_size, rows_per_chunk))
+        seeds = torch.randint(0, 1 << 62, (len(starts),), generator=g).tolist()
+        tasks = [(lo, min(lo + rows_per_chunk, batch_size), seed) for lo, seed in zip(starts, seeds, strict=True)]
+
+        def run(group: list[tuple[int, int, int]]) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+            return [self._draw_chunk(active_BH, thresholds_BH, lo, hi, seed) for lo, hi, seed in group]
+
+        workers = max(1, min(_MAX_THREADS, torch.get_num_threads(), len(tasks)))
+        if workers == 1:
+            parts = run(tasks)
+        else:  # contiguous groups of chunks, one per thread; the calling thread runs the first
+            bounds = [round(i * len(tasks) / workers) for i in range(workers + 1)]
+            groups = [tasks[bounds[i] : bounds[i + 1]] for i in range(workers)]
+            futures = [_thread_pool().submit(run, group) for group in groups[1:]]
+            parts = run(groups[0])
+            for f in futures:
+                parts += f.result()
+        flat = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+        counts_B = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+        values = torch.cat([p[2] for p in parts])
+        return active_BH, flat // h, flat % h, values, counts_B
+
+    def _draw_chunk(
+        self, active_BH: torch.Tensor, thresholds_BH: torch.Tensor | None, lo: int, hi: int, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """Rows lo:hi from their own generator: firing, the forced feature, magnitudes.
+
+        Returns the flat (row-major, batch-wide) indices of the active entries, the count per row
+        and the magnitudes of the active entries in that order.
+        """
+        g = torch.Generator().manual_seed(seed)
+        h = self.cfg.h
+        active_MH = active_BH[lo:hi]
+        if self._sd_idio > 0.0:
+            e_MH = torch.randn(hi - lo, h, generator=g)
+            torch.lt(e_MH, self._thresholds_H if thresholds_BH is None else thresholds_BH[lo:hi], out=active_MH)
+        mask = active_MH.numpy()
+        flat = np.flatnonzero(mask)
+        counts = np.bincount(flat // h, minlength=hi - lo)
+        empty = np.flatnonzero(counts == 0)
+        if empty.size > 0:  # a sample with no active feature gets one, drawn in proportion to p
+            forced = torch.multinomial(self._forced_choice_H, empty.size, replacement=True, generator=g)
+            mask[empty, forced.numpy()] = True
+            counts[empty] = 1
+            flat = np.flatnonzero(mask)
+        values = torch.rand(flat.size, generator=g).mul_(self._magnitudes_H[torch.from_numpy(flat % h)])
+        return flat + lo * h, counts, values
 
     def eval_set(self) -> torch.Tensor:
         """The held-out evaluation set (eval_size, n), fixed by the data seed alone."""
