@@ -1,0 +1,67 @@
+"""Per-trial overhead of the sae_optuna sweeper, per storage: trials/s with a minimal run.
+
+    python -m sae_sweep.sweep.overhead --trials 40 --out /tmp/overhead \\
+        [--storage sqlite] [--storage journal] [--storage postgresql://postgres@127.0.0.1:5432/postgres]
+
+Each storage gets one real multirun (`python -m sae_sweep -m hydra/sweeper=sae_optuna ...`) whose run
+trains a 4-latent SAE for a single step. The steady-state rate is measured between the completion of
+the first and of the last trial (the first pays the imports); the run's own wall time (summary.json)
+is subtracted to give the sweeper's overhead per trial: ask, trial.json, Hydra job setup, tell, and
+the job's cell record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+
+from sae_sweep.sweep.storage import open_storage, storage_spec
+
+MINIMAL = ["experiment=smoke", "dict_size=4", "data.n=4", "data.h=8", "data.mean_active=2",
+           "data.correlation_rank=2", "train.batch_size=16", "train.num_samples=16", "train.eval_every=16",
+           "data.eval_size=16", "logger.wandb.mode=disabled", "train.threads=1", "train.progress=false",
+           "train.save_weights=false"]
+
+
+def measure(storage: str, trials: int, out: Path) -> dict[str, float | str]:
+    label = storage if storage in ("sqlite", "journal") else storage.split("://")[0]
+    sweep = out / label
+    spec = {"sqlite": None, "journal": f"journal:{sweep / 'study.log'}"}.get(storage, storage)
+    name = f"overhead_{label}_{out.name}"
+    cmd = [sys.executable, "-m", "sae_sweep", "-m", *MINIMAL, f"hydra.sweep.dir={sweep}",
+           "hydra/sweeper=sae_optuna", "hydra.sweeper.sampler=random", f"hydra.sweeper.n_trials={trials}",
+           f"hydra.sweeper.study_name={name}", "alpha=interval(0.01,1)"]
+    if spec is not None:
+        cmd.append(f"hydra.sweeper.storage='{spec}'")
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    study = optuna.load_study(study_name=name, storage=open_storage(storage_spec(spec, sweep)))
+    done = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)
+    span = (done[-1].datetime_complete - done[0].datetime_complete).total_seconds()
+    rate = (len(done) - 1) / span
+    run_s = [json.loads((sweep / f"trial_{t.number:05d}" / "summary.json").read_text())["wall_time_s"]
+             for t in done[1:]]
+    mean_run = sum(run_s) / len(run_s)
+    return {"storage": label, "trials_per_s": rate, "per_trial_ms": 1000 / rate, "run_ms": 1000 * mean_run,
+            "overhead_ms": 1000 / rate - 1000 * mean_run}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--storage", action="append", default=None)
+    args = ap.parse_args()
+    rows = [measure(s, args.trials, args.out) for s in (args.storage or ["sqlite", "journal"])]
+    print(f"{'storage':<12}{'trials/s':>10}{'ms/trial':>10}{'run ms':>10}{'overhead ms':>13}")
+    for r in rows:
+        print(f"{r['storage']:<12}{r['trials_per_s']:>10.2f}{r['per_trial_ms']:>10.1f}{r['run_ms']:>10.1f}"
+              f"{r['overhead_ms']:>13.1f}")
+
+
+if __name__ == "__main__":
+    main()
