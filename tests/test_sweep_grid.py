@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.sweep_helpers import kill_group, ok, run_sweep, start_sweep, table
 
 from sae_sweep.sinks import read_wandb_offline_run
+from tests.sweep_helpers import kill_group, ok, run_sweep, start_sweep, table
 
 
 def test_grid__one_run_dir_per_cell_one_wandb_run_each_and_a_results_table(tmp_path: Path) -> None:
@@ -18,7 +18,7 @@ def test_grid__one_run_dir_per_cell_one_wandb_run_each_and_a_results_table(tmp_p
 
     df = table(sweep)
     assert len(df) == 4 and set(df["status"]) == {"completed"}
-    assert sorted(zip(df["alpha"], df["seed"])) == [(0.1, 0), (0.1, 1), (0.3, 0), (0.3, 1)]
+    assert sorted(zip(df["alpha"], df["seed"], strict=True)) == [(0.1, 0), (0.1, 1), (0.3, 0), (0.3, 1)]
     for col in ("run", "cell_key", "dict_size", "mmcs", "fvu", "l0", "wall_time_s", "train_time_s",
                 "started_at", "finished_at", "train.num_samples"):
         assert col in df.columns, col

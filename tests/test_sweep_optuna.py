@@ -59,7 +59,7 @@ def test_optuna_grid__a_resumed_study_runs_exactly_the_missing_points(tmp_path: 
     ok(run_sweep(sweep, *args, "hydra.sweeper.n_trials=null"))  # null: the whole grid
     points = [(t.params["alpha"], t.params["seed"]) for t in load(sweep).get_trials()]
     assert sorted(points) == [(0.1, 0), (0.1, 1), (0.3, 0), (0.3, 1)]
-    assert sorted(zip(table(sweep)["alpha"], table(sweep)["seed"])) == sorted(points)
+    assert sorted(zip(table(sweep)["alpha"], table(sweep)["seed"], strict=True)) == sorted(points)
 
 
 def test_optuna__runs_that_raise_or_diverge_are_told_fail_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_optuna__multi_objective_nsgaii_minimises_fvu_and_l0(tmp_path: Path) -> 
     study = load(sweep)
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
     df = table(sweep)
-    for t, (_, row) in zip(study.get_trials(), df.iterrows()):
+    for t, (_, row) in zip(study.get_trials(), df.iterrows(), strict=True):
         assert t.values == pytest.approx([row["fvu"], row["l0"]])
 
 

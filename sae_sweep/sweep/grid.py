@@ -84,7 +84,7 @@ class SaeGridSweeper(BasicSweeper):
                 batch = self.get_job_batch()
                 results = self.launcher.launch(batch, initial_job_idx=job_idx)
                 job_idx += len(batch)
-                for ret, overrides in zip(results, batch):
+                for ret, overrides in zip(results, batch, strict=True):
                     summary = job_summary(ret)
                     failed = ret.status == JobStatus.FAILED and summary.get("status") != "pruned"
                     self.budget.add(failed, " ".join(overrides), str(summary.get("message", "")))

@@ -123,7 +123,7 @@ class SaeOptunaSweeper(Sweeper):
         if len(directions) != len(metrics) or any(d not in DIRECTIONS for d in directions):
             raise SweepConfigError(f"hydra.sweeper.directions must give maximize or minimize for each of "
                                    f"{metrics}, got {directions}")
-        return dict(zip(metrics, directions))
+        return dict(zip(metrics, directions, strict=True))
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
@@ -159,7 +159,7 @@ class SaeOptunaSweeper(Sweeper):
                 trials = [self._ask(study, space, name) for _ in range(min(c.n_jobs, n_total - n_existing))]
                 batch = [self._prepare(t, fixed, sweep_dir, spec, name, objectives) for t in trials]
                 results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-                for trial, ret in zip(trials, results):
+                for trial, ret in zip(trials, results, strict=True):
                     self._tell(study, trial, ret, objectives, budget)
         finally:
             write_results_table(sweep_dir)
@@ -203,12 +203,12 @@ class SaeOptunaSweeper(Sweeper):
         elif status == "pruned":
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            message = str(summary.get("message") or f"objective {dict(zip(objectives, values))} is not finite")
+            message = str(summary.get("message") or f"objective {dict(zip(objectives, values, strict=True))} is not finite")
             trial.set_user_attr("message", message[:500])
             study.tell(trial, state=TrialState.FAIL)
         state = study._storage.get_trial(trial._trial_id).state
         budget.add(state == TrialState.FAIL, f"trial {trial.number}", str(summary.get("message", "")))
-        log.info(f"trial {trial.number}: {state.name} {dict(zip(objectives, values))} {trial.params}")
+        log.info(f"trial {trial.number}: {state.name} {dict(zip(objectives, values, strict=True))} {trial.params}")
 
     @staticmethod
     def _log_best(study: optuna.Study, objectives: dict[str, str]) -> None:
@@ -217,4 +217,4 @@ class SaeOptunaSweeper(Sweeper):
         except ValueError:
             return
         for t in best[:5]:
-            log.info(f"best trial {t.number}: {dict(zip(objectives, t.values))} {t.params}")
+            log.info(f"best trial {t.number}: {dict(zip(objectives, t.values, strict=True))} {t.params}")
