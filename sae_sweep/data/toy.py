@@ -20,6 +20,7 @@ The generative model (after Sharkey, Braun & beren 2022, with its replication's 
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,9 +43,9 @@ STREAM_GROUND_TRUTH = 0
 STREAM_EVAL = 1
 STREAM_TRAIN = 2
 
-# Sampler tuning (see ToyFeatures._draw): torch runs an op serially below this many elements
-# (at::internal::GRAIN_SIZE), and one batch is spread over at most this many threads.
-_PARALLEL_GRAIN = 1 << 15
+# Sampler tuning (see ToyFeatures._draw): one batch is spread over at most _MAX_THREADS threads.
+_CHUNK_LATENTS = 1 << 17  # latents (rows x h) per chunk: big enough to amortise the per-chunk overhead
+_BLAS_SERIAL_MNK = 1 << 18  # OpenBLAS (numpy's) runs a GEMM with m*n*k at most this on one thread
 _MAX_THREADS = 2
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
@@ -174,55 +175,47 @@ class ToyFeatures:
         Draws exactly what :meth:`sample` draws from ``g``, so the same generator state gives the
         codes behind the same ``y``.
         """
-        active_BH, rows, cols, values, _ = self._draw(batch_size, g)
-        return active_BH, rows, cols, values
+        active_BH, flat, values, _ = self._draw(batch_size, g)
+        return active_BH, flat // self.cfg.h, flat % self.cfg.h, values
 
     def sample(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
         """One batch of activations y, float32 (B, n)."""
-        _, _, cols, values, counts_B = self._draw(batch_size, g)
+        _, flat, values, counts_B = self._draw(batch_size, g)
         offsets_B = torch.zeros(batch_size, dtype=torch.long)
         torch.cumsum(counts_B[:-1], dim=0, out=offsets_B[1:])
-        y_BN = nnf.embedding_bag(cols, self._features_HN, offsets_B, mode="sum", per_sample_weights=values)
+        y_BN = nnf.embedding_bag(flat % self.cfg.h, self._features_HN, offsets_B, mode="sum",
+                                 per_sample_weights=values)
         if self.cfg.noise_std > 0.0:
             y_BN.add_(torch.randn(y_BN.shape, generator=g), alpha=self.cfg.noise_std)
         return y_BN
 
     # --- the sampler's internals -------------------------------------------------------------------
     # The copula fires feature i iff sd * e_i + m_i < t_i, with e_i ~ N(0, 1) idiosyncratic and
-    # m = factors @ loadings common; that is e_i < (t_i - m_i) / sd, so one GEMM over the batch gives
-    # per-(sample, feature) thresholds and the idiosyncratic draws are compared against them
-    # directly (with correlation 1, sd = 0 and no idiosyncratic draw is needed at all).
-    # The idiosyncratic draws, one per (sample, feature), are nearly all of the work and are serial
-    # per generator. So the batch is cut into chunks of fewer than torch's parallel grain size of
-    # latents (every op on a chunk stays serial and in cache; no nested OpenMP teams), each chunk
-    # draws from its own torch.Generator seeded from ``g`` before any chunk runs, and up to
-    # _MAX_THREADS threads run the chunks (torch releases the GIL inside each op). The stream thus
-    # depends on (g, B) alone, not on the thread count or the order the chunks ran in.
+    # m = factors @ loadings common: iff e_i < (t_i - m_i) / sd, and that limit is one GEMM of
+    # [factors, 1] against [-loadings; t] / sd (with correlation 1, sd = 0: iff t_i - m_i > 0, and e
+    # is not drawn at all).
+    # The idiosyncratic draws, one per (sample, feature), are most of the work and are serial per
+    # generator, so the batch is cut into chunks that run on up to _MAX_THREADS threads, each chunk
+    # drawing from its own torch.Generator seeded from ``g`` before any chunk runs: the stream
+    # depends on (g, B) alone, not on the thread count or the order in which chunks ran.
+    # Inside a chunk only serial kernels run (torch's Gaussian draws, numpy's comparisons and
+    # indexing, GEMMs below OpenBLAS's threading threshold), all releasing the GIL: on a shared
+    # 2-core machine every parallel (OpenMP) region can wait a whole scheduler slice (~10 ms) for
+    # its second thread. Outside the chunks, one embedding_bag per batch forms y.
 
     def _draw(
         self, batch_size: int, g: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One batch of codes: (active mask (B, h), rows, cols, values of the nnz, active count per row)."""
-        cfg = self.cfg
-        h = cfg.h
-        thresholds_BH: torch.Tensor | None = None
-        if cfg.correlation > 0.0:
-            factors_BR = torch.randn(batch_size, cfg.correlation_rank, generator=g)
-            if self._sd_idio > 0.0:  # (t - m) / sd
-                thresholds_BH = torch.addmm(self._thresholds_H / self._sd_idio, factors_BR,
-                                            self._loadings_RH, alpha=-1.0 / self._sd_idio)
-                active_BH = torch.empty(batch_size, h, dtype=torch.bool)
-            else:  # correlation 1: z = m exactly
-                active_BH = torch.mm(factors_BR, self._loadings_RH).lt_(self._thresholds_H).bool()
-        else:
-            active_BH = torch.empty(batch_size, h, dtype=torch.bool)
-        rows_per_chunk = max(1, (_PARALLEL_GRAIN - 1) // h)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch of codes: (active mask (B, h), flat row-major indices and magnitudes of the nnz, nnz per row)."""
+        rows_per_chunk = max(1, _CHUNK_LATENTS // self.cfg.h)
         starts = list(range(0, batch_size, rows_per_chunk))
         seeds = torch.randint(0, 1 << 62, (len(starts),), generator=g).tolist()
+        active_BH = torch.empty(batch_size, self.cfg.h, dtype=torch.bool)
+        _ = self._limit_np  # computed once, here, before any thread reads it
         tasks = [(lo, min(lo + rows_per_chunk, batch_size), seed) for lo, seed in zip(starts, seeds, strict=True)]
 
         def run(group: list[tuple[int, int, int]]) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
-            return [self._draw_chunk(active_BH, thresholds_BH, lo, hi, seed) for lo, hi, seed in group]
+            return [self._draw_chunk(active_BH, lo, hi, seed) for lo, hi, seed in group]
 
         workers = max(1, min(_MAX_THREADS, torch.get_num_threads(), len(tasks)))
         if workers == 1:
@@ -236,34 +229,51 @@ class ToyFeatures:
                 parts += f.result()
         flat = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         counts_B = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-        values = torch.cat([p[2] for p in parts])
-        return active_BH, flat // h, flat % h, values, counts_B
+        return active_BH, flat, torch.cat([p[2] for p in parts]), counts_B
 
     def _draw_chunk(
-        self, active_BH: torch.Tensor, thresholds_BH: torch.Tensor | None, lo: int, hi: int, seed: int
+        self, active_BH: torch.Tensor, lo: int, hi: int, seed: int
     ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """Rows lo:hi from their own generator: firing, the forced feature, magnitudes.
 
-        Returns the flat (row-major, batch-wide) indices of the active entries, the count per row
-        and the magnitudes of the active entries in that order.
+        Returns the batch-wide flat (row-major) indices of the active entries, the active count per
+        row and the magnitudes of the active entries.
         """
         g = torch.Generator().manual_seed(seed)
-        h = self.cfg.h
-        active_MH = active_BH[lo:hi]
-        if self._sd_idio > 0.0:
-            e_MH = torch.randn(hi - lo, h, generator=g)
-            torch.lt(e_MH, self._thresholds_H if thresholds_BH is None else thresholds_BH[lo:hi], out=active_MH)
-        mask = active_MH.numpy()
+        cfg, m, h, r = self.cfg, hi - lo, self.cfg.h, self.cfg.correlation_rank
+        mask = active_BH[lo:hi].numpy()
+        if cfg.correlation == 0.0:
+            np.less(torch.randn(m, h, generator=g).numpy(), self._limit_np[-1], out=mask)
+        else:
+            factors = np.ones((m, r + 1), dtype=np.float32)
+            factors[:, :r] = torch.randn(m, r, generator=g).numpy()
+            limit = np.empty((m, h), dtype=np.float32)
+            step = max(1, _BLAS_SERIAL_MNK // ((r + 1) * h))
+            for i in range(0, m, step):  # (t - factors @ loadings) / sd, in serial-sized GEMMs
+                np.matmul(factors[i : i + step], self._limit_np, out=limit[i : i + step])
+            if self._sd_idio > 0.0:
+                np.less(torch.randn(m, h, generator=g).numpy(), limit, out=mask)
+            else:
+                np.greater(limit, 0.0, out=mask)
         flat = np.flatnonzero(mask)
-        counts = np.bincount(flat // h, minlength=hi - lo)
+        counts = np.bincount(flat // h, minlength=m)
         empty = np.flatnonzero(counts == 0)
         if empty.size > 0:  # a sample with no active feature gets one, drawn in proportion to p
             forced = torch.multinomial(self._forced_choice_H, empty.size, replacement=True, generator=g)
             mask[empty, forced.numpy()] = True
             counts[empty] = 1
             flat = np.flatnonzero(mask)
-        values = torch.rand(flat.size, generator=g).mul_(self._magnitudes_H[torch.from_numpy(flat % h)])
+        values = torch.rand(flat.size, generator=g)
+        if cfg.magnitude_decay != 1.0:
+            values.mul_(self._magnitudes_H[torch.from_numpy(flat % h)])
         return flat + lo * h, counts, values
+
+    @functools.cached_property
+    def _limit_np(self) -> np.ndarray:
+        """[-loadings; t] / sd, (r + 1, h): [factors, 1] @ this is the limit e is compared against
+        (sd = 1 without correlation, so the last row is t; sd is taken as 1 when it is 0)."""
+        sd = self._sd_idio if self._sd_idio > 0.0 else 1.0
+        return (torch.cat([-self._loadings_RH, self._thresholds_H[None]]) / sd).numpy()
 
     def eval_set(self) -> torch.Tensor:
         """The held-out evaluation set (eval_size, n), fixed by the data seed alone."""
