@@ -116,3 +116,29 @@ def test_optuna__bad_sweeper_input_is_a_one_line_error(tmp_path: Path, bad: tupl
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], proc.stderr[-2000:]
+
+
+def test_optuna_resume__a_sweeper_killed_mid_trial_reruns_that_point_and_completes_the_grid(tmp_path: Path) -> None:
+    import time
+
+    from tests.sweep_helpers import kill_group, start_sweep
+
+    sweep = tmp_path / "killed"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "train.num_samples=40000",
+            "alpha=choice(0.1,0.2,0.3)")
+    proc = start_sweep(sweep, *args, log=tmp_path / "first.log")
+    deadline = time.time() + 180
+    while time.time() < deadline and not (sweep / "trial_00001" / "cell.json").exists():
+        time.sleep(0.05)
+    kill_group(proc)
+    assert not (sweep / "trial_00001" / "summary.json").exists()  # killed mid-trial
+
+    ok(run_sweep(sweep, *args))
+    trials = load(sweep).get_trials()
+    complete = [t.params["alpha"] for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == [0.1, 0.2, 0.3]  # every point once
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    orphan = trials[1]
+    assert orphan.state == TrialState.FAIL and orphan.user_attrs["orphaned"]
+    df = table(sweep)
+    assert sorted(df["alpha"]) == [0.1, 0.2, 0.3] and set(df["status"]) == {"completed"}

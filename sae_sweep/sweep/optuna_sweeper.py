@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,44 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, directions: list
     return study
 
 
+WORKER = f"{os.uname().nodename}:{os.getpid()}"  # the sweeper process that owns a running trial
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward n_trials: all but those failed as orphans (they are re-queued)."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("orphaned")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def retry_orphans(study: optuna.Study) -> int:
+    """Fail the RUNNING trials whose sweeper (on this host) is gone, e.g. killed, and re-queue their params.
+
+    Without this a killed sweeper's trial would stay RUNNING for ever and count toward n_trials, and the
+    grid sampler would never run its point again. Trials of sweepers on other hosts are left alone.
+    """
+    host = os.uname().nodename
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(t.user_attrs.get("worker", ""))
+        whost, _, pid = worker.rpartition(":")
+        if whost != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "orphaned", True)
+        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            n += 1
+    return n
+
+
 class SaeOptunaSweeper(Sweeper):
     def __init__(self, **conf: Any) -> None:
         self.conf = OptunaSweeperConf(**conf)
@@ -147,10 +186,12 @@ class SaeOptunaSweeper(Sweeper):
         name = c.study_name or str(self.config.name)
         study = open_study(name, open_storage(spec), list(objectives.values()))
         budget = FailureBudget(c.max_failure_rate)
-        log.info(f"study {name!r} in {spec}: {len(study.get_trials(deepcopy=False))} of {n_total} trials exist")
+        retried = retry_orphans(study)
+        log.info(f"study {name!r} in {spec}: {len(counted(study))} of {n_total} trials exist"
+                 + (f"; re-queued {retried} trials whose sweeper died" if retried else ""))
         try:
             while not budget.exceeded:
-                n_existing = len(study.get_trials(deepcopy=False))
+                n_existing = len(counted(study))
                 if n_existing >= n_total:
                     break
                 study.sampler = make_sampler(c.sampler, derived_seed(c.seed, n_existing), grid, c.sampler_kwargs)
@@ -187,6 +228,7 @@ class SaeOptunaSweeper(Sweeper):
                 "metric": next(iter(objectives)) if single else None,
                 "pruner": self.conf.pruner if single else "none", "pruner_kwargs": dict(self.conf.pruner_kwargs)}
         (run_dir / TRIAL_FILE).write_text(json.dumps(info, indent=2))
+        trial.set_user_attr("worker", WORKER)
         return [*fixed, *(as_override(k, v) for k, v in trial.params.items()), f"hydra.sweep.subdir={subdir}"]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any, objectives: dict[str, str],

@@ -9,6 +9,7 @@ Specs are made absolute once in the sweeper, so a job in another process or mach
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,13 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
     def all_finished(self, study: optuna.Study) -> bool:
-        finished = {t.system_attrs.get("grid_id") for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
-                    if t.state.is_finished() and self._same_search_space(t.system_attrs.get("search_space", {}))}
-        return finished >= set(range(self._n_min_trials))
+        """Every grid point has a finished trial (by params, so a re-queued retry of an orphan counts)."""
+        keys = list(self._search_space)
+        points = {tuple(p) for p in itertools.product(*(self._search_space[k] for k in keys))}
+        done = {tuple(t.params.get(k) for k in keys)
+                for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+                if t.state.is_finished() and not t.user_attrs.get("orphaned")}
+        return points <= done
 
 
 def derived_seed(seed: int | None, n_trials_so_far: int) -> int | None:
