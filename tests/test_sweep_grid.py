@@ -104,3 +104,13 @@ def test_grid__basic_sweeper_still_writes_the_results_table(tmp_path: Path) -> N
     ok(run_sweep(sweep, "hydra/sweeper=basic", "alpha=0.1,0.2"))
     df = table(sweep)
     assert len(df) == 2 and json.loads((sweep / df["run"][0] / "cell.json").read_text())["cell_key"]
+
+
+def test_grid__joblib_workers_run_cells_in_parallel_processes(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    ok(run_sweep(sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.max_batch_size=2",
+                 "alpha=0.1,0.2"))
+    df = table(sweep)
+    assert len(df) == 2 and set(df["status"]) == {"completed"}
+    pids = {json.loads((sweep / run / "cell.json").read_text())["pid"] for run in df["run"]}
+    assert len(pids) == 2  # two worker processes

@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sae_sweep.sinks import read_wandb_offline_run
 from sae_sweep.sweep.storage import open_storage, storage_spec
 from tests.sweep_helpers import ok, run_sweep, table
 
@@ -66,12 +67,14 @@ def test_optuna__runs_that_raise_or_diverge_are_told_fail_and_the_sweep_goes_on(
     sweep = tmp_path / "fail"
     proc = ok(run_sweep(sweep, *OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null",
                         "alpha=choice(0.1,-1)", "train.lr=choice(0.001,1e30)",
-                        "hydra.sweeper.max_failure_rate=1"))
+                        "hydra.sweeper.max_failure_rate=1", "logger.wandb.mode=offline"))
     assert "run failed" in proc.stderr + proc.stdout
     by_point = {(t.params["alpha"], t.params["train.lr"]): t for t in load(sweep).get_trials()}
     assert by_point[(0.1, 0.001)].state == TrialState.COMPLETE
     assert by_point[(0.1, 1e30)].state == TrialState.FAIL  # diverged
     assert by_point[(0.1, 1e30)].user_attrs["status"] == "diverged"
+    diverged_dir = Path(by_point[(0.1, 1e30)].user_attrs["run_dir"])
+    assert read_wandb_offline_run(diverged_dir)["exit_code"] == 1  # its W&B run is marked failed
     assert by_point[(-1, 0.001)].state == TrialState.FAIL  # raised (invalid alpha)
     assert sorted(table(sweep)["status"]) == ["completed", "diverged", "failed", "failed"]
 
