@@ -6,41 +6,35 @@ import json
 from pathlib import Path
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from sae_sweep.sweep.storage import open_storage, storage_spec
 from tests.sweep_helpers import ok, run_sweep, table
 
-PRUNERS = {
-    "median": ("hydra.sweeper.pruner=median", "+hydra.sweeper.pruner_kwargs.n_startup_trials=1",
-               "+hydra.sweeper.pruner_kwargs.n_warmup_steps=0"),
-    "successive_halving": ("hydra.sweeper.pruner=successive_halving",
-                           "+hydra.sweeper.pruner_kwargs.min_resource=1",
-                           "+hydra.sweeper.pruner_kwargs.reduction_factor=2"),
-}
-LAUNCHERS = {
-    "in-process": (),
-    "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"),
-}
+MEDIAN = ("hydra.sweeper.pruner=median", "+hydra.sweeper.pruner_kwargs.n_startup_trials=1",
+          "+hydra.sweeper.pruner_kwargs.n_warmup_steps=0")
+HALVING = ("hydra.sweeper.pruner=successive_halving", "+hydra.sweeper.pruner_kwargs.min_resource=1",
+           "+hydra.sweeper.pruner_kwargs.reduction_factor=4")
+JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
+# MMCS stays at its starting value at lr 1e-7, while lr 1e-2 learns: the slow ones are hopeless.
+LEARNS, STUCK = "train.lr=tag(log,interval(0.009,0.011))", "train.lr=tag(log,interval(1e-8,1e-7))"
 
 
-@pytest.mark.parametrize("pruner, launcher", [("median", "in-process"), ("successive_halving", "joblib")])
-def test_pruning__a_hopeless_trial_is_stopped_at_its_first_evaluation_and_recorded_pruned(
-        tmp_path: Path, pruner: str, launcher: str) -> None:
+def test_pruning__hopeless_trials_stop_at_their_first_evaluation_in_process_and_in_joblib_workers(
+        tmp_path: Path) -> None:
     sweep = tmp_path / "prune"
-    common = ("hydra/sweeper=sae_optuna", "train.num_samples=10000", *PRUNERS[pruner])
-    # A reference trial that learns (lr 1e-2), then trials that cannot (lr 1e-7): MMCS stays at its start.
-    ok(run_sweep(sweep, *common, "hydra.sweeper.n_trials=1", "train.lr=tag(log,interval(0.009,0.011))"))
-    ok(run_sweep(sweep, *common, *LAUNCHERS[launcher], "hydra.sweeper.n_trials=3",
-                 "train.lr=tag(log,interval(1e-8,1e-7))"))
+    common = ("hydra/sweeper=sae_optuna", "train.num_samples=10000")
+    # Successive halving ranks trials at its rungs: the reference must have run under it to be ranked.
+    ok(run_sweep(sweep, *common, *HALVING, "hydra.sweeper.n_trials=1", LEARNS))
+    ok(run_sweep(sweep, *common, *MEDIAN, "hydra.sweeper.n_trials=2", STUCK))  # in-process launcher
+    ok(run_sweep(sweep, *common, *HALVING, *JOBLIB, "hydra.sweeper.n_trials=4", STUCK))  # joblib workers
 
     study = optuna.load_study(study_name="smoke", storage=open_storage(storage_spec(None, sweep)))
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 3
     assert sorted(trials[0].intermediate_values) == [2560, 5120, 7680, 9984]  # reported at every evaluation
     for t in trials[1:]:
         assert list(t.intermediate_values) == [2560]  # stopped at the first evaluation
         summary = json.loads((sweep / f"trial_{t.number:05d}" / "summary.json").read_text())
         assert summary["status"] == "pruned" and summary["samples"] == 2560
-    assert list(table(sweep)["status"]) == ["completed", "pruned", "pruned"]
+    assert list(table(sweep)["status"]) == ["completed"] + ["pruned"] * 3

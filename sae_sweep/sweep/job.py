@@ -16,11 +16,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sae_sweep.sweep.cells import SUMMARY_FILE, cell_key, read_json, write_cell
+from sae_sweep.train import StopFn
 
 TRIAL_FILE = "trial.json"
-
-# should_stop(member, samples_seen, metrics) -> True to stop, as train.StopFn.
-StopFn = Any
 
 
 def start_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> StopFn | None:
