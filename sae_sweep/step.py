@@ -107,10 +107,11 @@ def loss_and_grads(sae: SAE, y_BN: torch.Tensor, alpha_K: list[float]) -> tuple[
         err_BN.addmm_(c_BJ, w_dec_JN, beta=-1.0)  # GEMM 2: err = z - y, x overwritten
         mse_K[k] = torch.linalg.vector_norm(err_BN).square() / (b * n)
 
-        if alpha_K[k] != 0.0:
-            torch.mm(ws.ones_B1, ws.fill_1J.fill_(alpha_K[k] / (b * j)), out=dc_BJ).addmm_(err_BN, w_dec_JN.T, alpha=s)
+        if alpha_K[k] != 0.0:  # d(alpha mean c)/dc on a rank-1 fill, then GEMM 3 accumulates onto it
+            torch.mm(ws.ones_B1, ws.fill_1J.fill_(alpha_K[k] / (b * j)), out=dc_BJ)
+            dc_BJ.addmm_(err_BN, w_dec_JN.T, alpha=s)
         else:
-            dc_BJ.addmm_(err_BN, w_dec_JN.T, beta=0.0, alpha=s)  # GEMM 3
+            dc_BJ.addmm_(err_BN, w_dec_JN.T, beta=0.0, alpha=s)  # GEMM 3 alone
         _threshold_backward(dc_BJ, c_BJ, 0.0, grad_input=dc_BJ)  # dpre: zero where c <= 0
 
         g_dec_JN.addmm_(c_BJ.T, err_BN, beta=0.0, alpha=s)  # GEMM 4
