@@ -67,13 +67,14 @@ class SAE(nn.Module):
     @torch.no_grad()
     def normalise_decoder_(self) -> None:
         """Rescale every decoder atom to unit norm."""
-        self.W_dec_KJN /= self.W_dec_KJN.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        norms_KJ1 = torch.linalg.vector_norm(self.W_dec_KJN, dim=-1, keepdim=True)
+        self.W_dec_KJN.div_(norms_KJ1.clamp_min_(1e-12))
 
     @torch.no_grad()
     def project_decoder_grad_(self) -> None:
         """Remove from each atom's gradient its component along the atom (the norm is fixed anyway)."""
         g, w = self.W_dec_KJN.grad, self.W_dec_KJN
-        g -= (g * w).sum(dim=-1, keepdim=True) * w
+        g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze_(-1), w, value=-1.0)
 
     # --- views ------------------------------------------------------------------------------------
     def member(self, i: int) -> SAE:
