@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 
 from sae_sweep.sweep.cells import cell_key, finished_cells
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_summary
-from sae_sweep.sweep.table import write_results_table
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,8 @@ class SaeGridSweeper(BasicSweeper):
                 if self.budget.exceeded:
                     raise SweepAborted(self.budget.message())
         finally:
+            from sae_sweep.sweep.table import write_results_table  # pandas: only once a sweep ends
+
             write_results_table(sweep_dir)
         if self.budget.failures:
             log.warning(f"{self.budget.failures} of {self.budget.runs} runs failed; re-run the same "

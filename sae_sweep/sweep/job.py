@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from sae_sweep.sweep.cells import SUMMARY_FILE, cell_key, read_json, write_cell
-from sae_sweep.train import StopFn
+
+if TYPE_CHECKING:  # Hydra imports the sweepers (and so this module) on every start: keep torch out
+    from sae_sweep.train import StopFn
 
 TRIAL_FILE = "trial.json"
 

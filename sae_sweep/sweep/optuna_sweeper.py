@@ -40,7 +40,6 @@ from sae_sweep.sweep.storage import (
     open_storage,
     storage_spec,
 )
-from sae_sweep.sweep.table import write_results_table
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("maximize", "minimize")
@@ -203,6 +202,8 @@ class SaeOptunaSweeper(Sweeper):
                 for trial, ret in zip(trials, results, strict=True):
                     self._tell(study, trial, ret, objectives, budget)
         finally:
+            from sae_sweep.sweep.table import write_results_table  # pandas: only once a sweep ends
+
             write_results_table(sweep_dir)
         if budget.exceeded:
             raise SweepAborted(budget.message())
