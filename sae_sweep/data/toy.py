@@ -115,7 +115,7 @@ class GroundTruth:
 class ToyFeatures:
     """Seeded sampler of toy activations; ground truth fixed by ``cfg.seed``."""
 
-    def __init__(self, cfg: ToyDataConfig, *, p_empty_samples: int = 1 << 16):
+    def __init__(self, cfg: ToyDataConfig, *, p_empty_samples: int = 1 << 14):
         self.cfg = cfg
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_GROUND_TRUTH))
         features = torch.randn(cfg.h, cfg.n, generator=g, dtype=torch.float32)
@@ -126,21 +126,31 @@ class ToyFeatures:
         self._sd_idio = (1.0 - cfg.correlation) ** 0.5
         magnitudes = cfg.magnitude_decay ** torch.arange(cfg.h, dtype=torch.float32)
 
-        # Solve for the copula marginals p so that E[#active] = sum(p) + P(empty) = mean_active.
-        # P(empty) depends on p (and, with correlation, on the copula): fixed-point iteration,
-        # exact product for independent firing, a fixed Monte-Carlo estimate otherwise.
+        # Solve for the copula marginals p = min(1, c w) so that E[#active] = sum(p) + P(empty) =
+        # mean_active. P(empty) depends on c: exact product for independent firing; with correlation,
+        # a sample s fires nothing iff c < c*(s) = min_i Phi(z_si) / w_i, so one Monte-Carlo pass
+        # computing c* per sample gives P(empty | c) for every c, and the fixed point costs nothing more.
         w = decay_weights(cfg)
         self._loadings_RH = loadings
+        c_star = None
+        if cfg.correlation > 0.0:
+            mc = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_GROUND_TRUTH, 1))
+            c_star = torch.cat([
+                (torch.special.ndtr(self._latent(min(4096, p_empty_samples - i), mc).double()) / w).amin(dim=1)
+                for i in range(0, p_empty_samples, 4096)
+            ])
         p_empty = 0.0
-        for _ in range(4):
+        for _ in range(8):
             p = _scale_to_sum(w, cfg.mean_active - p_empty)
-            self._thresholds_H = torch.special.ndtri(p).to(torch.float32)
-            if cfg.correlation == 0.0:
-                p_empty = float(torch.prod(1.0 - p).item())
+            scale = (p / w).max().item() if bool((p < 1).any()) else float("inf")
+            if c_star is None:
+                new_p_empty = float(torch.prod(1.0 - p).item())
             else:
-                mc = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_GROUND_TRUTH, 1))
-                fired = self._fire(p_empty_samples, mc)
-                p_empty = float((~fired.any(dim=1)).double().mean().item())
+                new_p_empty = float((c_star >= scale).double().mean().item())
+            if abs(new_p_empty - p_empty) < 1e-9:
+                break
+            p_empty = new_p_empty
+        self._thresholds_H = torch.special.ndtri(p).to(torch.float32)
         q = p / p.sum()
         self.ground_truth = GroundTruth(
             features_HN=features,
@@ -159,13 +169,13 @@ class ToyFeatures:
     def n(self) -> int:
         return self.cfg.n
 
-    def _fire(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
-        """Bool (B, h): which features the copula fires for each sample."""
+    def _latent(self, batch_size: int, g: torch.Generator) -> torch.Tensor:
+        """The copula's latent Gaussians z, (B, h), unit variance, correlation rho * u_i.u_j."""
         z_BH = torch.randn(batch_size, self.cfg.h, generator=g)
         if self.cfg.correlation > 0.0:
             factors_BR = torch.randn(batch_size, self.cfg.correlation_rank, generator=g)
             z_BH.mul_(self._sd_idio).addmm_(factors_BR, self._loadings_RH)
-        return z_BH < self._thresholds_H
+        return z_BH
 
     def sample_codes(
         self, batch_size: int, g: torch.Generator
