@@ -242,14 +242,16 @@ class SaeOptunaSweeper(Sweeper):
         values = [summary.get(m) for m in objectives]
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         if status == "completed" and finite:
+            state = TrialState.COMPLETE
             study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
         elif status == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
+            state = TrialState.PRUNED
+            study.tell(trial, state=state)
         else:
+            state = TrialState.FAIL
             message = str(summary.get("message") or f"objective {dict(zip(objectives, values, strict=True))} is not finite")
             trial.set_user_attr("message", message[:500])
-            study.tell(trial, state=TrialState.FAIL)
-        state = study._storage.get_trial(trial._trial_id).state
+            study.tell(trial, state=state)
         budget.add(state == TrialState.FAIL, f"trial {trial.number}", str(summary.get("message", "")))
         log.info(f"trial {trial.number}: {state.name} {dict(zip(objectives, values, strict=True))} {trial.params}")
 
