@@ -144,3 +144,12 @@ def test_optuna_resume__a_sweeper_killed_mid_trial_reruns_that_point_and_complet
     assert orphan.state == TrialState.FAIL and orphan.user_attrs["orphaned"]
     df = table(sweep)
     assert sorted(df["alpha"]) == [0.1, 0.2, 0.3] and set(df["status"]) == {"completed"}
+
+
+def test_optuna__resuming_a_study_with_other_directions_is_a_one_line_error(tmp_path: Path) -> None:
+    sweep = tmp_path / "dirs"
+    optuna.create_study(study_name="smoke", direction="minimize", storage=open_storage(storage_spec(None, sweep)))
+    proc = run_sweep(sweep, *OPTUNA, "alpha=interval(0.1,1)")  # default objective: maximise mmcs
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optimises ['minimize']" in lines[0], proc.stderr[-2000:]

@@ -83,6 +83,8 @@ def default_objectives(config: DictConfig) -> dict[str, str]:
 
 def open_study(name: str, storage: optuna.storages.BaseStorage, directions: list[str]) -> optuna.Study:
     """Create the study or load it; a concurrent first creation by another worker is tolerated."""
+    # Our own log line says which study and how many trials; Optuna's would precede a one-line error.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(5):
         try:
             study = optuna.create_study(study_name=name, storage=storage, directions=directions,
