@@ -7,23 +7,19 @@ module also registers their configs as ``hydra/sweeper=sae_grid`` and ``hydra/sw
 
 from hydra.core.config_store import ConfigStore
 
-from sae_sweep.sweep import grid
+from sae_sweep.sweep import grid, optuna_sweeper
+
+__all__ = ["SaeGridSweeper", "SaeOptunaSweeper"]
 
 
 class SaeGridSweeper(grid.SaeGridSweeper):
     """Hydra's basic sweeper plus grid resume and a failure budget (see sae_sweep.sweep.grid)."""
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="sae_grid", node=grid.GridSweeperConf,
-                             provider="sae_sweep")
-
-
-from sae_sweep.sweep import optuna_sweeper  # noqa: E402
-
-
 class SaeOptunaSweeper(optuna_sweeper.SaeOptunaSweeper):
     """Optuna ask/tell sweeper with study resume, pruning and failures (see sae_sweep.sweep.optuna_sweeper)."""
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="sae_optuna", node=optuna_sweeper.OptunaSweeperConf,
-                             provider="sae_sweep")
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="sae_grid", node=grid.GridSweeperConf, provider="sae_sweep")
+cs.store(group="hydra/sweeper", name="sae_optuna", node=optuna_sweeper.OptunaSweeperConf, provider="sae_sweep")
