@@ -23,6 +23,23 @@ def test_submitit__a_grid_runs_through_submitit_and_a_failed_cell_does_not_stop_
     assert list((sweep / ".submitit").iterdir())  # the jobs really went through submitit
 
 
+def test_submitit__optuna_trials_in_submitit_jobs_reach_their_trial_and_get_pruned(tmp_path: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from sae_sweep.sweep.storage import open_storage, storage_spec
+
+    sweep = tmp_path / "study"
+    common = ("hydra/sweeper=sae_optuna", "train.num_samples=10000", "hydra.sweeper.pruner=median",
+              "+hydra.sweeper.pruner_kwargs.n_startup_trials=1", "+hydra.sweeper.pruner_kwargs.n_warmup_steps=0")
+    ok(run_sweep(sweep, *common, "hydra.sweeper.n_trials=1", "train.lr=tag(log,interval(0.009,0.011))"))
+    ok(run_sweep(sweep, *common, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+                 "hydra/launcher=submitit_local", f"hydra.launcher.submitit_folder={sweep}/.submitit/%j",
+                 "train.lr=tag(log,interval(1e-8,1e-7))"))
+    study = optuna.load_study(study_name="smoke", storage=open_storage(storage_spec(None, sweep)))
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+
+
 def test_submitit__slurm_launcher_config_composes_with_project_defaults() -> None:
     proc = subprocess.run([sys.executable, "-m", "sae_sweep", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                            "--cfg", "hydra", "-p", "hydra.launcher"], cwd=REPO, env=cli_env(),
