@@ -21,6 +21,7 @@ Then (unless --skip-toy) the toy generator's samples/s, for comparison with the 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ from sae_sweep.config import ToyDataConfig  # noqa: E402
 from sae_sweep.data.toy import ToyFeatures  # noqa: E402
 from sae_sweep.sae import SAE  # noqa: E402
 from sae_sweep.step import loss_and_grads  # noqa: E402
+from sae_sweep.train import L1_EVERY  # noqa: E402
 
 TARGET = 0.85
 
@@ -65,16 +67,18 @@ def make_sae(n: int, j: int, seed: int) -> tuple[SAE, torch.optim.Optimizer]:
 
 
 def hand_step(sae: SAE, opt: torch.optim.Optimizer, y_BN: torch.Tensor, alpha: list[float], full: bool):
-    alpha_t = torch.tensor(alpha)
+    counter = itertools.count()
 
     def run() -> None:
-        mse_K, l1_K = loss_and_grads(sae, y_BN, alpha)
-        if full:  # exactly the per-step work of train.train
-            loss_K = mse_K + alpha_t * l1_K
-            torch.isfinite(loss_K).tolist()
-            sae.project_decoder_grad_()
-            opt.step()
-            sae.normalise_decoder_()
+        if not full:
+            loss_and_grads(sae, y_BN, alpha)
+            return
+        # exactly the per-step work of train.train, which measures the L1 term every L1_EVERY steps
+        mse_K, l1_K = loss_and_grads(sae, y_BN, alpha, with_l1=next(counter) % L1_EVERY == 0)
+        torch.isfinite(mse_K if l1_K is None else mse_K + l1_K).tolist()
+        sae.project_decoder_grad_()
+        opt.step()
+        sae.normalise_decoder_()
 
     return run
 

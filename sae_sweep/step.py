@@ -77,8 +77,13 @@ def _ensure_grads(sae: SAE) -> None:
 
 
 @torch.no_grad()
-def loss_and_grads(sae: SAE, y_BN: torch.Tensor, alpha_K: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_grads(
+    sae: SAE, y_BN: torch.Tensor, alpha_K: list[float], *, with_l1: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fill every parameter's ``.grad`` with d(loss)/d(param) and return per-member (mse_K, l1_K).
+
+    The gradients never need the L1 value itself; ``with_l1=False`` skips its one pass over the
+    (B, J) codes and returns ``l1_K = None`` (a NaN anywhere still shows in ``mse_K``).
 
     ``y_BN`` is shared by all members; ``alpha_K`` holds each member's L1 coefficient. Gradients
     are overwritten, not accumulated (as after ``zero_grad`` and one ``backward``).
@@ -93,7 +98,7 @@ def loss_and_grads(sae: SAE, y_BN: torch.Tensor, alpha_K: list[float]) -> tuple[
     c_BJ, dc_BJ, err_BN = ws.c_BJ, ws.dc_BJ, ws.err_BN
     s = 2.0 / (b * n)  # d mse / d z = s (z - y)
     mse_K = torch.empty(sae.k, device=y_BN.device)
-    l1_K = torch.empty(sae.k, device=y_BN.device)
+    l1_K = torch.empty(sae.k, device=y_BN.device) if with_l1 else None
     has_b_dec = sae.decoder_bias
     for k in range(sae.k):
         w_enc_NJ, w_dec_JN = sae.W_enc_KNJ[k], sae.W_dec_KJN[k]
@@ -103,7 +108,8 @@ def loss_and_grads(sae: SAE, y_BN: torch.Tensor, alpha_K: list[float]) -> tuple[
 
         x_BN = torch.sub(y_BN, b_dec_1N, out=err_BN) if has_b_dec else err_BN.copy_(y_BN)
         torch.mm(ws.ones_B1, b_enc_1J, out=c_BJ).addmm_(x_BN, w_enc_NJ).relu_()  # GEMM 1
-        l1_K[k] = c_BJ.sum() / (b * j)  # c >= 0, so |c| = c
+        if l1_K is not None:
+            l1_K[k] = c_BJ.sum() / (b * j)  # c >= 0, so |c| = c
         err_BN.addmm_(c_BJ, w_dec_JN, beta=-1.0)  # GEMM 2: err = z - y, x overwritten
         mse_K[k] = torch.linalg.vector_norm(err_BN).square() / (b * n)
 

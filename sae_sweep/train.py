@@ -24,6 +24,10 @@ from sae_sweep.step import loss_and_grads
 # Statuses a member can end in. "completed" is the only success.
 COMPLETED, DIVERGED, PRUNED, INTERRUPTED, FAILED = "completed", "diverged", "pruned", "interrupted", "failed"
 
+# The L1 term of the training loss is measured every L1_EVERY steps (it costs a pass over the codes
+# and only feeds the logged train_loss); the reconstruction term, which catches divergence, every step.
+L1_EVERY = 16
+
 # should_stop(member, samples_seen, metrics) -> True to stop that member (e.g. an Optuna pruner).
 StopFn = Callable[[int, int, dict[str, float]], bool]
 
@@ -93,8 +97,9 @@ def train(
     outcomes = [MemberOutcome() for _ in range(sae.k)]
     running = [True] * sae.k
     alpha_t_K = torch.tensor(list(alpha_K), device=device)
-    window_loss = torch.zeros(sae.k, dtype=torch.float64, device=device)
-    window_steps = 0
+    window_mse = torch.zeros(sae.k, dtype=torch.float64, device=device)
+    window_l1 = torch.zeros(sae.k, dtype=torch.float64, device=device)
+    window_steps = window_l1_steps = 0
     train_time = 0.0
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
@@ -102,14 +107,16 @@ def train(
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
             y_BN = next(batches).to(device, non_blocking=True)
-            mse_K, l1_K = loss_and_grads(sae, y_BN, alpha_K)
-            loss_K = mse_K + alpha_t_K * l1_K
-            finite_K = torch.isfinite(loss_K).tolist()
+            mse_K, l1_K = loss_and_grads(sae, y_BN, alpha_K, with_l1=window_steps % L1_EVERY == 0)
+            finite_K = torch.isfinite(mse_K if l1_K is None else mse_K + l1_K).tolist()
             sae.project_decoder_grad_()
             opt.step()
             sae.normalise_decoder_()
             train_time += time.perf_counter() - t0
-            window_loss += torch.nan_to_num(loss_K.double())
+            window_mse += torch.nan_to_num(mse_K.double())
+            if l1_K is not None:
+                window_l1 += torch.nan_to_num(l1_K.double())
+                window_l1_steps += 1
             window_steps += 1
             samples = step * cfg.batch_size
             bar.update(cfg.batch_size)
@@ -119,7 +126,8 @@ def train(
                     running[k] = False
                     outcomes[k].status = DIVERGED
                     outcomes[k].samples = samples
-                    outcomes[k].message = f"loss became {loss_K[k].item()} at sample {samples}"
+                    bad = mse_K[k] + (0.0 if l1_K is None else alpha_t_K[k] * l1_K[k])
+                    outcomes[k].message = f"loss became {bad.item()} at sample {samples}"
             if not any(running):
                 break
 
@@ -128,7 +136,9 @@ def train(
                 for k, row in enumerate(rows):
                     if not running[k]:
                         continue
-                    row = {"samples": samples, "train_loss": (window_loss[k] / window_steps).item(),
+                    train_loss_k = (window_mse[k] / window_steps
+                                    + alpha_t_K[k] * window_l1[k] / max(window_l1_steps, 1)).item()
+                    row = {"samples": samples, "train_loss": train_loss_k,
                            **row, "train_time_s": train_time,
                            "samples_per_s": samples / max(train_time, 1e-9)}
                     outcomes[k].final, outcomes[k].samples = row, samples
@@ -141,8 +151,9 @@ def train(
                         running[k] = False
                         outcomes[k].status = PRUNED
                         outcomes[k].message = f"stopped at sample {samples}"
-                window_loss.zero_()
-                window_steps = 0
+                window_mse.zero_()
+                window_l1.zero_()
+                window_steps = window_l1_steps = 0
                 head = next((r for k, r in enumerate(rows) if running[k]), rows[0])
                 bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
                                  **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})

@@ -123,3 +123,14 @@ def test_train_step__reduces_loss_on_toy_data():
         after = sae.loss(held_out, torch.tensor(alpha_K))[0]
     assert bool((after < 0.5 * before).all()), (before, after)
     assert torch.allclose(sae.W_dec_KJN.norm(dim=-1), torch.ones(2, J), atol=1e-5)
+
+
+def test_loss_and_grads__without_l1_gives_the_same_gradients_and_mse():
+    sae = SAE(16, 48, k=2, generator=torch.Generator().manual_seed(4))
+    y = torch.rand(64, 16, generator=torch.Generator().manual_seed(5))
+    mse_a, l1_a = loss_and_grads(sae, y, [0.2, 0.5])
+    grads_a = [p.grad.clone() for p in sae.parameters()]
+    mse_b, l1_b = loss_and_grads(sae, y, [0.2, 0.5], with_l1=False)
+    assert l1_b is None and l1_a is not None
+    assert torch.equal(mse_a, mse_b)
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads_a, sae.parameters(), strict=True))
