@@ -20,6 +20,8 @@ from typing import NoReturn
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_BAD_CONFIG = 2
 EXIT_RUN_FAILED = 3
+# Hydra reports a bad combination of its own flags (e.g. -m with --cfg) as a plain ValueError.
+HYDRA_USAGE_ERROR = "Only one of --run, --multirun, --cfg"
 
 
 def register_configs() -> None:
@@ -123,6 +125,10 @@ def main() -> None:
         _die(str(exc), EXIT_BAD_CONFIG)
     except (HydraException, OmegaConfBaseException) as exc:
         _die(one_line(exc), EXIT_BAD_CONFIG)
+    except ValueError as exc:
+        if not str(exc).startswith(HYDRA_USAGE_ERROR):  # anything else is a bug: keep its traceback
+            raise
+        _die(str(exc), EXIT_BAD_CONFIG)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,9 @@ def test_cli__diverging_run_exits_nonzero_and_is_recorded(tmp_path):
     assert res.returncode == 3, res.stderr
     assert "diverged" in res.stderr and "Traceback" not in res.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_cli__conflicting_hydra_flags_are_a_one_line_error():
+    res = run_cli("-m", "alpha=0.1", "--cfg", "hydra", cwd=REPO)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("sae_sweep: error: Only one of") and len(res.stderr.strip().splitlines()) == 1
