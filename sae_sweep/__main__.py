@@ -17,7 +17,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# A checkout (or editable install) reads conf/ beside the package; an installed wheel carries the
+# same files as the package sae_sweep.conf.
+_CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = str(_CHECKOUT_CONF) if (_CHECKOUT_CONF / "config.yaml").is_file() else "pkg://sae_sweep.conf"
 EXIT_BAD_CONFIG = 2
 EXIT_RUN_FAILED = 3
 # Hydra reports a bad combination of its own flags (e.g. -m with --cfg) as a plain ValueError.
@@ -113,7 +116,7 @@ def main() -> None:
     from sae_sweep.config import ConfigError
 
     register_configs()
-    entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)
+    entry = hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(_task)
     from sae_sweep.sweep.outcome import SweepAborted
     from sae_sweep.sweep.storage import SweepConfigError
 
