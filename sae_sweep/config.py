@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DECAYS = ("exponential", "zipf", "constant")
+L1_NORMS = ("latents", "inputs")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -128,6 +129,11 @@ class SAEConfig:
     """Learn a decoder bias b_dec (also subtracted from y before encoding)."""
     init_scale: float = 1.0
     """The encoder starts as init_scale times the transpose of the (random, unit-norm) decoder."""
+    l1_norm: str = "latents"
+    """What the L1 term is divided by: latents (mean |c| over batch and J latents, the replication's
+    convention, so alpha's per-latent weight shrinks as J grows) or inputs (sum |c| over latents divided
+    by the input dim n, i.e. the per-sample lasso ||z - y||^2 + alpha ||c||_1, the same for every J;
+    use it to compare dictionary sizes at one alpha, as the feature-count estimators do)."""
 
     def validate(self, path: str = "sae") -> None:
         _check(isinstance(self.decoder_bias, bool), f"{path}.decoder_bias", self.decoder_bias, "true or false")
@@ -137,6 +143,7 @@ class SAEConfig:
             self.init_scale,
             "a number > 0",
         )
+        _check(self.l1_norm in L1_NORMS, f"{path}.l1_norm", self.l1_norm, f"one of {', '.join(L1_NORMS)}")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -277,8 +284,28 @@ class RunConfig:
         self.validate()
 
 
-LOSS_NORMALISATION = (
-    "loss = mean_{b,i} (z_bi - y_bi)^2 + alpha * mean_{b,j} |c_bj|: "
-    "reconstruction is the element-mean squared error over batch and input dims, "
-    "L1 is the mean over batch and dictionary latents (so the L1 term is divided by J)"
-)
+LOSS_NORMALISATIONS = {
+    "latents": (
+        "loss = mean_{b,i} (z_bi - y_bi)^2 + alpha * mean_{b,j} |c_bj|: "
+        "reconstruction is the element-mean squared error over batch and input dims, "
+        "L1 is the mean over batch and dictionary latents (so the L1 term is divided by J)"
+    ),
+    "inputs": (
+        "loss = mean_{b,i} (z_bi - y_bi)^2 + alpha * mean_b sum_j |c_bj| / n: "
+        "the per-sample lasso ||z - y||^2 + alpha ||c||_1 divided by the input dim n "
+        "(the L1 term does not depend on J)"
+    ),
+}
+LOSS_NORMALISATION = LOSS_NORMALISATIONS["latents"]
+
+
+def loss_normalisation(cfg: RunConfig) -> str:
+    """The loss this run optimises, in words (recorded in summary.json and cfg.json)."""
+    return LOSS_NORMALISATIONS[cfg.sae.l1_norm]
+
+
+def trainer_alpha(cfg: RunConfig) -> float:
+    """The coefficient of mean_{b,j}|c_bj| that the trainer uses for this run's alpha and l1_norm."""
+    if cfg.sae.l1_norm == "inputs":
+        return cfg.alpha * cfg.dict_size / cfg.data.n
+    return cfg.alpha

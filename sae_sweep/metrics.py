@@ -18,8 +18,10 @@ class CodeStats:
       fvu   = sum ||z - y||^2 / sum ||y - mean(y)||^2   (fraction of variance unexplained)
       l1    = sum |c| / (B J)                          (the loss's L1 term, before alpha)
       loss  = mse + alpha * l1
+      l1_sum = sum |c| / B                             (L1 per sample, comparable across J)
       l0    = mean number of non-zero latents per sample
       dead  = latents zero on every sample;  alive = J - dead
+    Per latent (for the analysis): firing frequency and mean activation over the set.
     """
 
     def __init__(self, n: int, j: int, device: torch.device | str = "cpu"):
@@ -30,7 +32,8 @@ class CodeStats:
         self.y_sq = torch.zeros((), dtype=torch.float64, device=device)
         self.abs_c = torch.zeros((), dtype=torch.float64, device=device)
         self.nnz = torch.zeros((), dtype=torch.float64, device=device)
-        self.ever_active_J = torch.zeros(j, dtype=torch.bool, device=device)
+        self.fires_J = torch.zeros(j, dtype=torch.float64, device=device)
+        self.sum_c_J = torch.zeros(j, dtype=torch.float64, device=device)
 
     def update(self, y_BN: torch.Tensor, z_BN: torch.Tensor, c_BJ: torch.Tensor) -> None:
         self.count += y_BN.shape[0]
@@ -40,7 +43,21 @@ class CodeStats:
         self.abs_c += c_BJ.double().abs().sum()
         nonzero_BJ = c_BJ != 0
         self.nnz += nonzero_BJ.sum()
-        self.ever_active_J |= nonzero_BJ.any(dim=0)
+        self.fires_J += nonzero_BJ.sum(dim=0)
+        self.sum_c_J += c_BJ.double().sum(dim=0)
+
+    @property
+    def ever_active_J(self) -> torch.Tensor:
+        """Latents non-zero on at least one sample, (J,) bool."""
+        return self.fires_J > 0
+
+    def frequency(self) -> torch.Tensor:
+        """Share of samples on which each latent is non-zero, (J,) float64."""
+        return self.fires_J / max(self.count, 1)
+
+    def mean_activation(self) -> torch.Tensor:
+        """Mean of each latent's activation over all samples, (J,) float64."""
+        return self.sum_c_J / max(self.count, 1)
 
     def results(self, alpha: float = 0.0) -> dict[str, float]:
         b = max(self.count, 1)
@@ -52,6 +69,7 @@ class CodeStats:
             "loss": mse_ + alpha * l1_,
             "mse": mse_,
             "l1": l1_,
+            "l1_sum": (self.abs_c / b).item(),
             "fvu": (self.sq_err / total_var).item(),
             "l0": (self.nnz / b).item(),
             "dead": dead,

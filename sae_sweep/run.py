@@ -1,8 +1,9 @@
 """One run, end to end: build data and SAE from a RunConfig, train, and write the run dir.
 
 Run dir contents: config.yaml (resolved), metrics.jsonl (a row per evaluation), summary.json
-(final metrics, status, timings, versions), sae.safetensors + cfg.json, ground_truth.safetensors
-(toy data), and wandb/ when W&B is on. Imports no hydra or optuna; wandb only through sinks.py.
+(final metrics, status, timings, versions), sae.safetensors + cfg.json, latents.safetensors (each
+latent's firing frequency and mean activation on the eval set at the last evaluation),
+ground_truth.safetensors (toy data), and wandb/ when W&B is on. Imports no hydra or optuna; wandb only through sinks.py.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sae_sweep.config import LOSS_NORMALISATION, RunConfig
+from sae_sweep.config import RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
 from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, StopFn, train
 
 STREAM_SAE_INIT = 3
-SUMMARY_KEYS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "fvu", "l0",
-                "dead", "alive")
+SUMMARY_KEYS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu",
+                "l0", "dead", "alive")
+LATENTS_FILE = "latents.safetensors"
 
 
 class RunDiverged(RuntimeError):
@@ -101,7 +103,8 @@ def run(
         "status": FAILED, "message": "", "name": run_name, "group": group,
         "alpha": cfg.alpha, "dict_size": cfg.dict_size, "seed": cfg.seed,
         "n": cfg.data.n, "h": cfg.data.h, "data_seed": cfg.data.seed,
-        "loss_normalisation": LOSS_NORMALISATION, "eval_size": cfg.data.eval_size,
+        "l1_norm": cfg.sae.l1_norm, "loss_normalisation": loss_normalisation(cfg),
+        "trainer_alpha": trainer_alpha(cfg), "eval_size": cfg.data.eval_size,
         "device": str(device), "threads": torch.get_num_threads(),
     }
     outcome = None
@@ -114,7 +117,7 @@ def run(
         if extra_sinks is not None:
             sinks.extend(extra_sinks())
         batches = data.batches(cfg.train.batch_size, cfg.seed)
-        outcome = train(sae, [cfg.alpha], batches, cfg.train, eval_set, [sinks], should_stop)[0]
+        outcome = train(sae, [trainer_alpha(cfg)], batches, cfg.train, eval_set, [sinks], should_stop)[0]
         summary["status"], summary["message"] = outcome.status, outcome.message
     except Exception as exc:
         summary["status"], summary["message"] = FAILED, f"{type(exc).__name__}: {exc}"
@@ -131,7 +134,11 @@ def run(
             "versions": library_versions(),
         })
         if cfg.train.save_weights and outcome is not None:
-            sae.save(run_dir, 0, extra={"alpha": cfg.alpha, "loss_normalisation": LOSS_NORMALISATION})
+            sae.save(run_dir, 0, extra={"alpha": cfg.alpha, "l1_norm": cfg.sae.l1_norm,
+                                        "loss_normalisation": loss_normalisation(cfg)})
+        if outcome is not None and outcome.latent_frequency_J is not None:
+            save_file({"frequency": outcome.latent_frequency_J, "mean_activation": outcome.latent_mean_J},
+                      str(run_dir / LATENTS_FILE))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         for sink in sinks:
             sink.finish(summary)

@@ -82,6 +82,24 @@ class WandbSink:
         self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
 
 
+def log_report_run(
+    *, run_dir: Path, mode: str, project: str, name: str, group: str | None, images: dict[str, Path],
+    summary: dict[str, Any], entity: str | None = None,
+) -> None:
+    """One W&B run holding a sweep's analysis: every figure as an image and the estimates as summary."""
+    import wandb
+
+    run = wandb.init(dir=str(run_dir), mode=mode, project=project, entity=entity, name=name, group=group,
+                     job_type="analysis", reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+    try:
+        run.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=0)
+        for k, v in summary.items():
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                run.summary[k] = v
+    finally:
+        run.finish()
+
+
 # --- reading an offline W&B run back from disk -------------------------------------------------------
 _HEADER = b":W&B\xe1\xbe\x00"
 _BLOCK = 32768

@@ -45,11 +45,13 @@ class MemberOutcome:
     samples: int = 0
     final: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    latent_frequency_J: torch.Tensor | None = None  # firing frequency per latent at the last evaluation
+    latent_mean_J: torch.Tensor | None = None  # mean activation per latent at the last evaluation
 
 
 @torch.no_grad()
-def evaluate(sae: SAE, alpha_K: Sequence[float], eval_set: EvalSet) -> list[dict[str, float]]:
-    """Metrics of every member on the held-out set: CodeStats plus ground-truth recovery if known."""
+def eval_stats(sae: SAE, eval_set: EvalSet) -> list[metrics.CodeStats]:
+    """Every member's CodeStats over the held-out set."""
     device = sae.W_dec_KJN.device
     stats = [metrics.CodeStats(sae.n, sae.dict_size, device) for _ in range(sae.k)]
     for start in range(0, eval_set.y_BN.shape[0], eval_set.chunk):
@@ -57,6 +59,16 @@ def evaluate(sae: SAE, alpha_K: Sequence[float], eval_set: EvalSet) -> list[dict
         z_KBN, c_KBJ = sae(y_BN)
         for k in range(sae.k):
             stats[k].update(y_BN, z_KBN[k], c_KBJ[k])
+    return stats
+
+
+@torch.no_grad()
+def evaluate(
+    sae: SAE, alpha_K: Sequence[float], eval_set: EvalSet, stats: list[metrics.CodeStats] | None = None
+) -> list[dict[str, float]]:
+    """Metrics of every member on the held-out set: CodeStats plus ground-truth recovery if known."""
+    device = sae.W_dec_KJN.device
+    stats = stats if stats is not None else eval_stats(sae, eval_set)
     out = []
     for k in range(sae.k):
         row = stats[k].results(alpha_K[k])
@@ -132,10 +144,13 @@ def train(
                 break
 
             if step % every == 0 or step == steps:
-                rows = evaluate(sae, alpha_K, eval_set)
+                stats = eval_stats(sae, eval_set)
+                rows = evaluate(sae, alpha_K, eval_set, stats)
                 for k, row in enumerate(rows):
                     if not running[k]:
                         continue
+                    outcomes[k].latent_frequency_J = stats[k].frequency().float().cpu()
+                    outcomes[k].latent_mean_J = stats[k].mean_activation().float().cpu()
                     train_loss_k = (window_mse[k] / window_steps
                                     + alpha_t_K[k] * window_l1[k] / max(window_l1_steps, 1)).item()
                     row = {"samples": samples, "train_loss": train_loss_k,

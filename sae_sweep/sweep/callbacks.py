@@ -1,4 +1,4 @@
-"""Hydra callbacks: write the results table at the end of every multirun."""
+"""Hydra callbacks: the results table and the feature-count report at the end of every multirun."""
 
 from __future__ import annotations
 
@@ -22,3 +22,34 @@ class ResultsTable(Callback):
         if sweep_dir.is_dir():
             df = write_results_table(sweep_dir)
             log.info(f"results table: {sweep_dir / 'runs.parquet'} ({len(df)} runs)")
+
+
+class SweepReport(Callback):
+    """Estimates of h, figures and report.md in the sweep dir (sae_sweep.analysis), after the table.
+
+    Runs when the sweep has completed cells at two or more dictionary sizes; an analysis error is
+    logged in one line and never touches the runs or the table.
+    """
+
+    def __init__(self, enabled: bool = True, wandb_mode: str = "offline", project: str = "sae_sweep",
+                 **settings: float) -> None:
+        self.enabled, self.wandb_mode, self.project, self.settings = enabled, wandb_mode, project, settings
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not self.enabled or not sweep_dir.is_dir():
+            return
+        from sae_sweep.analysis.report import AnalysisSettings
+        from sae_sweep.analysis.sweep_data import load_cells
+        from sae_sweep.analyze import run_analysis
+
+        cells = load_cells(sweep_dir)
+        if cells.empty or cells["dict_size"].nunique() < 2:
+            log.info("report: skipped (needs completed runs at two or more dictionary sizes)")
+            return
+        try:
+            run_analysis(sweep_dir, AnalysisSettings(**self.settings), wandb_mode=self.wandb_mode,
+                         project=self.project, group=str(config.name))
+        except Exception as exc:  # the analysis must never cost the sweep its results
+            log.warning(f"report: analysis failed ({type(exc).__name__}: {exc}); re-run it with "
+                        f"python -m sae_sweep.analyze {sweep_dir}")

@@ -1,0 +1,1 @@
+"""Feature-count estimation, figures and the sweep report."""

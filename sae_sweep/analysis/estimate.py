@@ -1,0 +1,258 @@
+"""Three estimates of the number of features h, as pure functions over a sweep's cells.
+
+A *cell* is one finished run: its ``alpha``, ``dict_size`` (J) and ``seed`` plus final metrics. Each
+estimator works on the seed-averaged cells for its point estimate and on resampled seeds for its
+spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence behind it.
+
+1. **Dead latents** (:func:`estimate_dead_latents`). While J < h every latent is used; once J > h
+   latents that (almost) never fire appear. Per alpha, fit ``log2 alive = log2 J`` for J <= h' and a
+   line of slope s in [0, 1] beyond (a hinge in log-log coordinates); h' is that alpha's estimate.
+   An alpha with fewer than ``min_dead_share`` dead latents at its largest J gives no estimate (the
+   grid, or the training, is too short to show the plateau). Pooled: the median over alphas.
+   A latent counts as alive when it fires on more than ``min_frequency`` of the eval samples
+   (default 0: the report's "never fires").
+2. **Loss basin** (:func:`estimate_loss_basin`). A dictionary at least as large as h represents the
+   data as well as any larger one, so its loss stops changing with J: at each alpha let L*(alpha) be
+   the lowest total loss over J; the cell (alpha, J) is *in the basin* when its loss is within
+   ``tolerance`` (relative) of L*(alpha). The basin's width for J is the share of the alpha grid over
+   which J is in it; h' is the smallest J whose basin covers at least ``min_share`` of the alphas. The
+   total loss is what the SAE optimises; the reconstruction and L1 terms are shown separately in the
+   figure (the combined "stickiness" number of the original report was, by its authors' account,
+   hard to read).
+3. **Dictionary agreement** (:func:`estimate_agreement`). At one alpha, A[J, J'] is the MMCS of
+   dictionary J's atoms against dictionary J', each atom weighted by its firing frequency (atoms that
+   never fire carry no weight). A right-sized dictionary holds the true features, and every larger
+   dictionary holds them too, so its row is high across all larger J'; a smaller one learned blends
+   and a larger one learned split or spare atoms that other sizes do not share. h' is the J whose
+   worst agreement with any larger dictionary is highest (provided it reaches ``min_agreement``).
+   No ground truth is used.
+
+All thresholds are parameters; their defaults are the ones the calibration (README) was run with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
+
+
+@dataclass
+class Estimate:
+    """An estimate of h from one signal."""
+
+    signal: str
+    value: float | None  # None: this sweep cannot tell (see note)
+    interval: tuple[float, float] | None = None  # 90% bootstrap interval over seeds
+    per_seed: dict[int, float | None] = field(default_factory=dict)
+    per_alpha: dict[float, float | None] = field(default_factory=dict)
+    note: str = ""
+    evidence: pd.DataFrame | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"signal": self.signal, "value": self.value,
+                "interval": list(self.interval) if self.interval else None,
+                "per_seed": {str(k): v for k, v in self.per_seed.items()},
+                "per_alpha": {f"{k:g}": v for k, v in self.per_alpha.items()}, "note": self.note}
+
+
+# --- shared helpers ------------------------------------------------------------------------------
+def seed_mean(cells: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Cells averaged over seeds: one row per (alpha, dict_size)."""
+    cols = [c for c in columns if c in cells.columns]
+    return cells.groupby(["alpha", "dict_size"], as_index=False)[cols].mean()
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(finite)) if finite else None
+
+
+def bootstrap(
+    seeds: Sequence[int], estimate: Callable[[Sequence[int]], float | None], *, n_boot: int = 400,
+    level: float = 0.9, rng_seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile interval of ``estimate(resampled seeds)`` over seeds drawn with replacement.
+
+    None with fewer than two seeds or when fewer than half the resamples give an estimate.
+    """
+    seeds = sorted(set(seeds))
+    if len(seeds) < 2:
+        return None
+    rng = np.random.default_rng(rng_seed)
+    cache: dict[tuple[int, ...], float | None] = {}
+    values = []
+    for _ in range(n_boot):
+        draw = tuple(sorted(rng.choice(seeds, size=len(seeds), replace=True).tolist()))
+        if draw not in cache:
+            cache[draw] = estimate(list(draw))
+        if cache[draw] is not None and math.isfinite(cache[draw]):
+            values.append(cache[draw])
+    if len(values) < n_boot / 2:
+        return None
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def _with_seeds(cells: pd.DataFrame, seeds: Sequence[int]) -> pd.DataFrame:
+    """The cells of a (re)sampled list of seeds; a seed drawn twice counts twice in the means."""
+    return pd.concat([cells[cells["seed"] == s] for s in seeds], ignore_index=True)
+
+
+# --- 1. dead latents -----------------------------------------------------------------------------
+def hinge_breakpoint(j: np.ndarray, alive: np.ndarray) -> float:
+    """Least-squares hinge in log2 coordinates: alive = J up to h', then slope s in [0, 1]; returns h'."""
+    x, y = np.log2(j.astype(float)), np.log2(np.maximum(alive.astype(float), 1.0))
+    best = (math.inf, float(j.max()))
+    for b in np.linspace(x.min(), x.max(), 241):
+        above = x > b
+        resid_below = y[~above] - x[~above]
+        dx, dy = x[above] - b, y[above] - b
+        s = float(np.clip((dx @ dy) / (dx @ dx), 0.0, 1.0)) if above.any() and (dx @ dx) > 0 else 1.0
+        sse = float(resid_below @ resid_below + ((dy - s * dx) @ (dy - s * dx)))
+        if sse < best[0] - 1e-12:
+            best = (sse, float(2.0**b))
+    return best[1]
+
+
+def _dead_per_alpha(cells: pd.DataFrame, min_dead_share: float) -> dict[float, float | None]:
+    out: dict[float, float | None] = {}
+    for alpha, g in seed_mean(cells, ["alive"]).groupby("alpha"):
+        g = g.sort_values("dict_size")
+        j, alive = g["dict_size"].to_numpy(), g["alive"].to_numpy()
+        if len(g) < 3 or (j[-1] - alive[-1]) / j[-1] < min_dead_share:
+            out[float(alpha)] = None
+        else:
+            out[float(alpha)] = hinge_breakpoint(j, alive)
+    return out
+
+
+def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05) -> Estimate:
+    """Dead-latent estimate of h (module docstring, 1); ``cells`` needs alpha, dict_size, seed, alive."""
+    per_alpha = _dead_per_alpha(cells, min_dead_share)
+
+    def pooled(seeds: Sequence[int]) -> float | None:
+        return _median(list(_dead_per_alpha(_with_seeds(cells, seeds), min_dead_share).values()))
+
+    seeds = sorted(cells["seed"].unique().tolist())
+    value = _median(list(per_alpha.values()))
+    note = ""
+    if value is None:
+        note = (f"no alpha shows {min_dead_share:.0%} dead latents at its largest J: h is at least about "
+                f"{int(cells['dict_size'].max())}, or the SAEs are trained too briefly for latents to die")
+    evidence = seed_mean(cells, ["alive", "dead"])
+    return Estimate("dead_latents", value, bootstrap(seeds, pooled) if value is not None else None,
+                    {s: pooled([s]) for s in seeds}, per_alpha, note, evidence)
+
+
+# --- 2. loss basin -------------------------------------------------------------------------------
+def basin_table(cells: pd.DataFrame, tolerance: float) -> pd.DataFrame:
+    """Seed-averaged cells with ``rel_loss`` = loss / min over J of the loss at that alpha, and ``in_basin``."""
+    m = seed_mean(cells, ["loss", "mse", "l1_sum"])
+    m["rel_loss"] = m["loss"] / m.groupby("alpha")["loss"].transform("min")
+    m["in_basin"] = m["rel_loss"] <= 1.0 + tolerance
+    return m
+
+
+def _basin_h(cells: pd.DataFrame, tolerance: float, min_share: float) -> tuple[float | None, pd.Series]:
+    m = basin_table(cells, tolerance)
+    share = m.groupby("dict_size")["in_basin"].mean().sort_index()
+    wide = share[share >= min_share]
+    return (float(wide.index[0]) if len(wide) else None), share
+
+
+def estimate_loss_basin(cells: pd.DataFrame, *, tolerance: float = 0.025, min_share: float = 0.5) -> Estimate:
+    """Loss-basin estimate of h (module docstring, 2); ``cells`` needs alpha, dict_size, seed, loss."""
+    seeds = sorted(cells["seed"].unique().tolist())
+    if cells["alpha"].nunique() < 2 or cells["dict_size"].nunique() < 2:
+        return Estimate("loss_basin", None, note="needs at least two alphas and two dictionary sizes")
+    value, share = _basin_h(cells, tolerance, min_share)
+
+    def pooled(s: Sequence[int]) -> float | None:
+        return _basin_h(_with_seeds(cells, s), tolerance, min_share)[0]
+
+    note = ""
+    if value is not None and value == share.index.min():
+        note = "the smallest dictionary of the grid is already in the basin: h may be smaller"
+    evidence = basin_table(cells, tolerance).merge(share.rename("basin_share"), left_on="dict_size",
+                                                   right_index=True)
+    return Estimate("loss_basin", value, bootstrap(seeds, pooled), {s: pooled([s]) for s in seeds},
+                    {}, note, evidence)
+
+
+# --- 3. dictionary agreement ---------------------------------------------------------------------
+def weighted_mmcs(atoms_AN: np.ndarray, weights_A: np.ndarray, other_BN: np.ndarray) -> float:
+    """Mean over A's atoms, weighted, of the best cosine with any of B's atoms (rows unit norm)."""
+    if weights_A.sum() <= 0:
+        return math.nan
+    best = (atoms_AN @ other_BN.T).max(axis=1)
+    return float((best * weights_A).sum() / weights_A.sum())
+
+
+def agreement_matrix(dictionaries: dict[int, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """A[J, J'] for one alpha and seed: ``dictionaries[J] = (atoms (J, N) unit rows, frequency (J,))``."""
+    sizes = sorted(dictionaries)
+    out = pd.DataFrame(np.nan, index=sizes, columns=sizes)
+    for a in sizes:
+        atoms, freq = dictionaries[a]
+        for b in sizes:
+            if a != b:
+                out.loc[a, b] = weighted_mmcs(atoms, freq, dictionaries[b][0])
+    return out
+
+
+def agreement_h(matrix: pd.DataFrame, min_agreement: float) -> tuple[float | None, pd.Series]:
+    """The J whose worst agreement with a larger dictionary is highest; also every J's worst agreement."""
+    sizes = sorted(matrix.index)
+    worst = pd.Series({j: matrix.loc[j, [k for k in sizes if k > j]].min() for j in sizes[:-1]}, dtype=float)
+    worst = worst.dropna()
+    if worst.empty or worst.max() < min_agreement:
+        return None, worst
+    return float(worst.idxmax()), worst
+
+
+def estimate_agreement(
+    matrices: dict[tuple[float, int], pd.DataFrame], *, min_agreement: float = 0.9
+) -> Estimate:
+    """Agreement estimate of h from ``matrices[(alpha, seed)]`` (module docstring, 3)."""
+    alphas = sorted({a for a, _ in matrices})
+    seeds = sorted({s for _, s in matrices})
+
+    def per_alpha_for(s: Sequence[int]) -> dict[float, float | None]:
+        out = {}
+        for a in alphas:
+            ms = [matrices[(a, x)] for x in s if (a, x) in matrices]
+            out[a] = agreement_h(sum(ms) / len(ms), min_agreement)[0] if ms else None
+        return out
+
+    def pooled(s: Sequence[int]) -> float | None:
+        return _median(list(per_alpha_for(s).values()))
+
+    if not matrices or len(next(iter(matrices.values()))) < 3:
+        return Estimate("dictionary_agreement", None, note="needs at least three dictionary sizes")
+    per_alpha = per_alpha_for(seeds)
+    value = _median(list(per_alpha.values()))
+    rows = []
+    for a in alphas:
+        ms = [matrices[(a, x)] for x in seeds if (a, x) in matrices]
+        worst = agreement_h(sum(ms) / len(ms), min_agreement)[1]
+        rows += [{"alpha": a, "dict_size": int(j), "worst_agreement_with_larger": float(w)}
+                 for j, w in worst.items()]
+    note = "" if value is not None else f"no dictionary agrees with every larger one above {min_agreement}"
+    return Estimate("dictionary_agreement", value, bootstrap(seeds, pooled) if value is not None else None,
+                    {s: pooled([s]) for s in seeds}, per_alpha, note, pd.DataFrame(rows))
+
+
+def mean_matrices(matrices: dict[tuple[float, int], pd.DataFrame]) -> dict[float, pd.DataFrame]:
+    """Agreement matrices averaged over seeds, one per alpha (for the figure)."""
+    out: dict[float, pd.DataFrame] = {}
+    for a in sorted({a for a, _ in matrices}):
+        ms = [m for (aa, _), m in matrices.items() if aa == a]
+        out[a] = sum(ms) / len(ms)
+    return out

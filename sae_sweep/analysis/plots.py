@@ -1,0 +1,448 @@
+"""Figures of a sweep report: one PNG per question the sweep answers.
+
+Every public function takes plain DataFrames (one row per run, or per true feature), writes one PNG
+and returns the :class:`~matplotlib.figure.Figure`, so a report can embed the file and a test can
+read the axes back. Figures are built as bare ``Figure`` objects on the Agg canvas: no pyplot, so no
+global state, no GUI backend and nothing left open between calls.
+
+Conventions shared by the figures: α (the L1 coefficient) is swept on a log grid, so it is a log
+axis (or, in heatmaps, a categorical axis of log-spaced values); dictionary sizes J are powers of two
+in practice, so they sit on log2 axes. The true number of features is a dashed red line
+("true h = …"), the estimate a solid black line ("estimate ĥ = …") with a shaded band for its
+interval. Missing or NaN cells are blank in heatmaps and skipped in lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+DPI = 120
+TRUE_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.8}
+ESTIMATE_STYLE = {"color": "black", "linestyle": "-", "linewidth": 1.8}
+BAND_STYLE = {"color": "black", "alpha": 0.12, "linewidth": 0}
+VALUE_LABELS = {
+    "mmcs": "MMCS, true features → learned atoms",
+    "mmcs_learned": "MMCS, learned atoms → true features",
+    "recovered_90": "share of true features recovered (cos > 0.9)",
+    "recovered_99": "share of true features recovered (cos > 0.99)",
+    "fvu": "fraction of variance unexplained",
+}
+ALPHA_LABEL = "L1 coefficient α"
+J_LABEL = "dictionary size J"
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG at :data:`DPI`, creating parent folders, so callers never pre-create dirs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png", facecolor="white")
+
+
+def _finish(fig: Figure, path: Path) -> Figure:
+    """Save and hand back the figure: every public function ends here."""
+    save(fig, path)
+    return fig
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A pyplot-free figure on the Agg canvas; constrained layout keeps colour bars and legends clear."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _require(df: pd.DataFrame, columns: Iterable[str], name: str) -> None:
+    """Fail early with the missing column names, rather than with a KeyError deep inside matplotlib."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} is missing columns {missing}; it has {list(df.columns)}")
+    if df.empty:
+        raise ValueError(f"{name} is empty: there is nothing to plot")
+
+
+def _colours(values: Sequence[float], cmap: str = "viridis") -> dict[float, tuple[float, ...]]:
+    """One colour per value, spaced by log(value): sweep axes are geometric, so equal ratios look equal."""
+    keys = sorted(set(values))
+    if not keys:
+        return {}
+    logs = np.log([float(v) for v in keys]) if all(v > 0 for v in keys) else np.asarray(keys, dtype=float)
+    lo, hi = float(np.min(logs)), float(np.max(logs))
+    span = hi - lo
+    # Stay inside [0.05, 0.85] of the map: its yellow end is unreadable on white.
+    pos = [0.45 if span == 0 else 0.05 + 0.8 * (x - lo) / span for x in logs]
+    return {k: colormaps[cmap](p) for k, p in zip(keys, pos, strict=True)}
+
+
+def _text_colour(rgba: Sequence[float]) -> str:
+    """Black on light cells, white on dark ones, so every annotation stays legible."""
+    r, g, b = rgba[:3]
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def _j_label(j: float) -> str:
+    return f"{int(j)}" if float(j).is_integer() else f"{j:g}"
+
+
+def _log2_axis(ax: Axes, which: str) -> None:
+    """A base-2 log axis with plain integer tick labels (64, not 2^6)."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=2, nonpositive="mask")
+    axis.set_major_locator(LogLocator(base=2))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _mean_grid(cells: pd.DataFrame, value: str, rows: str, cols: str) -> pd.DataFrame:
+    """Mean of ``value`` per (row, column) cell over seeds; missing cells become NaN, axes ascend."""
+    grid = cells.groupby([rows, cols])[value].mean().unstack(cols)
+    return grid.sort_index().sort_index(axis=1)
+
+
+def _draw_heatmap(ax: Axes, grid: pd.DataFrame, *, vmin: float | None, vmax: float | None,
+                  origin: str, fontsize: float) -> AxesImage:
+    """Draw ``grid`` as coloured cells annotated with 2-decimal values; NaN cells stay blank."""
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    data = np.ma.masked_invalid(grid.to_numpy(dtype=float))
+    im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin=origin, aspect="auto",
+                   interpolation="nearest")
+    for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
+                    color=_text_colour(im.cmap(im.norm(v))))
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_yticks(range(grid.shape[0]))
+    return im
+
+
+def _annotation_size(n_rows: int, n_cols: int, base: float = 9.0) -> float:
+    """Shrink annotations on dense grids so 2-decimal numbers still fit their cells."""
+    return max(5.0, min(base, base * 8 / max(n_rows, n_cols, 1)))
+
+
+def _mark_estimate_x(ax: Axes, estimate: float | None, interval: tuple[float, float] | None,
+                     true_h: int | None) -> None:
+    """Vertical lines for the estimate (solid, with its interval band) and the true h (dashed)."""
+    if interval is not None:
+        lo, hi = sorted(interval)
+        ax.axvspan(lo, hi, **BAND_STYLE, label=f"interval [{lo:.3g}, {hi:.3g}]")
+    if estimate is not None:
+        ax.axvline(estimate, **ESTIMATE_STYLE, label=f"estimate ĥ = {estimate:.3g}")
+    if true_h is not None:
+        ax.axvline(true_h, **TRUE_STYLE, label=f"true h = {true_h}")
+
+
+def _side_legend(ax: Axes, **kwargs: object) -> None:
+    """Legend outside the axes on the right: line plots with many series would hide data otherwise."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, **kwargs)
+
+
+# --------------------------------------------------------------------------- 1. MMCS heatmap
+
+
+def mmcs_heatmap(cells: pd.DataFrame, path: Path, *, value: str = "mmcs", title: str | None = None,
+                 true_h: int | None = None) -> Figure:
+    """Heatmap of ``value`` (mean over seeds) over the (α, J) grid, as in Sharkey et al. 2022.
+
+    Why: the MMCS surface shows at a glance where in the grid the learned dictionary matches the
+    true features; the row J = h should be where it peaks. Colour runs 0–1 when every value lies in
+    [0, 1] (so figures from different sweeps compare), otherwise over the data's range.
+    """
+    _require(cells, ["alpha", "dict_size", value], "cells")
+    grid = _mean_grid(cells, value, "dict_size", "alpha")  # (J, alpha)
+    finite = grid.to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    unit = finite.size > 0 and finite.min() >= 0.0 and finite.max() <= 1.0
+    n_j, n_a = grid.shape
+    fig = _new_figure(min(16.0, max(5.5, 0.85 * n_a + 3.0)), min(12.0, max(4.0, 0.5 * n_j + 2.2)))
+    ax = fig.add_subplot()
+    im = _draw_heatmap(ax, grid, vmin=0.0 if unit else None, vmax=1.0 if unit else None, origin="lower",
+                       fontsize=_annotation_size(n_j, n_a))
+    label = VALUE_LABELS.get(value, value)
+    ax.set_xticklabels([f"{a:.3g}" for a in grid.columns], rotation=45 if n_a > 6 else 0,
+                       ha="right" if n_a > 6 else "center")
+    ylabels = [_j_label(j) for j in grid.index]
+    suffix = ""
+    if true_h is not None:
+        suffix = _mark_true_row(ax, list(grid.index), n_a, true_h, ylabels)
+    ax.set_yticklabels(ylabels)
+    ax.set_xlabel(f"{ALPHA_LABEL} (log-spaced grid)")
+    ax.set_ylabel(J_LABEL)
+    fig.colorbar(im, ax=ax, label=f"{label} (mean over seeds)")
+    ax.set_title(title or f"{label} over the (α, J) grid{suffix}")
+    return _finish(fig, path)
+
+
+def _mark_true_row(ax: Axes, sizes: list[float], n_cols: int, true_h: int, ylabels: list[str]) -> str:
+    """Outline the row J = true_h, or draw a dashed line where it would sit; returns a title suffix."""
+    logs = np.log2(np.asarray(sizes, dtype=float))
+    if true_h in sizes:
+        i = sizes.index(true_h)
+        ylabels[i] = f"{ylabels[i]} (h)"
+        ax.add_patch(Rectangle((-0.5, i - 0.5), n_cols, 1, fill=False, clip_on=False,
+                               edgecolor=TRUE_STYLE["color"], linestyle="--", linewidth=2.0,
+                               label=f"true h = {true_h} (row outlined)"))
+    elif logs.min() <= math.log2(true_h) <= logs.max():
+        pos = float(np.interp(math.log2(true_h), logs, np.arange(len(sizes))))
+        ax.axhline(pos, **TRUE_STYLE, label=f"true h = {true_h} (between rows)")
+    else:
+        return f"  (true h = {true_h}, outside the J grid)"
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, frameon=False, borderaxespad=0.2)
+    return ""
+
+
+# --------------------------------------------------------------------------- 2. alive latents
+
+
+def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | None = None,
+                       interval: tuple[float, float] | None = None, true_h: int | None = None,
+                       title: str | None = None) -> Figure:
+    """Alive latents against dictionary size, one line per α, with the diagonal alive = J.
+
+    Why: while J < h every latent finds a feature and the line hugs the diagonal; once J passes h the
+    extra latents die and the line flattens at about h. The bend is the estimate ĥ.
+    """
+    _require(cells, ["alpha", "dict_size", "alive"], "cells")
+    data = cells.dropna(subset=["alpha", "dict_size", "alive"])
+    stats = data.groupby(["alpha", "dict_size"])["alive"].agg(["mean", "min", "max", "count"]).reset_index()
+    colours = _colours(list(stats["alpha"]), "plasma")
+    fig = _new_figure(8.5, 5.5)
+    ax = fig.add_subplot()
+    for alpha, g in stats.groupby("alpha"):
+        g = g.sort_values("dict_size")
+        kw = {"color": colours[alpha], "marker": "o", "markersize": 4, "linewidth": 1.5,
+              "label": f"α = {alpha:.3g}"}
+        if (g["count"] > 1).any():
+            yerr = np.vstack([g["mean"] - g["min"], g["max"] - g["mean"]])
+            ax.errorbar(g["dict_size"], g["mean"], yerr=yerr, capsize=2.5, **kw)
+        else:
+            ax.plot(g["dict_size"], g["mean"], **kw)
+    xs = [v for v in [*data["dict_size"], estimate, true_h, *(interval or ())] if v is not None and v > 0]
+    if xs:
+        ax.plot([min(xs), max(xs)], [min(xs), max(xs)], color="grey", linestyle=":", linewidth=1.5,
+                label="all latents alive (alive = J)")
+    _mark_estimate_x(ax, estimate, interval, true_h)
+    if true_h is not None:  # the plateau the lines should reach; same legend entry as the vertical line
+        ax.axhline(true_h, **{**TRUE_STYLE, "linewidth": 1.0}, alpha=0.6)
+    _log2_axis(ax, "x")
+    _log2_axis(ax, "y")
+    ax.set_xlabel(f"{J_LABEL} (log2)")
+    ax.set_ylabel("alive latents (log2)")
+    ax.grid(True, which="major", alpha=0.3)
+    several = (stats["count"] > 1).any()
+    seeds_note = " (mean over seeds, bars: min–max)" if several else ""
+    ax.set_title(title or f"Alive latents vs dictionary size{seeds_note}")
+    _side_legend(ax)
+    return _finish(fig, path)
+
+
+# --------------------------------------------------------------------------- 3. loss stickiness
+
+
+LOSS_PANELS = (
+    ("mse", "reconstruction MSE", "Reconstruction"),
+    ("l1_sum", "L1: Σ_j |c_j| per sample", "Sparsity"),
+    ("loss", "total loss (training objective)", "Total loss"),
+)
+
+
+def losses_vs_alpha(cells: pd.DataFrame, path: Path, *, estimate: float | None = None,
+                    true_h: int | None = None, title: str | None = None) -> Figure:
+    """Reconstruction, L1 and total loss against α, one line per dictionary size, three panels.
+
+    Why: around J = h the losses of neighbouring dictionary sizes stick together over a range of α
+    (the loss basin); filled markers show the cells the analysis put in that basin. The estimate has
+    no axis here (x is α), so it is named in the suptitle and the nearest J's legend entry.
+    """
+    _require(cells, ["alpha", "dict_size", *(c for c, _, _ in LOSS_PANELS)], "cells")
+    agg: dict[str, str] = {c: "mean" for c, _, _ in LOSS_PANELS}
+    has_basin = "in_basin" in cells.columns
+    data = cells.copy()
+    if has_basin:  # a cell is in the basin if any of its seeds is (normally all agree)
+        data["in_basin"] = data["in_basin"].fillna(False).astype(bool)
+        agg["in_basin"] = "max"
+    means = data.groupby(["dict_size", "alpha"]).agg(agg).reset_index()
+    sizes = sorted(means["dict_size"].unique())
+    colours = _colours(sizes, "viridis")
+    near = _nearest_log2(sizes, estimate)
+    fig = _new_figure(16.0, 5.0)
+    axes = fig.subplots(1, len(LOSS_PANELS))
+    for ax, (col, ylabel, panel) in zip(axes, LOSS_PANELS, strict=True):
+        for j in sizes:
+            g = means[means["dict_size"] == j].sort_values("alpha")
+            g = g[np.isfinite(g[col].to_numpy(dtype=float))]
+            _loss_line(ax, g, col, colours[j], _size_label(j, true_h, near),
+                       thick=true_h is not None and j == true_h, has_basin=has_basin)
+        ax.set_xscale("log", nonpositive="mask")
+        ax.set_yscale("log", nonpositive="mask")
+        ax.set_xlabel(ALPHA_LABEL)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel)
+        ax.grid(True, which="major", alpha=0.3)
+    handles, _ = axes[-1].get_legend_handles_labels()
+    if has_basin:
+        handles += [Line2D([], [], color="grey", marker="o", linestyle="none",
+                           label="filled: in the loss basin"),
+                    Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
+                           label="hollow: outside the basin")]
+    axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    notes = [f"estimate ĥ = {estimate:.3g}" if estimate is not None else "",
+             f"true h = {true_h}" if true_h is not None else ""]
+    note = ", ".join(n for n in notes if n)
+    default = "Loss stickiness: losses vs α per dictionary size"
+    fig.suptitle((title or default) + (f"  ({note})" if note else ""))
+    return _finish(fig, path)
+
+
+def _nearest_log2(sizes: Sequence[float], estimate: float | None) -> float | None:
+    """The dictionary size closest to ``estimate`` in ratio (log2) terms, or None without an estimate."""
+    if estimate is None or estimate <= 0 or not sizes:
+        return None
+    return min(sizes, key=lambda j: abs(math.log2(j) - math.log2(estimate)))
+
+
+def _size_label(j: float, true_h: int | None, near: float | None) -> str:
+    tags = [t for t, on in (("true h", true_h is not None and j == true_h), ("≈ ĥ", j == near)) if on]
+    return f"J = {_j_label(j)}" + (f" ({', '.join(tags)})" if tags else "")
+
+
+def _loss_line(ax: Axes, g: pd.DataFrame, col: str, colour: tuple[float, ...], label: str, *, thick: bool,
+               has_basin: bool) -> None:
+    """One dictionary size's line, markers filled where the cell is in the loss basin."""
+    width = 3.2 if thick else 1.4
+    ax.plot(g["alpha"], g[col], color=colour, linewidth=width, label=label)
+    inside = g["in_basin"].to_numpy(dtype=bool) if has_basin else np.ones(len(g), dtype=bool)
+    ax.scatter(g["alpha"][inside], g[col][inside], color=colour, s=28, zorder=3)
+    ax.scatter(g["alpha"][~inside], g[col][~inside], facecolors="white", edgecolors=[colour], s=28,
+               linewidths=1.3, zorder=3)
+
+
+# --------------------------------------------------------------------------- 4. agreement matrices
+
+
+def agreement_matrices(matrices: dict[float, pd.DataFrame], path: Path, *, estimate: float | None = None,
+                       true_h: int | None = None, title: str | None = None) -> Figure:
+    """One MMCS matrix per α: how well each dictionary's atoms are found in a dictionary of another size.
+
+    Why: dictionaries smaller than h are (nearly) contained in the larger ones, while those larger
+    than h start to disagree with each other; the row where agreement breaks down brackets ĥ.
+    The colour bar is fixed to 0–1 and shared so the panels compare directly.
+    """
+    if not matrices:
+        raise ValueError("matrices is empty: pass at least one {alpha: DataFrame}")
+    alphas = sorted(matrices)
+    n_cols = min(4, len(alphas))
+    n_rows = math.ceil(len(alphas) / n_cols)
+    size = max(max(m.shape) for m in matrices.values())
+    panel = min(6.0, max(3.4, 0.45 * size + 1.6))
+    fig = _new_figure(panel * n_cols + 1.4, panel * 0.92 * n_rows + (1.0 if estimate is not None else 0.6))
+    grid_axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    used = list(grid_axes.flat[: len(alphas)])
+    for ax in grid_axes.flat[len(alphas):]:
+        ax.set_axis_off()
+    im = None
+    for ax, alpha in zip(used, alphas, strict=True):
+        m = matrices[alpha].sort_index().sort_index(axis=1)
+        im = _draw_heatmap(ax, m, vmin=0.0, vmax=1.0, origin="upper",
+                           fontsize=_annotation_size(*m.shape, base=8.0))
+        ax.set_xticklabels([_tagged(j, true_h) for j in m.columns], rotation=45, ha="right")
+        ax.set_yticklabels([_tagged(j, true_h) for j in m.index])
+        ax.set_xlabel("compared with J (columns)")
+        ax.set_ylabel("reference J (rows)")
+        ax.set_title(f"α = {alpha:.3g}")
+        row = _nearest_log2(list(m.index), estimate)
+        if row is not None:
+            i = list(m.index).index(row)
+            ax.add_patch(Rectangle((-0.5, i - 0.5), m.shape[1], 1, fill=False,
+                                   edgecolor=ESTIMATE_STYLE["color"],
+                                   linewidth=2.2, clip_on=False))
+    fig.colorbar(im, ax=used, label="MMCS (row atoms → column dictionary)", shrink=0.9)
+    if estimate is not None:
+        fig.legend(handles=[Patch(fill=False, edgecolor="black", linewidth=2.0,
+                                  label=f"row nearest the estimate ĥ = {estimate:.3g}")],
+                   loc="outside lower center", fontsize=8, frameon=False)
+    h_note = f"  (true h = {true_h}, tick marked (h))" if true_h is not None else ""
+    fig.suptitle((title or "Agreement between dictionaries of different sizes, per α") + h_note)
+    return _finish(fig, path)
+
+
+def _tagged(j: float, true_h: int | None) -> str:
+    return _j_label(j) + (" (h)" if true_h is not None and j == true_h else "")
+
+
+# --------------------------------------------------------------------------- 5. recovery vs frequency
+
+
+def recovery_vs_frequency(features: pd.DataFrame, path: Path, *, title: str | None = None,
+                          threshold: float = 0.9) -> Figure:
+    """Each true feature's best cosine with a learned atom against its firing probability, per J.
+
+    Why: if a dictionary smaller than h spends its atoms on the most frequent features first, the
+    small-J curves rise only at the high-frequency end; this tests that before trusting ĥ.
+    Rows of all α and seeds are pooled.
+    """
+    _require(features, ["dict_size", "frequency", "best_cos"], "features")
+    data = features.dropna(subset=["dict_size", "frequency", "best_cos"])
+    data = data[data["frequency"] > 0]
+    sizes = sorted(data["dict_size"].unique())
+    colours = _colours(sizes, "viridis")
+    edges = _log_bins(data["frequency"].to_numpy(dtype=float), 8)
+    fig = _new_figure(9.0, 5.5)
+    ax = fig.add_subplot()
+    for j in sizes:
+        g = data[data["dict_size"] == j]
+        ax.scatter(g["frequency"], g["best_cos"], color=colours[j], s=7, alpha=0.25, linewidths=0)
+        centres, means = _binned_mean(g["frequency"].to_numpy(dtype=float),
+                                      g["best_cos"].to_numpy(dtype=float), edges)
+        ax.plot(centres, means, color=colours[j], marker="o", markersize=4, linewidth=1.8,
+                label=f"J = {_j_label(j)}")
+    ax.axhline(threshold, color="black", linestyle=":", linewidth=1.3,
+               label=f"recovered (cos > {threshold:g})")
+    ax.set_xscale("log")
+    low = float(data["best_cos"].min()) if len(data) else 0.0
+    ax.set_ylim(min(0.0, low - 0.02), 1.02)
+    ax.set_xlabel("true feature firing probability")
+    ax.set_ylabel("best cosine with a learned atom")
+    ax.grid(True, which="major", alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="grey", marker="o", alpha=0.4, linestyle="none", markersize=4,
+                       label="dots: single features"),
+                Line2D([], [], color="grey", marker="o", linewidth=1.8, markersize=4,
+                       label="lines: mean per frequency bin")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    default = "Recovery vs feature frequency: do small dictionaries learn frequent features first?"
+    ax.set_title(title or default, fontsize=11)
+    return _finish(fig, path)
+
+
+def _log_bins(freq: np.ndarray, n_bins: int) -> np.ndarray:
+    """``n_bins`` log-spaced bin edges spanning the frequencies (one bin if they are all equal)."""
+    if freq.size == 0:
+        return np.array([1e-12, 1.0])
+    lo, hi = float(freq.min()), float(freq.max())
+    if lo == hi:
+        return np.array([lo / 1.01, hi * 1.01])
+    return np.geomspace(lo, hi, n_bins + 1)
+
+
+def _binned_mean(x: np.ndarray, y: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of y per bin of x, at the bins' geometric centres; empty bins are left out."""
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    keep = [b for b in range(len(edges) - 1) if (idx == b).any()]
+    return centres[keep], np.array([y[idx == b].mean() for b in keep])

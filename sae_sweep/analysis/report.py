@@ -1,0 +1,209 @@
+"""Turn a finished sweep dir into estimates of h, figures and report.md.
+
+``analyze(sweep_dir)`` reads the cells back from disk (sweep_data.py), runs the three estimators
+(estimate.py) on every dataset of the sweep (a sweep over ``data.h`` has one per h), draws the
+figures (plots.py) and writes, into the sweep dir:
+
+    report.md                         estimates table, figures, definitions, commands
+    estimates.json                    the same estimates, machine-readable
+    analysis/<dataset>/*.png          the figures
+    analysis/<dataset>/recovery.csv   per true feature: frequency and best cosine, per run
+    analysis/<dataset>/agreement_alpha=<a>.csv   dictionary-vs-dictionary MMCS (seed mean)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sae_sweep.analysis import estimate as est
+from sae_sweep.analysis import plots
+from sae_sweep.analysis.sweep_data import (
+    group_slug,
+    load_cells,
+    read_dictionary,
+    read_latents,
+    recovery_table,
+    split_groups,
+    true_h,
+    with_alive,
+)
+
+REPORT_FILE = "report.md"
+ESTIMATES_FILE = "estimates.json"
+
+
+@dataclass
+class AnalysisSettings:
+    """Estimator thresholds (defaults justified in estimate.py and the README's calibration)."""
+
+    min_frequency: float = 0.0
+    """A latent is alive when it fires on more than this share of the eval samples (0 = ever fires)."""
+    min_dead_share: float = 0.05
+    """Dead-latent estimate only for alphas whose largest J has at least this share of dead latents."""
+    basin_tolerance: float = 0.025
+    """A cell is in the loss basin when its loss is within this relative distance of the best J's."""
+    basin_min_share: float = 0.5
+    """h is the smallest J in the basin for at least this share of the alphas."""
+    min_agreement: float = 0.9
+    """The agreement estimate needs a J whose worst MMCS against every larger dictionary reaches this."""
+
+
+@dataclass
+class GroupReport:
+    label: dict[str, Any]
+    true_h: int | None
+    n_cells: int
+    estimates: list[est.Estimate]
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    def consensus(self) -> float | None:
+        """Median of the estimates that gave a value."""
+        values = [e.value for e in self.estimates if e.value is not None]
+        return float(np.median(values)) if values else None
+
+
+def agreement_matrices(cells: pd.DataFrame) -> dict[tuple[float, int], pd.DataFrame]:
+    """A[J, J'] per (alpha, seed) from the saved dictionaries and latent frequencies."""
+    out = {}
+    for (alpha, seed), g in cells.groupby(["alpha", "seed"]):
+        dictionaries = {int(r.dict_size): (read_dictionary(r.run_dir), read_latents(r.run_dir)["frequency"])
+                        for r in g.itertuples()}
+        if len(dictionaries) >= 2:
+            out[(float(alpha), int(seed))] = est.agreement_matrix(dictionaries)
+    return out
+
+
+def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
+                  settings: AnalysisSettings) -> GroupReport:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = with_alive(cells, settings.min_frequency)
+    if "l1_sum" not in cells.columns or cells["l1_sum"].isna().any():
+        cells["l1_sum"] = cells["l1"] * cells["dict_size"]
+    h = true_h(cells)
+    matrices = agreement_matrices(cells)
+    estimates = [
+        est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share),
+        est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance, min_share=settings.basin_min_share),
+        est.estimate_agreement(matrices, min_agreement=settings.min_agreement),
+    ]
+    dead, basin, agree = estimates
+    figures: dict[str, Path] = {}
+    title_tail = f" ({group_slug(label)})" if label else ""
+    if "mmcs" in cells.columns and cells["mmcs"].notna().any():
+        figures["mmcs_heatmap"] = out_dir / "mmcs_heatmap.png"
+        plots.mmcs_heatmap(cells, figures["mmcs_heatmap"], true_h=h,
+                           title=f"MMCS with the true features over (α, J){title_tail}")
+    figures["alive_vs_dict_size"] = out_dir / "alive_vs_dict_size.png"
+    plots.alive_vs_dict_size(cells, figures["alive_vs_dict_size"], estimate=dead.value, interval=dead.interval,
+                             true_h=h, title=f"Dead-latent signal: alive latents vs J{title_tail}")
+    basin_cells = basin.evidence if basin.evidence is not None else cells
+    figures["losses_vs_alpha"] = out_dir / "losses_vs_alpha.png"
+    plots.losses_vs_alpha(basin_cells, figures["losses_vs_alpha"], estimate=basin.value, true_h=h)
+    if matrices:
+        mean = est.mean_matrices(matrices)
+        for alpha, m in mean.items():
+            m.to_csv(out_dir / f"agreement_alpha={alpha:g}.csv")
+        figures["agreement"] = out_dir / "agreement.png"
+        plots.agreement_matrices(mean, figures["agreement"], estimate=agree.value, true_h=h,
+                                 title=f"Dictionary agreement: weighted MMCS between sizes{title_tail}")
+    recovery = recovery_table(cells)
+    if not recovery.empty:
+        recovery.to_csv(out_dir / "recovery.csv", index=False)
+        figures["recovery_vs_frequency"] = out_dir / "recovery_vs_frequency.png"
+        plots.recovery_vs_frequency(recovery, figures["recovery_vs_frequency"])
+    return GroupReport(label, h, len(cells), estimates, figures)
+
+
+def analyze(sweep_dir: Path, settings: AnalysisSettings | None = None) -> list[GroupReport]:
+    """Estimates, figures, report.md and estimates.json for a finished sweep dir."""
+    sweep_dir = Path(sweep_dir)
+    settings = settings or AnalysisSettings()
+    cells = load_cells(sweep_dir)
+    if cells.empty:
+        raise ValueError(f"{sweep_dir} holds no completed runs to analyse")
+    reports = [analyze_group(label, g, sweep_dir / "analysis" / group_slug(label), settings)
+               for label, g in split_groups(cells)]
+    write_estimates(sweep_dir, reports, settings)
+    write_report(sweep_dir, reports, settings)
+    return reports
+
+
+# --- output --------------------------------------------------------------------------------------
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.0f}" if abs(v) >= 10 else f"{v:.3g}"
+
+
+def _interval(e: est.Estimate) -> str:
+    return f"[{_fmt(e.interval[0])}, {_fmt(e.interval[1])}]" if e.interval else "-"
+
+
+def write_estimates(sweep_dir: Path, reports: list[GroupReport], settings: AnalysisSettings) -> None:
+    blob = {"settings": asdict(settings), "groups": [
+        {"label": r.label, "true_h": r.true_h, "cells": r.n_cells, "consensus": r.consensus(),
+         "estimates": [e.as_dict() for e in r.estimates],
+         "figures": {k: str(p.relative_to(sweep_dir)) for k, p in r.figures.items()}} for r in reports]}
+    (sweep_dir / ESTIMATES_FILE).write_text(json.dumps(blob, indent=2, default=str))
+
+
+def estimates_table(reports: list[GroupReport]) -> str:
+    """A plain-text table of every group's estimates next to the true h (printed after a sweep)."""
+    lines = [f"{'dataset':<18} {'signal':<22} {'estimate h':>10} {'90% interval':>16} {'true h':>7}"]
+    for r in reports:
+        name = group_slug(r.label)
+        for e in [*r.estimates, None]:
+            signal, value, interval = ("consensus (median)", r.consensus(), "-") if e is None else (
+                e.signal, e.value, _interval(e))
+            lines.append(f"{name:<18} {signal:<22} {_fmt(value):>10} {interval:>16} {_fmt(r.true_h):>7}")
+    return "\n".join(lines)
+
+
+def write_report(sweep_dir: Path, reports: list[GroupReport], settings: AnalysisSettings) -> None:
+    md = [f"# Feature-count report: `{sweep_dir.name}`", ""]
+    command = _sweep_command(sweep_dir)
+    if command:
+        md += ["Sweep:", "", "```bash", command, "```", ""]
+    md += ["Re-create this report (any thresholds can be changed; `--help` lists them):", "", "```bash",
+           f"python -m sae_sweep.analyze {sweep_dir}", "```", "",
+           "## Estimates of h", "",
+           "| dataset | signal | estimate ĥ | 90% interval (bootstrap over seeds) | per seed | true h | note |",
+           "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for e in r.estimates:
+            per_seed = ", ".join(f"{s}: {_fmt(v)}" for s, v in e.per_seed.items()) or "-"
+            md.append(f"| {group_slug(r.label)} | {e.signal} | {_fmt(e.value)} | {_interval(e)} | {per_seed} | "
+                      f"{_fmt(r.true_h)} | {e.note} |")
+        md.append(f"| {group_slug(r.label)} | **consensus** (median) | **{_fmt(r.consensus())}** | | | "
+                  f"{_fmt(r.true_h)} | |")
+    md += ["", "Thresholds: " + ", ".join(f"`{k}={v}`" for k, v in asdict(settings).items()) + ".", "",
+           "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: per alpha, a hinge in log-log "
+           "coordinates through alive latents vs J (alive = J up to ĥ, then a flatter line); median over alphas. "
+           "**loss_basin**: a cell is in the basin when its total loss is within the tolerance of the best "
+           "dictionary size at that alpha; ĥ is the smallest J in the basin for at least the minimum share of "
+           "alphas. **dictionary_agreement**: frequency-weighted MMCS of dictionary J's atoms against each larger "
+           "dictionary at the same alpha; ĥ is the J whose worst agreement is highest. No estimator uses the "
+           "ground truth; the MMCS heatmap and the recovery plot do.", ""]
+    for r in reports:
+        md += [f"## Dataset `{group_slug(r.label)}` ({r.n_cells} completed runs, true h = {_fmt(r.true_h)})", ""]
+        for key, path in r.figures.items():
+            md += [f"### {key.replace('_', ' ')}", "", f"![{key}]({path.relative_to(sweep_dir)})", ""]
+    (sweep_dir / REPORT_FILE).write_text("\n".join(md))
+
+
+def _sweep_command(sweep_dir: Path) -> str | None:
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+    return "python -m sae_sweep -m " + " ".join(str(t) for t in task)
