@@ -110,7 +110,7 @@ def hinge_breakpoint(j: np.ndarray, alive: np.ndarray) -> float:
     """Least-squares hinge in log2 coordinates: alive = J up to h', then slope s in [0, 1]; returns h'."""
     x, y = np.log2(j.astype(float)), np.log2(np.maximum(alive.astype(float), 1.0))
     best = (math.inf, float(j.max()))
-    for b in np.linspace(x.min(), x.max(), 241):
+    for b in np.linspace(x.max(), x.min(), 241):  # descending: a tie (no bend at all) goes to the largest J
         above = x > b
         resid_below = y[~above] - x[~above]
         dx, dy = x[above] - b, y[above] - b
@@ -256,3 +256,25 @@ def mean_matrices(matrices: dict[tuple[float, int], pd.DataFrame]) -> dict[float
         ms = [m for (aa, _), m in matrices.items() if aa == a]
         out[a] = sum(ms) / len(ms)
     return out
+
+
+# --- recovery against feature frequency (ground truth) ---------------------------------------------
+def recovery_by_frequency(recovery: pd.DataFrame, threshold: float = 0.9) -> pd.DataFrame:
+    """Per J: how well the more frequent and the rarer half of the true features are recovered.
+
+    ``recovery`` has one row per (run, true feature): dict_size, frequency, best_cos. Columns out:
+    mean best cosine of the frequent half and of the rare half, the share of each recovered above
+    ``threshold``, and the Spearman rank correlation between frequency and best cosine (positive:
+    frequent features are learned first).
+    """
+    rows = []
+    for j, g in recovery.groupby("dict_size"):
+        median = g["frequency"].median()
+        frequent, rare = g[g["frequency"] > median], g[g["frequency"] <= median]
+        rank_corr = g["frequency"].rank().corr(g["best_cos"].rank()) if g["frequency"].nunique() > 1 else math.nan
+        rows.append({"dict_size": int(j), "frequent_half_cos": frequent["best_cos"].mean(),
+                     "rare_half_cos": rare["best_cos"].mean(),
+                     "frequent_half_recovered": (frequent["best_cos"] > threshold).mean(),
+                     "rare_half_recovered": (rare["best_cos"] > threshold).mean(),
+                     "spearman_frequency_cos": rank_corr})
+    return pd.DataFrame(rows)

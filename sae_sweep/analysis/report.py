@@ -26,6 +26,7 @@ from sae_sweep.analysis import estimate as est
 from sae_sweep.analysis import plots
 from sae_sweep.analysis.sweep_data import (
     group_slug,
+    has_weights,
     load_cells,
     read_dictionary,
     read_latents,
@@ -62,6 +63,8 @@ class GroupReport:
     n_cells: int
     estimates: list[est.Estimate]
     figures: dict[str, Path] = field(default_factory=dict)
+    recovery: pd.DataFrame | None = None  # est.recovery_by_frequency, when the ground truth is known
+    warnings: list[str] = field(default_factory=list)
 
     def consensus(self) -> float | None:
         """Median of the estimates that gave a value."""
@@ -72,6 +75,7 @@ class GroupReport:
 def agreement_matrices(cells: pd.DataFrame) -> dict[tuple[float, int], pd.DataFrame]:
     """A[J, J'] per (alpha, seed) from the saved dictionaries and latent frequencies."""
     out = {}
+    cells = cells[[has_weights(d) for d in cells["run_dir"]]]
     for (alpha, seed), g in cells.groupby(["alpha", "seed"]):
         dictionaries = {int(r.dict_size): (read_dictionary(r.run_dir), read_latents(r.run_dir)["frequency"])
                         for r in g.itertuples()}
@@ -114,11 +118,18 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
         plots.agreement_matrices(mean, figures["agreement"], estimate=agree.value, true_h=h,
                                  title=f"Dictionary agreement: weighted MMCS between sizes{title_tail}")
     recovery = recovery_table(cells)
+    by_frequency = None
     if not recovery.empty:
         recovery.to_csv(out_dir / "recovery.csv", index=False)
+        by_frequency = est.recovery_by_frequency(recovery)
         figures["recovery_vs_frequency"] = out_dir / "recovery_vs_frequency.png"
         plots.recovery_vs_frequency(recovery, figures["recovery_vs_frequency"])
-    return GroupReport(label, h, len(cells), estimates, figures)
+    warnings = []
+    if "l1_norm" in cells.columns and (cells["l1_norm"] == "latents").any():
+        warnings.append("these runs divide the L1 term by J (sae.l1_norm=latents), so one alpha is a weaker "
+                        "penalty at larger J; the dead-latent and loss-basin estimates compare J at unequal "
+                        "penalties. Sweep with sae.l1_norm=inputs for estimation.")
+    return GroupReport(label, h, len(cells), estimates, figures, by_frequency, warnings)
 
 
 def analyze(sweep_dir: Path, settings: AnalysisSettings | None = None) -> list[GroupReport]:
@@ -149,7 +160,8 @@ def _interval(e: est.Estimate) -> str:
 def write_estimates(sweep_dir: Path, reports: list[GroupReport], settings: AnalysisSettings) -> None:
     blob = {"settings": asdict(settings), "groups": [
         {"label": r.label, "true_h": r.true_h, "cells": r.n_cells, "consensus": r.consensus(),
-         "estimates": [e.as_dict() for e in r.estimates],
+         "estimates": [e.as_dict() for e in r.estimates], "warnings": r.warnings,
+         "recovery_by_frequency": r.recovery.to_dict("records") if r.recovery is not None else None,
          "figures": {k: str(p.relative_to(sweep_dir)) for k, p in r.figures.items()}} for r in reports]}
     (sweep_dir / ESTIMATES_FILE).write_text(json.dumps(blob, indent=2, default=str))
 
@@ -193,6 +205,18 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
            "ground truth; the MMCS heatmap and the recovery plot do.", ""]
     for r in reports:
         md += [f"## Dataset `{group_slug(r.label)}` ({r.n_cells} completed runs, true h = {_fmt(r.true_h)})", ""]
+        md += [f"**Warning**: {w}" for w in r.warnings] + ([""] if r.warnings else [])
+        if r.recovery is not None and not r.recovery.empty:
+            md += ["Recovery against feature frequency (ground truth): mean best cosine of the more frequent and "
+                   "the rarer half of the true features, share of each recovered at cos > 0.9, and the rank "
+                   "correlation between frequency and best cosine. Positive correlation at J below h: small "
+                   "dictionaries learn the frequent features first.", "",
+                   "| J | frequent half cos | rare half cos | frequent recovered | rare recovered | Spearman |",
+                   "|---|---|---|---|---|---|"]
+            md += [f"| {int(x.dict_size)} | {x.frequent_half_cos:.3f} | {x.rare_half_cos:.3f} | "
+                   f"{x.frequent_half_recovered:.0%} | {x.rare_half_recovered:.0%} | {x.spearman_frequency_cos:.2f} |"
+                   for x in r.recovery.itertuples()]
+            md.append("")
         for key, path in r.figures.items():
             md += [f"### {key.replace('_', ' ')}", "", f"![{key}]({path.relative_to(sweep_dir)})", ""]
     (sweep_dir / REPORT_FILE).write_text("\n".join(md))

@@ -76,13 +76,23 @@ def read_ground_truth(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | No
     return t["F"].T.astype(np.float64), t["probabilities"].astype(np.float64)
 
 
+def has_weights(run_dir: str | Path) -> bool:
+    """Whether a run saved its dictionary and latent statistics (train.save_weights=true)."""
+    return (Path(run_dir) / "sae.safetensors").exists() and (Path(run_dir) / "latents.safetensors").exists()
+
+
 def with_alive(cells: pd.DataFrame, min_frequency: float) -> pd.DataFrame:
-    """Recount ``alive``/``dead`` as latents firing on more than ``min_frequency`` of eval samples."""
+    """Recount ``alive``/``dead`` as latents firing on more than ``min_frequency`` of eval samples.
+
+    A run without latents.safetensors keeps the count of its summary (latents that ever fired).
+    """
     out = cells.copy()
     alive = []
-    for run_dir in out["run_dir"]:
-        freq = read_latents(run_dir)["frequency"]
-        alive.append(int((freq > min_frequency).sum()))
+    for run_dir, summary_alive in zip(out["run_dir"], out["alive"], strict=True):
+        if has_weights(run_dir):
+            alive.append(int((read_latents(run_dir)["frequency"] > min_frequency).sum()))
+        else:
+            alive.append(int(summary_alive))
     out["alive"] = alive
     out["dead"] = out["dict_size"] - out["alive"]
     return out
@@ -102,7 +112,7 @@ def recovery_table(cells: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, cell in cells.iterrows():
         truth = read_ground_truth(cell["run_dir"])
-        if truth is None:
+        if truth is None or not has_weights(cell["run_dir"]):
             continue
         features_HN, prob_H = truth
         best_H = (features_HN @ read_dictionary(cell["run_dir"]).T).max(axis=1)
