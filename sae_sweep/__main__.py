@@ -1,7 +1,7 @@
 """`python -m sae_sweep`: the Hydra entrypoint.
 
 Composes conf/ against the dataclasses in config.py, converts once to a RunConfig, runs it and
-returns the objective (final MMCS) so Hydra sweepers can optimise it.
+returns the objective (final MMCS on toy data, FVU on real activations) so Hydra sweepers can optimise it.
 
 Bad input never produces a traceback: composition errors (unknown key or option, wrong type) and
 validation errors (a value out of range) print one line naming the field and exit with code 2
@@ -30,12 +30,25 @@ HYDRA_USAGE_ERROR = "Only one of --run, --multirun, --cfg"
 def register_configs() -> None:
     """Register the dataclass schemas the YAML files in conf/ extend."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
-    from sae_sweep.config import LoggerConfig, RunConfig, SAEConfig, ToyDataConfig, TrainConfig
+    from sae_sweep.config import (
+        ActivationsDataConfig,
+        LoggerConfig,
+        RunConfig,
+        SAEConfig,
+        ToyDataConfig,
+        TrainConfig,
+    )
 
     cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
+    # RunConfig.data defaults to a ToyDataConfig, which would type the node and refuse any other data
+    # schema; the data group fills it, so the schema leaves it open (None) for any of them.
+    run_schema = OmegaConf.structured(RunConfig)
+    run_schema.data = None
+    cs.store(name="run_schema", node=run_schema)
     cs.store(group="data", name="toy_schema", node=ToyDataConfig)
+    cs.store(group="data", name="activations_schema", node=ActivationsDataConfig)
     cs.store(group="sae", name="relu_schema", node=SAEConfig)
     cs.store(group="train", name="default_schema", node=TrainConfig)
     cs.store(group="logger", name="default_schema", node=LoggerConfig)
@@ -103,7 +116,8 @@ def _task(cfg) -> float | None:
         if multirun:
             raise RunFailed(message)
         _die(message, EXIT_RUN_FAILED)
-    return summary.get("mmcs")
+    # Recovery of the true features when known; without ground truth, the reconstruction error.
+    return summary["mmcs"] if summary.get("mmcs") is not None else summary.get("fvu")
 
 
 def main() -> None:

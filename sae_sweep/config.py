@@ -10,13 +10,19 @@ the value given and the range allowed, on one line.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 DECAYS = ("exponential", "zipf", "constant")
 L1_NORMS = ("latents", "inputs")
 WANDB_MODES = ("offline", "online", "disabled")
+SCALES = ("none", "unit_norm")
+ACTIVATION_DTYPES = ("float16", "float32")
 
 
 class ConfigError(ValueError):
@@ -119,6 +125,127 @@ class ToyDataConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+
+@dataclass
+class ActivationsDataConfig:
+    """Real activation vectors: a 2-D (rows, n) float16/float32 .npy file, memory-mapped and streamed.
+
+    The last ``eval_size`` rows are the held-out eval set; the rows before them are the training rows.
+    An optional sidecar ``<path>.json`` (e.g. ``acts.npy.json``) holds metadata such as model, layer,
+    tokens and the per-dimension ``mean``.
+    """
+
+    kind: str = "activations"
+    """Data source discriminator; always 'activations' here."""
+    path: str = ""
+    """The .npy file of activations, shape (rows, n). A relative path resolves against the current
+    working directory at validation, and the absolute path is stored."""
+    n: int = 0
+    """Dimension of each activation vector; 0 = read from the file, otherwise it must equal the file's width."""
+    eval_size: int = 16384
+    """Rows held out for evaluation: the last eval_size rows of the file, never used for training."""
+    center: bool = True
+    """Subtract the per-dimension mean of the training rows from training and eval batches alike. The
+    mean is the sidecar JSON's "mean" when present, else computed from the first (up to 65536) training rows."""
+    scale: str = "none"
+    """none, or unit_norm: after centring, divide every vector (training and eval alike) by one constant
+    so that the mean squared norm of the training rows is n (E||y||^2 = n), computed from the first
+    (up to 65536) training rows like the mean."""
+    chunk_rows: int = 65536
+    """Rows read contiguously from the memory-mapped file at a time."""
+    shuffle_chunks: int = 4
+    """That many randomly chosen chunks are read and shuffled together in memory, so a batch mixes
+    distant parts of the file. The run's top-level seed fixes the order."""
+
+    def validate(self, path: str = "data") -> None:
+        _check(self.kind == "activations", f"{path}.kind", self.kind, "'activations'")
+        _check(
+            isinstance(self.path, str) and len(self.path) > 0 and Path(self.path).is_file(),
+            f"{path}.path",
+            self.path,
+            "an existing .npy file",
+        )
+        self.path = str(Path(self.path).resolve())
+        _check(_is_int(self.n) and self.n >= 0, f"{path}.n", self.n, "an integer >= 0 (0 = read from the file)")
+        _check(
+            _is_int(self.eval_size) and self.eval_size >= 1,
+            f"{path}.eval_size",
+            self.eval_size,
+            "an integer >= 1",
+        )
+        _check(isinstance(self.center, bool), f"{path}.center", self.center, "true or false")
+        _check(self.scale in SCALES, f"{path}.scale", self.scale, f"one of {', '.join(SCALES)}")
+        _check(
+            _is_int(self.chunk_rows) and self.chunk_rows >= 1,
+            f"{path}.chunk_rows",
+            self.chunk_rows,
+            "an integer >= 1",
+        )
+        _check(
+            _is_int(self.shuffle_chunks) and self.shuffle_chunks >= 1,
+            f"{path}.shuffle_chunks",
+            self.shuffle_chunks,
+            "an integer >= 1",
+        )
+        rows, width = activation_file_shape(self.path, path)
+        _check(
+            self.eval_size < rows,
+            f"{path}.eval_size",
+            self.eval_size,
+            f"an integer in [1, {rows - 1}] (fewer than the file's {rows} rows; the rest train)",
+        )
+        if self.n == 0:
+            self.n = width
+        _check(self.n == width, f"{path}.n", self.n, f"0 (read from the file) or the file's width {width}")
+        meta = read_activation_metadata(self.path, path)
+        if "mean" in meta:
+            mean = meta["mean"]
+            ok = isinstance(mean, list) and len(mean) == width and all(_is_num(v) for v in mean)
+            if not ok:
+                raise ConfigError(
+                    f"{path}.path: the \"mean\" in {self.path}.json must be a list of {width} finite numbers"
+                )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def activation_file_shape(file: str, path: str = "data") -> tuple[int, int]:
+    """(rows, n) of a 2-D float16/float32 .npy file, from its header (nothing but the header is read)."""
+    prefix = f"{path}.path: {file} is not a readable 2-D float .npy file"
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ConfigError(f"{prefix} ({_one_line(exc) or type(exc).__name__})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        close = getattr(arr, "close", None)
+        if close is not None:
+            close()
+        raise ConfigError(f"{prefix} (an .npz archive, not an .npy array)")
+    if arr.ndim != 2:
+        raise ConfigError(f"{prefix} (shape {arr.shape}; expected (rows, n))")
+    if arr.dtype.name not in ACTIVATION_DTYPES:
+        raise ConfigError(f"{prefix} (dtype {arr.dtype}; allowed {', '.join(ACTIVATION_DTYPES)})")
+    return int(arr.shape[0]), int(arr.shape[1])
+
+
+def read_activation_metadata(file: str, path: str = "data") -> dict[str, Any]:
+    """The sidecar ``<file>.json`` of an activation file as a dict, or {} when there is none."""
+    sidecar = Path(f"{file}.json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}.path: the sidecar {sidecar} is not readable JSON ({_one_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path}.path: the sidecar {sidecar} must hold a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 @dataclass
@@ -254,7 +381,7 @@ class RunConfig:
     name: str = "default"
     """Name of the run or sweep; run and sweep dirs live under outputs/<name>/."""
     data: Any = field(default_factory=ToyDataConfig)
-    """Data source (a config group: data=toy)."""
+    """Data source (a config group: data=toy or data=activations); a ToyDataConfig or ActivationsDataConfig."""
     sae: SAEConfig = field(default_factory=SAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -274,7 +401,12 @@ class RunConfig:
             self.name,
             "a non-empty string without '/'",
         )
-        _check(isinstance(self.data, ToyDataConfig), "data", type(self.data).__name__, "a data config (data=toy)")
+        _check(
+            isinstance(self.data, (ToyDataConfig, ActivationsDataConfig)),
+            "data",
+            type(self.data).__name__,
+            "a data config (data=toy or data=activations)",
+        )
         self.data.validate()
         self.sae.validate()
         self.train.validate()

@@ -3,7 +3,7 @@
 Run dir contents: config.yaml (resolved), metrics.jsonl (a row per evaluation), summary.json
 (final metrics, status, timings, versions), sae.safetensors + cfg.json, latents.safetensors (each
 latent's firing frequency and mean activation on the eval set at the last evaluation),
-ground_truth.safetensors (toy data), and wandb/ when W&B is on. Imports no hydra or optuna; wandb only through sinks.py.
+ground_truth.safetensors (toy data only: real activations have none), and wandb/ when W&B is on. Imports no hydra or optuna; wandb only through sinks.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import save_file
 
 from sae_sweep.config import RunConfig, loss_normalisation, trainer_alpha
+from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
@@ -89,10 +90,17 @@ def run(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
 
-    data = ToyFeatures(cfg.data)
-    truth = data.ground_truth
-    save_file(truth.tensors(), str(run_dir / "ground_truth.safetensors"))
-    eval_set = EvalSet(data.eval_set().to(device), truth.features_HN.to(device))
+    if cfg.data.kind == "activations":
+        data: ToyFeatures | ActivationShards = ActivationShards(cfg.data)
+        eval_set = EvalSet(data.eval_set().to(device), None)
+        data_fields = {"n": cfg.data.n, "h": None, "data_seed": None,
+                       "data_path": cfg.data.path, "data_rows": data.rows}
+    else:
+        data = ToyFeatures(cfg.data)
+        truth = data.ground_truth
+        save_file(truth.tensors(), str(run_dir / "ground_truth.safetensors"))
+        eval_set = EvalSet(data.eval_set().to(device), truth.features_HN.to(device))
+        data_fields = {"n": cfg.data.n, "h": cfg.data.h, "data_seed": cfg.data.seed}
     init = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SAE_INIT))
     sae = SAE(cfg.data.n, cfg.dict_size, 1, decoder_bias=cfg.sae.decoder_bias,
               init_scale=cfg.sae.init_scale, generator=init, device=device)
@@ -102,7 +110,7 @@ def run(
     summary: dict[str, Any] = {
         "status": FAILED, "message": "", "name": run_name, "group": group,
         "alpha": cfg.alpha, "dict_size": cfg.dict_size, "seed": cfg.seed,
-        "n": cfg.data.n, "h": cfg.data.h, "data_seed": cfg.data.seed,
+        **data_fields,
         "l1_norm": cfg.sae.l1_norm, "loss_normalisation": loss_normalisation(cfg),
         "trainer_alpha": trainer_alpha(cfg), "eval_size": cfg.data.eval_size,
         "device": str(device), "threads": torch.get_num_threads(),

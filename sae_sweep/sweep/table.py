@@ -37,6 +37,8 @@ def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
                            if cfg is not None}
     for k in keys:
         value = OmegaConf.select(cfg, k, default=None) if cfg is not None else None
+        if OmegaConf.is_config(value):  # a config group choice (data=activations): keep the option's name
+            value = None
         if value is None:
             value = next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == k)
         out[k] = value

@@ -1,0 +1,127 @@
+"""Real activations: a memory-mapped (rows, n) .npy file streamed as shuffled float32 batches.
+
+Layout of the file: rows ``[0, rows - eval_size)`` train, the last ``eval_size`` rows are the held-out
+eval set. Only the memmap is held; rows are read a chunk at a time and never all at once.
+
+The training stream, for a run seed s, is a sequence of epochs; each visits every training row once:
+
+* the training rows are cut into contiguous chunks of ``chunk_rows`` (the last one may be shorter);
+* epoch e draws from ``np.random.default_rng((s, e))`` a permutation of the chunks, then takes them
+  ``shuffle_chunks`` at a time: reads them (contiguous slices, converted to float32, centred and
+  scaled), concatenates, permutes the rows in memory and cuts batches;
+* rows left over after the last full batch of a group (fewer than a batch) open the next batch, also
+  across an epoch's end, so no row is dropped and none repeats within an epoch.
+
+Centring and scaling (``center``, ``scale``) are one affine map ``y -> (y - mean) / scale`` applied to
+training batches and the eval set alike; its constants come from the sidecar JSON's ``mean`` when
+present, else from the first (up to ``STATS_ROWS``) training rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_sweep.config import ActivationsDataConfig, ConfigError, read_activation_metadata
+
+STATS_ROWS = 65536  # training rows (read in order from the start) that the mean and the scale come from
+_STATS_PIECE = 8192  # rows per read while computing them, to bound memory at (piece, n) float64
+
+
+class ActivationShards:
+    """Batches of real activations from one memory-mapped .npy file (see the module docstring)."""
+
+    ground_truth = None  # real data has no known features
+
+    def __init__(self, cfg: ActivationsDataConfig):
+        self.cfg = cfg
+        self._rows_RN = np.load(cfg.path, mmap_mode="r", allow_pickle=False)  # memmap, (rows, n)
+        self.rows = int(self._rows_RN.shape[0])
+        self.train_rows = self.rows - cfg.eval_size
+        self._metadata = read_activation_metadata(cfg.path)
+        self.mean_N, self.scale = self._transform()
+
+    @property
+    def n(self) -> int:
+        return int(self._rows_RN.shape[1])
+
+    def metadata(self) -> dict[str, Any]:
+        """The sidecar JSON (``<path>.json``) as a dict, or {} when there is none."""
+        return dict(self._metadata)
+
+    # --- the affine map y -> (y - mean) / scale ----------------------------------------------------
+
+    def _pieces(self, stop: int) -> Iterator[np.ndarray]:
+        """Rows [0, stop) in order, float64, a piece at a time."""
+        for lo in range(0, stop, _STATS_PIECE):
+            yield np.asarray(self._rows_RN[lo : min(lo + _STATS_PIECE, stop)], dtype=np.float64)
+
+    def _transform(self) -> tuple[np.ndarray, float]:
+        """The mean (n,) float32 subtracted (zeros when not centring) and the divisor (1 for scale=none)."""
+        m = min(STATS_ROWS, self.train_rows)
+        mean = np.zeros(self.n, dtype=np.float64)
+        if self.cfg.center:
+            if "mean" in self._metadata:
+                mean = np.asarray(self._metadata["mean"], dtype=np.float64)
+            else:
+                mean = sum(p.sum(axis=0) for p in self._pieces(m)) / m
+        if not np.isfinite(mean).all():
+            raise ConfigError(f"data.center: the mean of the first {m} training rows of {self.cfg.path} is not finite")
+        scale = 1.0
+        if self.cfg.scale == "unit_norm":
+            mean_sq_norm = sum(float(((p - mean) ** 2).sum()) for p in self._pieces(m)) / m
+            if not (np.isfinite(mean_sq_norm) and mean_sq_norm > 0.0):
+                raise ConfigError(
+                    f"data.scale=unit_norm needs training rows with a finite, non-zero mean squared norm "
+                    f"(after centring), got {mean_sq_norm} over the first {m} rows of {self.cfg.path}"
+                )
+            scale = float(np.sqrt(mean_sq_norm / self.n))
+        return mean.astype(np.float32), scale
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) as a new float32 array, centred and scaled, (hi - lo, n)."""
+        y = np.array(self._rows_RN[lo:hi], dtype=np.float32)
+        if self.cfg.center:
+            y -= self.mean_N
+        if self.scale != 1.0:
+            y *= np.float32(1.0 / self.scale)
+        return y
+
+    # --- what the run uses ---------------------------------------------------------------------------
+
+    def eval_set(self) -> torch.Tensor:
+        """The last eval_size rows, float32 (eval_size, n), transformed like the training batches."""
+        return torch.from_numpy(self._read(self.train_rows, self.rows))
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """The training rows' contiguous chunks [lo, hi), in file order."""
+        step = self.cfg.chunk_rows
+        return [(lo, min(lo + step, self.train_rows)) for lo in range(0, self.train_rows, step)]
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+        """Endless iterator of float32 (batch_size, n) training batches; the stream is fixed by ``seed``."""
+        chunks = self.chunks()
+        carry = np.empty((0, self.n), dtype=np.float32)  # rows of the next batch, already shuffled
+        epoch = 0
+        while True:
+            rng = np.random.default_rng((seed, epoch))
+            order = rng.permutation(len(chunks))
+            for g in range(0, len(order), self.cfg.shuffle_chunks):
+                group = [chunks[i] for i in order[g : g + self.cfg.shuffle_chunks]]
+                y_RN = np.concatenate([self._read(lo, hi) for lo, hi in group])
+                perm = rng.permutation(y_RN.shape[0])
+                start = 0
+                if carry.shape[0] > 0:
+                    start = min(batch_size - carry.shape[0], perm.size)
+                    carry = np.concatenate([carry, y_RN[perm[:start]]])
+                    if carry.shape[0] < batch_size:
+                        continue
+                    yield torch.from_numpy(carry)
+                while start + batch_size <= perm.size:
+                    yield torch.from_numpy(y_RN[perm[start : start + batch_size]])
+                    start += batch_size
+                carry = y_RN[perm[start:]]
+            epoch += 1
