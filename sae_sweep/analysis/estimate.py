@@ -167,7 +167,7 @@ def _basin_h(cells: pd.DataFrame, tolerance: float, min_share: float) -> tuple[f
     return (float(wide.index[0]) if len(wide) else None), share
 
 
-def estimate_loss_basin(cells: pd.DataFrame, *, tolerance: float = 0.025, min_share: float = 0.5) -> Estimate:
+def estimate_loss_basin(cells: pd.DataFrame, *, tolerance: float = 0.04, min_share: float = 0.5) -> Estimate:
     """Loss-basin estimate of h (module docstring, 2); ``cells`` needs alpha, dict_size, seed, loss."""
     seeds = sorted(cells["seed"].unique().tolist())
     if cells["alpha"].nunique() < 2 or cells["dict_size"].nunique() < 2:

@@ -48,7 +48,7 @@ class AnalysisSettings:
     """A latent is alive when it fires on more than this share of the eval samples (0 = ever fires)."""
     min_dead_share: float = 0.05
     """Dead-latent estimate only for alphas whose largest J has at least this share of dead latents."""
-    basin_tolerance: float = 0.025
+    basin_tolerance: float = 0.04
     """A cell is in the loss basin when its loss is within this relative distance of the best J's."""
     basin_min_share: float = 0.5
     """h is the smallest J in the basin for at least this share of the alphas."""
