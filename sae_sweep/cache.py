@@ -204,6 +204,7 @@ def convert_smollm2(cache_dir: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     (tmp / marker.name).write_text(json.dumps({"source": str(gguf), "distribution": f"{SMOLLM2_DIST} {version}",
                                                "licence": SMOLLM2_LICENCE, "seconds": time.perf_counter() - t0}))
+    tmp.chmod(0o755)  # mkdtemp makes it private
     try:
         tmp.rename(target)
     except OSError:  # another process finished first
@@ -429,14 +430,12 @@ def extract(cfg: CacheConfig, lm: LoadedModel | None = None, stop_after_batches:
         sum_norm += float(np.sqrt(sq).sum())
         bar.update(hi - lo)
         if stop_after_batches is not None and b + 1 - first >= stop_after_batches and b + 1 < n_batches:
-            bar.close()
-            del rows_RN  # what a kill leaves: pages written, maybe past the last checkpoint
+            bar.close()  # what a kill leaves: rows written, maybe past the last checkpoint
             return dict(state)
         if (b + 1) % cfg.checkpoint_every == 0:
             checkpoint(b + 1)
     bar.close()
     checkpoint(n_batches)
-    del rows_RN
 
     mean_N = sum_N / cfg.tokens
     seconds = float(state["seconds"])

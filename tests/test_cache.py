@@ -23,7 +23,15 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from sae_sweep.cache import CacheConfig, CacheError, ResidualHook, extract, separator_id, token_stream, window_order  # noqa: E402
+from sae_sweep.cache import (  # noqa: E402
+    CacheConfig,
+    CacheError,
+    ResidualHook,
+    extract,
+    separator_id,
+    token_stream,
+    window_order,
+)
 from sae_sweep.config import ActivationsDataConfig, ConfigError, RunConfig, TrainConfig  # noqa: E402
 from sae_sweep.data.activations import ActivationShards  # noqa: E402
 from sae_sweep.data.corpus import CorpusError, load_corpus  # noqa: E402

@@ -8,6 +8,7 @@ figures (plots.py) and writes, into the sweep dir:
     estimates.json                    the same estimates, machine-readable
     analysis/<dataset>/*.png          the figures
     analysis/<dataset>/recovery.csv   per true feature: frequency and best cosine, per run
+    analysis/<dataset>/<signal>.csv   the evidence behind each estimate (alive counts, basin, agreement)
     analysis/<dataset>/agreement_alpha=<a>.csv   dictionary-vs-dictionary MMCS (seed mean)
 """
 
@@ -98,6 +99,9 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
         est.estimate_agreement(matrices, min_agreement=settings.min_agreement),
     ]
     dead, basin, agree = estimates
+    for e in estimates:  # the evidence behind each estimate, as a table beside the figures
+        if e.evidence is not None and not e.evidence.empty:
+            e.evidence.to_csv(out_dir / f"{e.signal}.csv", index=False)
     figures: dict[str, Path] = {}
     title_tail = f" ({group_slug(label)})" if label else ""
     if "mmcs" in cells.columns and cells["mmcs"].notna().any():

@@ -81,14 +81,18 @@ class ActivationShards:
             scale = float(np.sqrt(mean_sq_norm / self.n))
         return mean.astype(np.float32), scale
 
-    def _read(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) as a new float32 array, centred and scaled, (hi - lo, n)."""
-        y = np.array(self._rows_RN[lo:hi], dtype=np.float32)
+    def _finish(self, raw_RN: np.ndarray) -> np.ndarray:
+        """Stored rows (any float dtype) as a new float32 array, centred and scaled, (R, n)."""
+        y = raw_RN.astype(np.float32)  # always a copy
         if self.cfg.center:
             y -= self.mean_N
         if self.scale != 1.0:
             y *= np.float32(1.0 / self.scale)
         return y
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) as a new float32 array, centred and scaled, (hi - lo, n)."""
+        return self._finish(np.asarray(self._rows_RN[lo:hi]))
 
     # --- what the run uses ---------------------------------------------------------------------------
 
@@ -104,14 +108,16 @@ class ActivationShards:
     def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         """Endless iterator of float32 (batch_size, n) training batches; the stream is fixed by ``seed``."""
         chunks = self.chunks()
-        carry = np.empty((0, self.n), dtype=np.float32)  # rows of the next batch, already shuffled
+        # Rows stay in their stored dtype (float16: half the bytes) until a batch is cut; only the
+        # batch is converted, centred and scaled, so a group of chunks is gathered once at half the cost.
+        carry = np.empty((0, self.n), dtype=self._rows_RN.dtype)  # rows of the next batch, already shuffled
         epoch = 0
         while True:
             rng = np.random.default_rng((seed, epoch))
             order = rng.permutation(len(chunks))
             for g in range(0, len(order), self.cfg.shuffle_chunks):
                 group = [chunks[i] for i in order[g : g + self.cfg.shuffle_chunks]]
-                y_RN = np.concatenate([self._read(lo, hi) for lo, hi in group])
+                y_RN = np.concatenate([self._rows_RN[lo:hi] for lo, hi in group])
                 perm = rng.permutation(y_RN.shape[0])
                 start = 0
                 if carry.shape[0] > 0:
@@ -119,9 +125,9 @@ class ActivationShards:
                     carry = np.concatenate([carry, y_RN[perm[:start]]])
                     if carry.shape[0] < batch_size:
                         continue
-                    yield torch.from_numpy(carry)
+                    yield torch.from_numpy(self._finish(carry))
                 while start + batch_size <= perm.size:
-                    yield torch.from_numpy(y_RN[perm[start : start + batch_size]])
+                    yield torch.from_numpy(self._finish(y_RN[perm[start : start + batch_size]]))
                     start += batch_size
                 carry = y_RN[perm[start:]]
             epoch += 1
