@@ -43,6 +43,7 @@ class ActivationShards:
         self.train_rows = self.rows - cfg.eval_size
         self._metadata = read_activation_metadata(cfg.path)
         self.mean_N, self.scale = self._transform()
+        self._mean_t = torch.from_numpy(self.mean_N)
 
     @property
     def n(self) -> int:
@@ -81,24 +82,24 @@ class ActivationShards:
             scale = float(np.sqrt(mean_sq_norm / self.n))
         return mean.astype(np.float32), scale
 
-    def _finish(self, raw_RN: np.ndarray) -> np.ndarray:
-        """Stored rows (any float dtype) as a new float32 array, centred and scaled, (R, n)."""
-        y = raw_RN.astype(np.float32)  # always a copy
+    def _finish(self, raw_RN: torch.Tensor) -> torch.Tensor:
+        """Stored rows (any float dtype) as a new float32 tensor, centred and scaled, (R, n)."""
+        y = raw_RN.to(torch.float32, copy=True)
         if self.cfg.center:
-            y -= self.mean_N
+            y.sub_(self._mean_t)
         if self.scale != 1.0:
-            y *= np.float32(1.0 / self.scale)
+            y.mul_(np.float32(1.0 / self.scale).item())
         return y
 
-    def _read(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) as a new float32 array, centred and scaled, (hi - lo, n)."""
-        return self._finish(np.asarray(self._rows_RN[lo:hi]))
+    def _read(self, lo: int, hi: int) -> torch.Tensor:
+        """Rows [lo, hi) as a new float32 tensor, centred and scaled, (hi - lo, n)."""
+        return self._finish(torch.from_numpy(np.array(self._rows_RN[lo:hi])))
 
     # --- what the run uses ---------------------------------------------------------------------------
 
     def eval_set(self) -> torch.Tensor:
         """The last eval_size rows, float32 (eval_size, n), transformed like the training batches."""
-        return torch.from_numpy(self._read(self.train_rows, self.rows))
+        return self._read(self.train_rows, self.rows)
 
     def chunks(self) -> list[tuple[int, int]]:
         """The training rows' contiguous chunks [lo, hi), in file order."""
@@ -108,26 +109,26 @@ class ActivationShards:
     def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
         """Endless iterator of float32 (batch_size, n) training batches; the stream is fixed by ``seed``."""
         chunks = self.chunks()
-        # Rows stay in their stored dtype (float16: half the bytes) until a batch is cut; only the
-        # batch is converted, centred and scaled, so a group of chunks is gathered once at half the cost.
-        carry = np.empty((0, self.n), dtype=self._rows_RN.dtype)  # rows of the next batch, already shuffled
+        # Rows stay in their stored dtype (float16: half the bytes) until a batch is cut; each batch is
+        # gathered with torch's (parallel) index_select and only then converted, centred and scaled.
+        carry = torch.from_numpy(np.empty((0, self.n), dtype=self._rows_RN.dtype))
         epoch = 0
         while True:
             rng = np.random.default_rng((seed, epoch))
             order = rng.permutation(len(chunks))
             for g in range(0, len(order), self.cfg.shuffle_chunks):
                 group = [chunks[i] for i in order[g : g + self.cfg.shuffle_chunks]]
-                y_RN = np.concatenate([self._rows_RN[lo:hi] for lo, hi in group])
-                perm = rng.permutation(y_RN.shape[0])
+                y_RN = torch.from_numpy(np.concatenate([self._rows_RN[lo:hi] for lo, hi in group]))
+                perm = torch.from_numpy(rng.permutation(y_RN.shape[0]))
                 start = 0
                 if carry.shape[0] > 0:
-                    start = min(batch_size - carry.shape[0], perm.size)
-                    carry = np.concatenate([carry, y_RN[perm[:start]]])
+                    start = min(batch_size - carry.shape[0], perm.numel())
+                    carry = torch.cat([carry, y_RN.index_select(0, perm[:start])])
                     if carry.shape[0] < batch_size:
                         continue
-                    yield torch.from_numpy(self._finish(carry))
-                while start + batch_size <= perm.size:
-                    yield torch.from_numpy(self._finish(y_RN[perm[start : start + batch_size]]))
+                    yield self._finish(carry)
+                while start + batch_size <= perm.numel():
+                    yield self._finish(y_RN.index_select(0, perm[start : start + batch_size]))
                     start += batch_size
-                carry = y_RN[perm[start:]]
+                carry = y_RN.index_select(0, perm[start:])
             epoch += 1
