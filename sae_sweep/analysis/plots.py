@@ -95,6 +95,11 @@ def _text_colour(rgba: Sequence[float]) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
 
+def _num(v: float) -> str:
+    """A count as an integer once it is large (1152, not 1.15e+03), else three significant digits."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def _j_label(j: float) -> str:
     return f"{int(j)}" if float(j).is_integer() else f"{j:g}"
 
@@ -142,7 +147,7 @@ def _mark_estimate_x(ax: Axes, estimate: float | None, interval: tuple[float, fl
         lo, hi = sorted(interval)
         ax.axvspan(lo, hi, **BAND_STYLE, label=f"interval [{lo:.3g}, {hi:.3g}]")
     if estimate is not None:
-        ax.axvline(estimate, **ESTIMATE_STYLE, label=f"estimate ĥ = {estimate:.3g}")
+        ax.axvline(estimate, **ESTIMATE_STYLE, label=f"estimate ĥ = {_num(estimate)}")
     if true_h is not None:
         ax.axvline(true_h, **TRUE_STYLE, label=f"true h = {true_h}")
 
@@ -301,7 +306,7 @@ def losses_vs_alpha(cells: pd.DataFrame, path: Path, *, estimate: float | None =
                     Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
                            label="hollow: outside the basin")]
     axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-    notes = [f"estimate ĥ = {estimate:.3g}" if estimate is not None else "",
+    notes = [f"estimate ĥ = {_num(estimate)}" if estimate is not None else "",
              f"true h = {true_h}" if true_h is not None else ""]
     note = ", ".join(n for n in notes if n)
     default = "Loss stickiness: losses vs α per dictionary size"
@@ -374,7 +379,7 @@ def agreement_matrices(matrices: dict[float, pd.DataFrame], path: Path, *, estim
     fig.colorbar(im, ax=used, label="MMCS (row atoms → column dictionary)", shrink=0.9)
     if estimate is not None:
         fig.legend(handles=[Patch(fill=False, edgecolor="black", linewidth=2.0,
-                                  label=f"row nearest the estimate ĥ = {estimate:.3g}")],
+                                  label=f"row nearest the estimate ĥ = {_num(estimate)}")],
                    loc="outside lower center", fontsize=8, frameon=False)
     h_note = f"  (true h = {true_h}, tick marked (h))" if true_h is not None else ""
     fig.suptitle((title or "Agreement between dictionaries of different sizes, per α") + h_note)
