@@ -30,6 +30,7 @@ def sweep(tmp_path_factory):
          "logger.wandb.mode=offline"],
         cwd=sweep_dir.parent, env=cli_env(), capture_output=True, text=True, timeout=600)
     ok(env_sweep)
+    assert "analysis failed" not in env_sweep.stderr, env_sweep.stderr[-3000:]
     return sweep_dir, env_sweep.stdout
 
 
