@@ -12,6 +12,12 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas and matplotlib load only when an analysis runs
+    import pandas as pd
+
+    from sae_sweep.analysis.report import AnalysisSettings, GroupReport
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,12 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_analysis(sweep_dir: Path, settings=None, *, wandb_mode: str = "offline", project: str = "sae_sweep",
-                 group: str | None = None) -> list:
+def run_analysis(sweep_dir: Path, settings: AnalysisSettings | None = None, *, wandb_mode: str = "offline",
+                 project: str = "sae_sweep", group: str | None = None,
+                 cells: pd.DataFrame | None = None) -> list[GroupReport]:
     """analyze() plus the W&B summary run; returns the group reports."""
     from sae_sweep.analysis.report import analyze, estimates_table
 
-    reports = analyze(sweep_dir, settings)
+    reports = analyze(sweep_dir, settings, cells)
     if wandb_mode != "disabled":
         from sae_sweep.analysis.sweep_data import group_slug
         from sae_sweep.sinks import log_report_run

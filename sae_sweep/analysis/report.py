@@ -136,11 +136,12 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
     return GroupReport(label, h, len(cells), estimates, figures, by_frequency, warnings)
 
 
-def analyze(sweep_dir: Path, settings: AnalysisSettings | None = None) -> list[GroupReport]:
-    """Estimates, figures, report.md and estimates.json for a finished sweep dir."""
+def analyze(sweep_dir: Path, settings: AnalysisSettings | None = None,
+            cells: pd.DataFrame | None = None) -> list[GroupReport]:
+    """Estimates, figures, report.md and estimates.json for a finished sweep dir (``cells``: already loaded)."""
     sweep_dir = Path(sweep_dir)
     settings = settings or AnalysisSettings()
-    cells = load_cells(sweep_dir)
+    cells = load_cells(sweep_dir) if cells is None else cells
     if cells.empty:
         raise ValueError(f"{sweep_dir} holds no completed runs to analyse")
     reports = [analyze_group(label, g, sweep_dir / "analysis" / group_slug(label), settings)

@@ -49,7 +49,7 @@ class SweepReport(Callback):
             return
         try:
             run_analysis(sweep_dir, AnalysisSettings(**self.settings), wandb_mode=self.wandb_mode,
-                         project=self.project, group=str(config.name))
+                         project=self.project, group=str(config.name), cells=cells)
         except Exception as exc:  # the analysis must never cost the sweep its results
             log.warning(f"report: analysis failed ({type(exc).__name__}: {exc}); re-run it with "
                         f"python -m sae_sweep.analyze {sweep_dir}")
