@@ -15,7 +15,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from sae_sweep.run import Job
 
 # A checkout (or editable install) reads conf/ beside the package; an installed wheel carries the
 # same files as the package sae_sweep.conf.
@@ -80,6 +83,41 @@ def one_line(exc: BaseException) -> str:
     return " ".join(parts) or type(exc).__name__
 
 
+def multirun_job(cfg) -> Job:
+    """The job side of a multirun up to training: record the cell, reach the trial, convert the config.
+
+    Called inside Hydra's ``run_job`` (HydraConfig is set). A bad config still leaves a failed
+    summary.json in the run dir before the error propagates, so the sweeper records the job.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from sae_sweep.run import Job
+    from sae_sweep.sweep.job import record_failure, start_job
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        # Record the cell (for grid resume) and reach the Optuna trial, if any, for pruning.
+        should_stop = start_job(cfg, run_dir, list(hc.overrides.task))
+        run_cfg = OmegaConf.to_object(cfg)
+    except Exception as exc:
+        record_failure(run_dir, exc)
+        raise
+    return Job(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name,
+               should_stop=should_stop)
+
+
+def job_objective(summary: dict, run_dir: Path) -> float | None:
+    """What a finished multirun job returns to its sweeper; raises RunFailed if it did not complete."""
+    from sae_sweep.run import RunFailed
+
+    if summary["status"] != "completed":
+        raise RunFailed(f"run {summary['status']}: {summary['message']} (record: {run_dir / 'summary.json'})")
+    # Recovery of the true features when known; without ground truth, the reconstruction error.
+    return summary["mmcs"] if summary.get("mmcs") is not None else summary.get("fvu")
+
+
 def _task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -89,35 +127,21 @@ def _task(cfg) -> float | None:
     from sae_sweep.run import RunFailed, format_summary, run
 
     hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
+    if hc.mode == RunMode.MULTIRUN:
+        job = multirun_job(cfg)
+        summary = run(job.cfg, job.run_dir, run_name=job.run_name, group=job.group, should_stop=job.should_stop)
+        return job_objective(summary, job.run_dir)
     run_dir = Path(hc.runtime.output_dir)
-    should_stop = None
     try:
-        if multirun:
-            # Record the cell (for grid resume) and reach the Optuna trial, if any, for pruning.
-            from sae_sweep.sweep.job import start_job
-
-            should_stop = start_job(cfg, run_dir, list(hc.overrides.task))
         run_cfg = OmegaConf.to_object(cfg)
-    except Exception as exc:
-        if not multirun and isinstance(exc, ConfigError):
-            _die(str(exc), EXIT_BAD_CONFIG)
-        if multirun:
-            from sae_sweep.sweep.job import record_failure
-
-            record_failure(run_dir, exc)
-        raise
-    label = hc.job.override_dirname or run_cfg.name
-    summary = run(run_cfg, run_dir, run_name=label, group=run_cfg.name, should_stop=should_stop)
-    if not multirun:
-        print(format_summary(summary, run_dir))
-    if summary["status"] != "completed":
-        message = f"run {summary['status']}: {summary['message']} (record: {run_dir / 'summary.json'})"
-        if multirun:
-            raise RunFailed(message)
-        _die(message, EXIT_RUN_FAILED)
-    # Recovery of the true features when known; without ground truth, the reconstruction error.
-    return summary["mmcs"] if summary.get("mmcs") is not None else summary.get("fvu")
+    except ConfigError as exc:
+        _die(str(exc), EXIT_BAD_CONFIG)
+    summary = run(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name)
+    print(format_summary(summary, run_dir))
+    try:
+        return job_objective(summary, run_dir)
+    except RunFailed as exc:
+        _die(str(exc), EXIT_RUN_FAILED)
 
 
 def main() -> None:

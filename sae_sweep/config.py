@@ -296,9 +296,25 @@ class TrainConfig:
     """Show a progress bar with live loss and MMCS (hidden when stderr is not a terminal)."""
     save_weights: bool = True
     """Write sae.safetensors and cfg.json into the run dir at the end."""
+    batch_seed: int | None = None
+    """Seed of the training batch stream; null = the run's seed (every seed sees its own stream). Setting
+    it (e.g. 0) gives every run of a sweep the same batches, which lets the packed launcher train runs
+    with different seeds as one group."""
+    lanes: int = 0
+    """When several SAEs train as a pack: how many step concurrently, each lane on one core with one torch
+    thread (0 = one lane per torch thread). On CPU this beats multi-threaded GEMMs of small SAEs; 1 = the
+    members one after another with all threads."""
+    sparse_below: float = 0.05
+    """A member whose measured L0 / J is below this takes the sparse-aware step (step.py); 0 = always dense.
+    Both steps compute the same gradients; the sparse one is faster when few latents fire."""
 
     def validate(self, path: str = "train") -> None:
         _check(_is_num(self.lr) and self.lr > 0, f"{path}.lr", self.lr, "a number > 0")
+        _check(self.batch_seed is None or (_is_int(self.batch_seed) and self.batch_seed >= 0),
+               f"{path}.batch_seed", self.batch_seed, "null or an integer >= 0")
+        _check(_is_int(self.lanes) and self.lanes >= 0, f"{path}.lanes", self.lanes, "an integer >= 0")
+        _check(_is_num(self.sparse_below) and 0.0 <= self.sparse_below <= 1.0, f"{path}.sparse_below",
+               self.sparse_below, "a number in [0, 1]")
         _check(
             _is_int(self.batch_size) and self.batch_size >= 1,
             f"{path}.batch_size",

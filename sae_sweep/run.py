@@ -14,6 +14,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
-from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, StopFn, train
+from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
 SUMMARY_KEYS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu",
@@ -65,6 +66,121 @@ def _finite_or_none(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def batch_seed(cfg: RunConfig) -> int:
+    """The seed of the run's training batch stream."""
+    return cfg.seed if cfg.train.batch_seed is None else cfg.train.batch_seed
+
+
+def pack_key(cfg: RunConfig) -> str:
+    """Runs with equal keys can train as one pack: same data, same batches, same schedule and device.
+
+    alpha, dict_size, seed (when ``train.batch_seed`` is set), ``sae.l1_norm``, the logger and the
+    name may differ; everything that changes the batches or the optimiser may not.
+    """
+    train_cfg = dataclasses.asdict(cfg.train)
+    for k in ("progress", "save_weights", "batch_seed"):
+        train_cfg.pop(k)
+    return json.dumps({"data": dataclasses.asdict(cfg.data), "train": train_cfg, "batch_seed": batch_seed(cfg),
+                       "decoder_bias": cfg.sae.decoder_bias}, sort_keys=True, default=str)
+
+
+@dataclass
+class Job:
+    """One run of a pack: its config, run dir and hooks (as the keyword arguments of :func:`run`)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    run_name: str | None = None
+    group: str | None = None
+    should_stop: StopFn | None = None
+    extra_sinks: Callable[[], list[MetricSink]] | None = None
+
+
+@dataclass
+class _Prepared:
+    job: Job
+    wall0: float
+    sae: SAE
+    sinks: list[MetricSink]
+    summary: dict[str, Any]
+    setup_s: float = 0.0
+
+
+def _load_data(cfg: RunConfig, device: torch.device) -> tuple[ToyFeatures | ActivationShards, EvalSet]:
+    if cfg.data.kind == "activations":
+        shards = ActivationShards(cfg.data)
+        return shards, EvalSet(shards.eval_set().to(device), None)
+    toy = ToyFeatures(cfg.data)
+    return toy, EvalSet(toy.eval_set().to(device), toy.ground_truth.features_HN.to(device))
+
+
+def _data_fields(cfg: RunConfig, data: ToyFeatures | ActivationShards) -> dict[str, Any]:
+    if isinstance(data, ActivationShards):
+        return {"n": cfg.data.n, "h": None, "data_seed": None, "data_path": cfg.data.path, "data_rows": data.rows}
+    return {"n": cfg.data.n, "h": cfg.data.h, "data_seed": cfg.data.seed}
+
+
+def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.device, wall0: float) -> _Prepared:
+    """Write the run's config, build its SAE (seeded by the run seed) and open its sinks."""
+    cfg, run_dir = job.cfg, Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_dict = dataclasses.asdict(cfg)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    if isinstance(data, ToyFeatures):
+        save_file(data.ground_truth.tensors(), str(run_dir / "ground_truth.safetensors"))
+    init = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SAE_INIT))
+    sae = SAE(cfg.data.n, cfg.dict_size, 1, decoder_bias=cfg.sae.decoder_bias,
+              init_scale=cfg.sae.init_scale, generator=init, device=device)
+    run_name = job.run_name or cfg.name
+    summary: dict[str, Any] = {
+        "status": FAILED, "message": "", "name": run_name, "group": job.group,
+        "alpha": cfg.alpha, "dict_size": cfg.dict_size, "seed": cfg.seed, "batch_seed": batch_seed(cfg),
+        **_data_fields(cfg, data),
+        "l1_norm": cfg.sae.l1_norm, "loss_normalisation": loss_normalisation(cfg),
+        "trainer_alpha": trainer_alpha(cfg), "eval_size": cfg.data.eval_size,
+        "device": str(device), "threads": torch.get_num_threads(),
+    }
+    prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / "metrics.jsonl")], summary)
+    if cfg.logger.wandb.mode != "disabled":
+        w = cfg.logger.wandb
+        prepared.sinks.append(WandbSink(run_dir=run_dir, mode=w.mode, project=w.project, entity=w.entity,
+                                        name=run_name, group=w.group or job.group or cfg.name, tags=w.tags,
+                                        config=cfg_dict))
+    if job.extra_sinks is not None:
+        prepared.sinks.extend(job.extra_sinks())
+    return prepared
+
+
+def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | None = None) -> dict[str, Any]:
+    """Write summary.json, the weights and latent statistics; finish every sink. Returns the summary."""
+    cfg, run_dir, summary = p.job.cfg, Path(p.job.run_dir), p.summary
+    if outcome is not None:
+        summary["status"], summary["message"] = outcome.status, outcome.message
+    if error is not None:
+        summary["status"], summary["message"] = FAILED, f"{type(error).__name__}: {error}"
+    final = outcome.final if outcome is not None else {}
+    summary.update({k: _finite_or_none(final.get(k)) for k in SUMMARY_KEYS})
+    summary.update({
+        "samples": outcome.samples if outcome is not None else 0,
+        "train_time_s": final.get("train_time_s"),
+        "samples_per_s": final.get("samples_per_s"),
+        "setup_time_s": p.setup_s,
+        "wall_time_s": time.perf_counter() - p.wall0,
+        "versions": library_versions(),
+    })
+    if cfg.train.save_weights and outcome is not None:
+        weights = outcome.weights if outcome.weights is not None else p.sae
+        weights.save(run_dir, 0, extra={"alpha": cfg.alpha, "l1_norm": cfg.sae.l1_norm,
+                                        "loss_normalisation": loss_normalisation(cfg)})
+    if outcome is not None and outcome.latent_frequency_J is not None:
+        save_file({"frequency": outcome.latent_frequency_J, "mean_activation": outcome.latent_mean_J},
+                  str(run_dir / LATENTS_FILE))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    for sink in p.sinks:
+        sink.finish(summary)
+    return summary
+
+
 def run(
     cfg: RunConfig,
     run_dir: Path,
@@ -79,80 +195,73 @@ def run(
     The summary (also in summary.json) has ``status`` completed, diverged, pruned, interrupted or
     failed; sinks are finished in every case. Ctrl-C is re-raised after the record is written.
     """
-    wall0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_name = run_name or cfg.name
-    cfg_dict = dataclasses.asdict(cfg)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    job = Job(cfg, Path(run_dir), run_name, group, should_stop, extra_sinks)
+    return run_packed([job])[0]
 
+
+def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
+    """Train several runs as one pack on one stream of batches; one summary per job, in order.
+
+    Every job must have the same :func:`pack_key`. Members are grouped by dictionary size (each
+    size split over the trainer's lanes), each group one K-member SAE; every member is initialised from its own run seed and sees exactly the
+    batches its solo run would, so its record equals the solo run's to float tolerance. Each job
+    keeps its own run dir, sinks and status (a diverged or pruned member stops alone). Ctrl-C is
+    re-raised after every record is written.
+    """
+    if not jobs:
+        return []
+    wall0 = time.perf_counter()
+    cfg = jobs[0].cfg
+    keys = {pack_key(j.cfg) for j in jobs}
+    if len(keys) > 1:
+        raise ValueError("run_packed: jobs differ in data, training schedule, device or batch stream; "
+                         "only alpha, dict_size, seed (with train.batch_seed set), sae.l1_norm and the logger may differ")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-
-    if cfg.data.kind == "activations":
-        data: ToyFeatures | ActivationShards = ActivationShards(cfg.data)
-        eval_set = EvalSet(data.eval_set().to(device), None)
-        data_fields = {"n": cfg.data.n, "h": None, "data_seed": None,
-                       "data_path": cfg.data.path, "data_rows": data.rows}
-    else:
-        data = ToyFeatures(cfg.data)
-        truth = data.ground_truth
-        save_file(truth.tensors(), str(run_dir / "ground_truth.safetensors"))
-        eval_set = EvalSet(data.eval_set().to(device), truth.features_HN.to(device))
-        data_fields = {"n": cfg.data.n, "h": cfg.data.h, "data_seed": cfg.data.seed}
-    init = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SAE_INIT))
-    sae = SAE(cfg.data.n, cfg.dict_size, 1, decoder_bias=cfg.sae.decoder_bias,
-              init_scale=cfg.sae.init_scale, generator=init, device=device)
-    setup_s = time.perf_counter() - wall0
-
-    sinks: list[MetricSink] = [JsonlSink(run_dir / "metrics.jsonl")]
-    summary: dict[str, Any] = {
-        "status": FAILED, "message": "", "name": run_name, "group": group,
-        "alpha": cfg.alpha, "dict_size": cfg.dict_size, "seed": cfg.seed,
-        **data_fields,
-        "l1_norm": cfg.sae.l1_norm, "loss_normalisation": loss_normalisation(cfg),
-        "trainer_alpha": trainer_alpha(cfg), "eval_size": cfg.data.eval_size,
-        "device": str(device), "threads": torch.get_num_threads(),
-    }
-    outcome = None
+    data, eval_set = _load_data(cfg, device)
+    prepared: list[_Prepared] = []
+    outcomes: list[MemberOutcome | None] = [None] * len(jobs)
+    error: BaseException | None = None
     try:
-        if cfg.logger.wandb.mode != "disabled":
-            w = cfg.logger.wandb
-            sinks.append(WandbSink(run_dir=run_dir, mode=w.mode, project=w.project, entity=w.entity,
-                                   name=run_name, group=w.group or group or cfg.name, tags=w.tags,
-                                   config=cfg_dict))
-        if extra_sinks is not None:
-            sinks.extend(extra_sinks())
-        batches = data.batches(cfg.train.batch_size, cfg.seed)
-        outcome = train(sae, [trainer_alpha(cfg)], batches, cfg.train, eval_set, [sinks], should_stop)[0]
-        summary["status"], summary["message"] = outcome.status, outcome.message
+        for j in jobs:  # one by one, so a failure still finishes the sinks already opened
+            prepared.append(_prepare(j, data, device, wall0))
+        setup_s = time.perf_counter() - wall0
+        for p in prepared:
+            p.setup_s = setup_s
+        # One SAE per dictionary size, split in as many parts as there are lanes so the lanes balance.
+        lanes = 1 if device.type != "cpu" else (cfg.train.lanes or torch.get_num_threads())
+        parts: list[list[int]] = []
+        for size in sorted({j.cfg.dict_size for j in jobs}):
+            same = [i for i, j in enumerate(jobs) if j.cfg.dict_size == size]
+            n_parts = min(lanes, len(same))
+            parts += [same[r::n_parts] for r in range(n_parts)]
+        packs = [SAE.stack([prepared[i].sae for i in part]) for part in parts]
+        order = [i for part in parts for i in part]  # train() numbers members pack by pack
+        hooks = [jobs[i].should_stop for i in order]
+
+        def should_stop(m: int, samples: int, row: dict[str, float]) -> bool:
+            hook = hooks[m]
+            return hook is not None and hook(0, samples, row)
+
+        results = train(packs, [trainer_alpha(jobs[i].cfg) for i in order],
+                        data.batches(cfg.train.batch_size, batch_seed(cfg)), cfg.train, eval_set,
+                        [prepared[i].sinks for i in order], should_stop)
+        m = 0
+        for g, part in enumerate(parts):
+            for k, i in enumerate(part):
+                outcomes[i] = results[m]
+                if results[m].weights is None:  # completed or interrupted: the pack's final weights
+                    results[m].weights = packs[g].member(k)
+                m += 1
     except Exception as exc:
-        summary["status"], summary["message"] = FAILED, f"{type(exc).__name__}: {exc}"
+        error = exc
         raise
     finally:
-        final = outcome.final if outcome is not None else {}
-        summary.update({k: _finite_or_none(final.get(k)) for k in SUMMARY_KEYS})
-        summary.update({
-            "samples": outcome.samples if outcome is not None else 0,
-            "train_time_s": final.get("train_time_s"),
-            "samples_per_s": final.get("samples_per_s"),
-            "setup_time_s": setup_s,
-            "wall_time_s": time.perf_counter() - wall0,
-            "versions": library_versions(),
-        })
-        if cfg.train.save_weights and outcome is not None:
-            sae.save(run_dir, 0, extra={"alpha": cfg.alpha, "l1_norm": cfg.sae.l1_norm,
-                                        "loss_normalisation": loss_normalisation(cfg)})
-        if outcome is not None and outcome.latent_frequency_J is not None:
-            save_file({"frequency": outcome.latent_frequency_J, "mean_activation": outcome.latent_mean_J},
-                      str(run_dir / LATENTS_FILE))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        for sink in sinks:
-            sink.finish(summary)
-    if summary["status"] == INTERRUPTED:
+        summaries = [_finish(p, outcomes[i], error) for i, p in enumerate(prepared)]
+    if any(s["status"] == INTERRUPTED for s in summaries):
         raise KeyboardInterrupt
-    return summary
+    return summaries
 
 
 def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:

@@ -85,6 +85,21 @@ class SAE(nn.Module):
                 t.copy_(self.state_dict()[name][i : i + 1])
         return out
 
+    @classmethod
+    def stack(cls, members: list[SAE]) -> SAE:
+        """One K-member SAE whose member i is a copy of ``members[i]`` (all of one shape and device)."""
+        first = members[0]
+        for m in members:
+            if (m.n, m.dict_size, m.decoder_bias) != (first.n, first.dict_size, first.decoder_bias):
+                raise ValueError(f"cannot stack SAEs of shapes (n={m.n}, J={m.dict_size}) and "
+                                 f"(n={first.n}, J={first.dict_size}) or with different decoder_bias")
+        out = cls(first.n, first.dict_size, sum(m.k for m in members), decoder_bias=first.decoder_bias,
+                  device=first.W_dec_KJN.device)
+        with torch.no_grad():
+            for name, t in out.state_dict().items():
+                t.copy_(torch.cat([m.state_dict()[name] for m in members]))
+        return out
+
     def dictionary(self, i: int = 0) -> torch.Tensor:
         """Member i's decoder atoms, (J, N), unit norm."""
         return self.W_dec_KJN[i].detach()

@@ -38,10 +38,12 @@ def test_wheel__ships_configs_and_plugins_and_runs_away_from_the_checkout(tmp_pa
                            cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where == [str(tmp_path / "site" / "sae_sweep" / "__main__.py"), "pkg://sae_sweep.conf"]
     res = subprocess.run([sys.executable, "-m", "sae_sweep", "-m", "experiment=smoke", "alpha=0.5,1",
+                          "hydra/launcher=packed",
                           "train.num_samples=5000", "train.eval_every=2500", "data.eval_size=256",
                           "train.progress=false"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert (cwd / "outputs" / "smoke" / "runs.parquet").is_file()  # the sae_grid sweeper and its table
+    assert "Launching 2 jobs packed" in res.stdout + res.stderr  # the packed launcher from the wheel
     [cell] = (cwd / "outputs" / "smoke").glob("alpha=1,*")  # run dirs are named by their overrides
     summary = json.loads((cell / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["dict_size"] == 128
@@ -54,4 +56,4 @@ def test_installed_package__finds_its_hydra_plugins_from_any_directory(tmp_path)
     res = subprocess.run([sys.executable, "-m", "sae_sweep", "--info", "plugins"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "SaeGridSweeper" in res.stdout and "SaeOptunaSweeper" in res.stdout
+    assert "SaeGridSweeper" in res.stdout and "SaeOptunaSweeper" in res.stdout and "PackedLauncher" in res.stdout

@@ -19,8 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 CELL_FILE = "cell.json"
 SUMMARY_FILE = "summary.json"
-# Dotted paths that do not change what a run computes.
-IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads")
+# Dotted paths that do not change what a run computes (lanes and sparse_below change only its speed).
+IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads", "train.lanes", "train.sparse_below")
+# Fields added after sweeps already existed: at their default they are left out of the key, so a sweep
+# started before them still resumes.
+DEFAULT_WHEN_ABSENT = {"train.batch_seed": None}
 
 
 def _drop(tree: dict[str, Any], dotted: str) -> None:
@@ -49,6 +52,9 @@ def cell_key(cfg: DictConfig) -> str:
     tree = resolved_run_config(cfg)
     for dotted in IGNORED_KEYS:
         _drop(tree, dotted)
+    for dotted, default in DEFAULT_WHEN_ABSENT.items():
+        if OmegaConf.select(cfg, dotted, default=default) == default:
+            _drop(tree, dotted)
     blob = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
