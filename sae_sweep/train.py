@@ -120,7 +120,6 @@ class _Lane:
         device = self.saes[0].W_dec_KJN.device
         fused = device.type == "cpu" or device.type == "cuda"
         self.opt = torch.optim.Adam([p for sae in self.saes for p in sae.parameters()], lr=cfg.lr, fused=fused)
-
         self.done: set[int] = set()  # groups whose members have all stopped: no longer stepped
 
     def stop_group(self, g: int) -> None:

@@ -10,7 +10,7 @@ import torch
 from sae_sweep.config import ToyDataConfig, TrainConfig
 from sae_sweep.data.toy import ToyFeatures
 from sae_sweep.sae import SAE
-from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, train
+from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, plan_lanes, train
 
 
 class ListSink:
@@ -81,3 +81,24 @@ def test_evaluate__reports_dead_latents_and_recovery_metrics():
     row = evaluate(sae, [0.1], eval_set)[0]
     assert row["dead"] >= 5 and row["alive"] == 64 - row["dead"]
     assert {"mmcs", "mmcs_learned", "recovered_90", "recovered_99", "fvu", "l0", "l1", "mse", "loss"} <= row.keys()
+
+
+def test_plan_lanes__balances_cost_largest_first():
+    assert plan_lanes([4.0, 3.0, 2.0, 1.0], 2) == [[0, 3], [1, 2]]
+    assert plan_lanes([1.0, 1.0], 4) == [[0], [1]]  # never more lanes than groups
+    assert plan_lanes([5.0], 0) == [[0]]
+
+
+def test_train__a_group_whose_members_all_stopped_is_frozen_while_the_others_train():
+    data, _, cfg, eval_set = _setup(num_samples=40_000, eval_every=10_000, lanes=2)
+    pruned, going = SAE(16, 32, k=2, generator=torch.Generator().manual_seed(1)), SAE(16, 64, k=1)
+    before = going.W_dec_KJN.detach().clone()
+
+    def stop(member, samples, row):
+        return member < 2 and samples >= 20_000  # members 0 and 1 are the 32-latent group
+
+    out = train([pruned, going], [0.3, 1.0, 0.3], data.batches(128, 0), cfg, eval_set, [[], [], []], should_stop=stop)
+    assert [o.status for o in out] == [PRUNED, PRUNED, COMPLETED]
+    for k in range(2):  # nothing moved after the stop: the kept weights are the group's final ones
+        torch.testing.assert_close(out[k].weights.W_dec_KJN[0], pruned.W_dec_KJN[k])
+    assert not torch.allclose(going.W_dec_KJN, before)
