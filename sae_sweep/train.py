@@ -112,6 +112,12 @@ def plan_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
     return out
 
 
+def _stopped(k: int, with_l1: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (mse, l1) a frozen group reports: NaN, which nobody reads (its members are not running)."""
+    nan_K = torch.full((k,), math.nan, device=device)
+    return nan_K, (nan_K if with_l1 else None)
+
+
 class _Lane:
     """Groups that step together on one thread with their own Adam (Adam is elementwise: no coupling)."""
 
@@ -129,8 +135,7 @@ class _Lane:
             p.grad = None
 
     def step(self, y_BN: torch.Tensor, with_l1: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        nan = torch.full((1,), math.nan, device=y_BN.device)
-        out = [(nan.expand(sae.k), nan.expand(sae.k) if with_l1 else None) if g in self.done else
+        out = [_stopped(sae.k, with_l1, y_BN.device) if g in self.done else
                loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.cfg.sparse_below)
                for g, sae in zip(self.groups, self.saes, strict=True)]
         live = [sae for g, sae in zip(self.groups, self.saes, strict=True) if g not in self.done]

@@ -65,7 +65,7 @@ class PackedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import torch
 
-        from sae_sweep.__main__ import job_objective, multirun_job
+        from sae_sweep.__main__ import multirun_job
         from sae_sweep.run import Job, pack_key
 
         setup_globals()
@@ -103,11 +103,13 @@ class PackedLauncher(Launcher):
         for n, pack in enumerate(packs, 1):
             sizes = sorted({jobs[i].cfg.dict_size for i in pack})
             log.info(f"pack {n}/{len(packs)}: {len(pack)} jobs, dict sizes {sizes}")
-            self._train(pack, jobs, rets, job_objective)
+            self._train(pack, jobs, rets)
         return rets
 
     @staticmethod
-    def _train(pack: list[int], jobs: dict, rets: list[JobReturn], job_objective) -> None:
+    def _train(pack: list[int], jobs: dict, rets: list[JobReturn]) -> None:
+        """Train one pack; each job's return is its objective, or its failure."""
+        from sae_sweep.__main__ import job_objective
         from sae_sweep.run import run_packed
 
         try:
