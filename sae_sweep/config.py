@@ -304,17 +304,19 @@ class TrainConfig:
     """When several SAEs train as a pack: how many step concurrently, each lane on one core with one torch
     thread (0 = one lane per torch thread). On CPU this beats multi-threaded GEMMs of small SAEs; 1 = the
     members one after another with all threads."""
-    sparse_below: float = 0.05
-    """A member whose measured L0 / J is below this takes the sparse-aware step (step.py); 0 = always dense.
-    Both steps compute the same gradients; the sparse one is faster when few latents fire."""
+    sparse_below: float | None = None
+    """A member whose measured L0 / J is below this takes the sparse-aware step (step.py); 0 = always dense;
+    null = the measured crossover for where the step runs (``step.auto_sparse_below``: 0.15 on one torch
+    thread, as in every packed lane, 0.09 with more, dense on CUDA). Both steps compute the same
+    gradients; the sparse one is faster when few latents fire."""
 
     def validate(self, path: str = "train") -> None:
         _check(_is_num(self.lr) and self.lr > 0, f"{path}.lr", self.lr, "a number > 0")
         _check(self.batch_seed is None or (_is_int(self.batch_seed) and self.batch_seed >= 0),
                f"{path}.batch_seed", self.batch_seed, "null or an integer >= 0")
         _check(_is_int(self.lanes) and self.lanes >= 0, f"{path}.lanes", self.lanes, "an integer >= 0")
-        _check(_is_num(self.sparse_below) and 0.0 <= self.sparse_below <= 1.0, f"{path}.sparse_below",
-               self.sparse_below, "a number in [0, 1]")
+        _check(self.sparse_below is None or (_is_num(self.sparse_below) and 0.0 <= self.sparse_below <= 1.0),
+               f"{path}.sparse_below", self.sparse_below, "null or a number in [0, 1]")
         _check(
             _is_int(self.batch_size) and self.batch_size >= 1,
             f"{path}.batch_size",

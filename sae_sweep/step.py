@@ -27,22 +27,26 @@ The sparse path
 ---------------
 Once an SAE is sparse, few codes fire: L0 (active latents per sample) is 5-50 of J. GEMM 1 still
 needs the dense (B, J) product, but everything after it only needs the active entries
-A = {(b, j): c_bj > 0}, |A| = L0 B, held as CSR matrices over the rows b and over the latents j:
+A = {(b, j): c_bj > 0}, |A| = L0 B, listed in sample-major order and (after a stable sort by
+latent) in latent-major order:
 
     A      = nonzero(c)                                     one pass over (B, J)
-    err    = c_A @ W_dec - x                       (B, N)   sparse x dense, |A| N multiply-adds
+    err    = c_A @ W_dec - x                       (B, N)   weighted sum of atoms per sample, |A| N
     dpre_A = s (err @ W_dec^T)_A + alpha / (B J)   (|A|,)   sampled dense-dense product, |A| N
-    dW_dec = s c_A^T @ err                         (J, N)   |A| N
-    dW_enc = (dpre_A^T @ y)^T - b_dec db_enc^T     (N, J)   |A| N, plus a transposed copy of (J, N)
+    dW_dec = s c_A^T @ err                         (J, N)   weighted sum of error rows per latent, |A| N
+    dW_enc = (dpre_A^T @ y)^T - b_dec db_enc^T     (N, J)   weighted sum of inputs per latent, |A| N,
+                                                            plus a transposed copy of (J, N)
     db_enc = column sums of dpre_A (index_add over A);  db_dec as in the dense path
 
-(dpre_A is dc on A; outside A the ReLU's derivative is 0.) A sparse member's step costs GEMM 1,
-three passes over the (B, J) codes (the ReLU, the count, the nonzero) and O(|A| (N + log |A|))
-for the rest (the transposed CSR comes from a stable sort of A by latent), against five GEMMs for
-the dense path. Measured at n=256, B=4096 (benchmarks/bench_sparse_step.py, table in
-benchmarks/README.md): the whole training step is 3.3x faster at J=4096, L0=15 (7x faster than
-SAELens's standard step); the sparse step wins while L0/J is below about 6.5-7% at J=1024 and
-J=4096 on a quiet machine, and beyond 10% on a busy one.
+(dpre_A is dc on A; outside A the ReLU's derivative is 0.) The three weighted sums are
+``embedding_bag`` calls (bags = samples or latents, weights = codes or dpre), about twice as fast
+as the same products with a CSR matrix; the sampled product is ``sampled_addmm`` on the codes as
+CSR. Indices are int32 (half the bytes to sort and gather). A sparse member's step costs GEMM 1,
+three passes over the (B, J) codes (the ReLU, the count, the nonzero) and O(|A| (N + log |A|)) for
+the rest, against five GEMMs for the dense path. Measured at n=256 on a 2-core machine
+(benchmarks/bench_sparse_step.py, tables in benchmarks/README.md): the whole training step at
+B=4096, J=4096, L0=15 is several times the dense step's speed; the sparse step wins below L0/J of
+about 9.5% with two threads, and of 16-20% on one thread (B=256), which is how packed lanes run.
 
 Details that matter for that speed:
 
@@ -53,17 +57,17 @@ Details that matter for that speed:
   It is a dozen short kernels (sort, gathers, the sparse products); on a shared 2-core machine
   every parallel one can wait out a scheduler slice (above), and a parallel stable sort is many
   parallel regions: with two threads the sort alone took up to 160 ms on a busy machine, against
-  1.4 ms on one thread. On a quiet machine two threads would make the sparse step faster (5% at
-  L0/J = 0.4%, 25-40% at 2-5%); on a busy one they made it slower, by 20-70% at 2-7%.
+  1.4 ms on one thread.
 * A member that took the sparse path last step skips the count: the nonzero's length is the count.
 
 ``loss_and_grads(..., sparse_below=f)`` chooses per member and per step: after GEMM 1 it counts
 that member's active codes and finishes with the sparse path when their share nnz / (B J) is
 below f, with the dense path otherwise (early in training, when half the codes fire). The count
 costs a dense member about 1% of its step. With f = 0 (the default) nothing is counted and every
-member runs the dense path, exactly as before. Both paths give the same loss and gradients to
-float rounding (tests/test_sparse_step.py). The shares of the last call are kept for
-:func:`last_active_share`.
+member runs the dense path. The trainer passes ``TrainConfig.sparse_below``, or when that is null
+:func:`auto_sparse_below` (the measured crossover for its device and threads). Both paths give the
+same loss and gradients to float rounding (tests/test_sparse_step.py). The shares of the last call
+are kept for :func:`last_active_share`.
 """
 
 from __future__ import annotations
@@ -95,8 +99,8 @@ class _Workspace:
     ones_1B: torch.Tensor
     fill_1J: torch.Tensor
     row_starts_B1: torch.Tensor  # (B+1,) int64, b J: where row b starts in the flattened codes
-    col_starts_J1: torch.Tensor  # (J+1,) int64, 0..J: the latents, to find where each starts in a sorted list
-    scratch_JN: torch.Tensor | None = None  # dW_enc^T of a sparse member, allocated on first use
+    col_starts_J1: torch.Tensor  # (J+1,) 0..J in the index type: where each latent starts in a sorted list
+    index_dtype: torch.dtype  # of the sparse path's indices: int32 (half the bytes to sort and gather) while B J fits
     active_share: list[float] | None = None  # nnz(c) / (B J) per member in the last call, if counted
 
     @classmethod
@@ -104,8 +108,10 @@ class _Workspace:
         kw = {"device": device, "dtype": dtype}
         ones = torch.ones(b, 1, **kw)
         row_starts = torch.arange(0, (b + 1) * j, j, device=device)
+        index_dtype = torch.int32 if b * j < 2**31 else torch.int64
         return cls(key, torch.empty(b, j, **kw), torch.empty(b, j, **kw), torch.empty(b, n, **kw),
-                   ones, ones.view(1, b), torch.empty(1, j, **kw), row_starts, torch.arange(j + 1, device=device))
+                   ones, ones.view(1, b), torch.empty(1, j, **kw), row_starts,
+                   torch.arange(j + 1, device=device, dtype=index_dtype), index_dtype)
 
 
 # One workspace per SAE, dropped with it (no module-level growth across tests or sweeps).
@@ -130,6 +136,21 @@ def last_active_share(sae: SAE) -> list[float] | None:
     """
     ws = _WORKSPACES.get(sae)
     return None if ws is None or ws.active_share is None else list(ws.active_share)
+
+
+# Where the sparse path starts to win, from benchmarks/bench_sparse_step.py part (c) on a 2-core
+# machine (n=256; table in benchmarks/README.md): on one torch thread (a packed lane) at L0/J of
+# 16.7% (J=512) and beyond 20% (J=2048) at B=256; with two threads ~9.5% at B=256 and B=4096. The
+# defaults stay a little below both. On CUDA the sparse path is not measured yet: dense.
+SPARSE_BELOW_ONE_THREAD = 0.15
+SPARSE_BELOW_THREADS = 0.09
+
+
+def auto_sparse_below(device: torch.device, threads: int) -> float:
+    """The ``sparse_below`` used when the config leaves it null, for a step on ``device`` with ``threads`` torch threads."""
+    if device.type != "cpu":
+        return 0.0
+    return SPARSE_BELOW_ONE_THREAD if threads <= 1 else SPARSE_BELOW_THREADS
 
 
 def _ensure_grads(sae: SAE) -> None:
@@ -255,32 +276,34 @@ def _sparse_member(
     w_enc_NJ, w_dec_JN = sae.W_enc_KNJ[k], sae.W_dec_KJN[k]
     g_enc_NJ, g_dec_JN, g_benc_J = sae.W_enc_KNJ.grad[k], sae.W_dec_KJN.grad[k], sae.b_enc_KJ.grad[k]
 
-    # c as CSR over the rows b (for z and the sampled product) and over the latents j (for the
-    # weight gradients, which sum over b); a stable sort by latent keeps each latent's rows in order.
+    # The active codes in sample-major order (A, as listed) and in latent-major order (A sorted
+    # stably by latent, so each latent's samples stay in order). Each weighted sum over A is an
+    # embedding_bag: bags are samples for z, latents for the two weight gradients.
     c_A = ws.c_BJ.view(-1)[idx_A]
-    crow_B1 = torch.searchsorted(idx_A, ws.row_starts_B1)  # row b's codes are A[crow[b] : crow[b + 1]]
-    row_A = idx_A.div(j, rounding_mode="floor")
-    col_A = idx_A.remainder_(j)  # the flat index is not needed any more
+    int32 = ws.index_dtype == torch.int32
+    crow_B1 = torch.searchsorted(idx_A, ws.row_starts_B1, out_int32=int32)  # sample b's codes: A[crow[b] : crow[b + 1]]
+    row_A = idx_A.div(j, rounding_mode="floor").to(ws.index_dtype)
+    col_A = idx_A.remainder_(j).to(ws.index_dtype)  # the flat index is not needed any more
     col_T, perm_T = torch.sort(col_A, stable=True)  # (|A|,): A in latent-major order
-    ccol_J1 = torch.searchsorted(col_T, ws.col_starts_J1)
+    ccol_J1 = torch.searchsorted(col_T, ws.col_starts_J1, out_int32=int32)  # latent j's: A_T[ccol[j] : ccol[j + 1]]
     row_T = row_A[perm_T]
-    c_csr = _csr(crow_B1, col_A, c_A, (b, j))
     if l1_K is not None:
         l1_K[k] = c_A.sum() / (b * j)
 
-    err_BN = ws.err_BN.addmm_(c_csr, w_dec_JN, beta=-1.0)  # err = z - y, x overwritten
+    # err = z - y = c_A @ W_dec - x, x overwritten
+    z_BN = _bag_sum(w_dec_JN, col_A, crow_B1, c_A)
+    err_BN = torch.sub(z_BN, ws.err_BN, out=ws.err_BN)
     mse_K[k] = torch.linalg.vector_norm(err_BN).square() / (b * n)
     # dpre on A: s (err @ W_dec^T) sampled at A, plus the L1 term's alpha / (B J)
+    c_csr = _csr(crow_B1, col_A, c_A, (b, j))
     dpre_A = torch.sparse.sampled_addmm(c_csr, err_BN, w_dec_JN.T, beta=0.0, alpha=s).values()
     if alpha != 0.0:
         dpre_A.add_(alpha / (b * j))
 
-    g_dec_JN.addmm_(_csr(ccol_J1, row_T, c_A[perm_T], (j, b)), err_BN, beta=0.0, alpha=s)  # c^T dz
+    c_T = c_A[perm_T].mul_(s)
+    g_dec_JN.copy_(_bag_sum(err_BN, row_T, ccol_J1, c_T))  # s c^T err = c^T dz
     g_benc_J.zero_().index_add_(0, col_A, dpre_A)  # column sums of dpre
-    if ws.scratch_JN is None:
-        ws.scratch_JN = torch.empty(j, n, device=y_BN.device, dtype=y_BN.dtype)
-    torch.mm(_csr(ccol_J1, row_T, dpre_A[perm_T], (j, b)), y_BN, out=ws.scratch_JN)  # dpre^T y ...
-    g_enc_NJ.copy_(ws.scratch_JN.T)  # ... transposed (3x faster than writing through g_enc_NJ.T)
+    g_enc_NJ.copy_(_bag_sum(y_BN, row_T, ccol_J1, dpre_A[perm_T]).T)  # (dpre^T y)^T
     if sae.decoder_bias:  # as in the dense path: x = y - b_dec, and 1^T dz - W_enc db_enc
         b_dec_1N, g_benc_1J = sae.b_dec_KN[k : k + 1], g_benc_J[None]
         g_enc_NJ.addmm_(b_dec_1N.T, g_benc_1J, alpha=-1.0)
@@ -288,3 +311,8 @@ def _sparse_member(
         torch.mm(ws.ones_1B, err_BN, out=g_bdec_1N).mul_(s)
         g_bdec_1N.addmm_(g_benc_1J, w_enc_NJ.T, alpha=-1.0)
 
+
+def _bag_sum(rows: torch.Tensor, index: torch.Tensor, starts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out[i] = sum over t in [starts[i], starts[i + 1]) of weight[t] rows[index[t]] (empty bags give 0)."""
+    return torch.nn.functional.embedding_bag(index, rows, starts, mode="sum", per_sample_weights=weight,
+                                             include_last_offset=True)

@@ -22,7 +22,7 @@ from sae_sweep import metrics
 from sae_sweep.config import TrainConfig
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import MetricSink
-from sae_sweep.step import loss_and_grads
+from sae_sweep.step import auto_sparse_below, loss_and_grads
 
 # Statuses a member can end in. "completed" is the only success.
 COMPLETED, DIVERGED, PRUNED, INTERRUPTED, FAILED = "completed", "diverged", "pruned", "interrupted", "failed"
@@ -121,11 +121,13 @@ def _stopped(k: int, with_l1: bool, device: torch.device) -> tuple[torch.Tensor,
 class _Lane:
     """Groups that step together on one thread with their own Adam (Adam is elementwise: no coupling)."""
 
-    def __init__(self, groups: list[int], saes: Sequence[SAE], alpha_G: list[list[float]], cfg: TrainConfig):
-        self.groups, self.saes, self.alpha_G, self.cfg = groups, [saes[g] for g in groups], alpha_G, cfg
+    def __init__(self, groups: list[int], saes: Sequence[SAE], alpha_G: list[list[float]], lr: float,
+                 sparse_below: float):
+        self.groups, self.saes, self.alpha_G = groups, [saes[g] for g in groups], alpha_G
+        self.sparse_below = sparse_below
         device = self.saes[0].W_dec_KJN.device
         fused = device.type == "cpu" or device.type == "cuda"
-        self.opt = torch.optim.Adam([p for sae in self.saes for p in sae.parameters()], lr=cfg.lr, fused=fused)
+        self.opt = torch.optim.Adam([p for sae in self.saes for p in sae.parameters()], lr=lr, fused=fused)
         self.done: set[int] = set()  # groups whose members have all stopped: no longer stepped
 
     def stop_group(self, g: int) -> None:
@@ -136,7 +138,7 @@ class _Lane:
 
     def step(self, y_BN: torch.Tensor, with_l1: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         out = [_stopped(sae.k, with_l1, y_BN.device) if g in self.done else
-               loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.cfg.sparse_below)
+               loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.sparse_below)
                for g, sae in zip(self.groups, self.saes, strict=True)]
         live = [sae for g, sae in zip(self.groups, self.saes, strict=True) if g not in self.done]
         for sae in live:
@@ -182,8 +184,10 @@ def train(
     alpha_G = [[float(alpha_K[m]) for m, mem in enumerate(members) if mem.g == g] for g in range(len(saes))]
     threads = torch.get_num_threads()
     n_lanes = 1 if device.type != "cpu" else (cfg.lanes or threads)
-    lanes = [_Lane(groups, saes, alpha_G, cfg)
-             for groups in plan_lanes([sae.k * sae.dict_size for sae in saes], n_lanes)]
+    plan = plan_lanes([sae.k * sae.dict_size for sae in saes], n_lanes)
+    sparse_below = (cfg.sparse_below if cfg.sparse_below is not None
+                    else auto_sparse_below(device, 1 if len(plan) > 1 else threads))
+    lanes = [_Lane(groups, saes, alpha_G, cfg.lr, sparse_below) for groups in plan]
     pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="sae-lane") if len(lanes) > 1 else None
     outcomes = [MemberOutcome() for _ in members]
     running = [True] * len(members)

@@ -45,6 +45,7 @@ def test_cli__cfg_job_shows_the_resolved_config():
         ("data.decay_rate=1.5", "data.decay_rate"),
         ("data.decay=linear", "data.decay"),
         ("train.batch_size=0", "train.batch_size"),
+        ("train.sparse_below=1.5", "train.sparse_below"),
         ("data.correlation=2", "data.correlation"),
         ("logger.wandb.mode=sometimes", "logger.wandb.mode"),
         ("not_a_field=1", "not_a_field"),

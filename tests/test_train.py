@@ -10,6 +10,8 @@ import torch
 from sae_sweep.config import ToyDataConfig, TrainConfig
 from sae_sweep.data.toy import ToyFeatures
 from sae_sweep.sae import SAE
+from sae_sweep import train as train_module
+from sae_sweep.step import SPARSE_BELOW_ONE_THREAD, SPARSE_BELOW_THREADS, auto_sparse_below
 from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, plan_lanes, train
 
 
@@ -102,3 +104,36 @@ def test_train__a_group_whose_members_all_stopped_is_frozen_while_the_others_tra
     for k in range(2):  # nothing moved after the stop: the kept weights are the group's final ones
         torch.testing.assert_close(out[k].weights.W_dec_KJN[0], pruned.W_dec_KJN[k])
     assert not torch.allclose(going.W_dec_KJN, before)
+
+
+def test_auto_sparse_below__one_thread_crossover_is_higher_and_cuda_stays_dense():
+    assert auto_sparse_below(torch.device("cpu"), 1) == SPARSE_BELOW_ONE_THREAD
+    assert auto_sparse_below(torch.device("cpu"), 2) == SPARSE_BELOW_THREADS < SPARSE_BELOW_ONE_THREAD
+    assert auto_sparse_below(torch.device("cuda"), 1) == 0.0
+
+
+@pytest.mark.parametrize("lanes, threads, configured, expected", [
+    (2, 2, None, SPARSE_BELOW_ONE_THREAD),  # two lanes: each steps on one torch thread
+    (1, 2, None, SPARSE_BELOW_THREADS),  # one lane with both threads
+    (1, 1, None, SPARSE_BELOW_ONE_THREAD),
+    (2, 2, 0.3, 0.3),  # a configured value is used as it is
+])
+def test_train__passes_the_step_the_sparse_threshold_of_how_it_runs(monkeypatch, lanes, threads, configured, expected):
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["sparse_below"])
+        return loss_and_grads(*args, **kwargs)
+
+    loss_and_grads = train_module.loss_and_grads
+    monkeypatch.setattr(train_module, "loss_and_grads", spy)
+    data, _, cfg, eval_set = _setup(num_samples=2_560, eval_every=2_560, lanes=lanes, sparse_below=configured)
+    saes = [SAE(16, 32, k=1), SAE(16, 64, k=1)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = train(saes, [0.3, 0.3], data.batches(128, 0), cfg, eval_set, [[], []])
+    finally:
+        torch.set_num_threads(before)
+    assert [o.status for o in out] == [COMPLETED, COMPLETED]
+    assert seen and set(seen) == {expected}
