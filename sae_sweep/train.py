@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -112,18 +113,76 @@ def plan_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
     return out
 
 
-def _stopped(k: int, with_l1: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The (mse, l1) a frozen group reports: NaN, which nobody reads (its members are not running)."""
-    nan_K = torch.full((k,), math.nan, device=device)
-    return nan_K, (nan_K if with_l1 else None)
+class _Feed:
+    """The shared batch stream, read step by step by lanes that run ahead of each other.
+
+    Batch s is drawn once, by the first lane to ask for it, and dropped when every lane still
+    running has taken it. A lane may lead the slowest by at most ``lead`` steps (it waits beyond),
+    which bounds the batches held. Lanes thus only meet at evaluations, not at every step: per
+    step, each lane's time varies by a few percent, and a barrier per step would pay the maximum.
+    """
+
+    def __init__(self, batches: Iterator[torch.Tensor], device: torch.device, n_lanes: int,
+                 on_draw: Callable[[], None], lead: int = 8):
+        self.batches, self.device, self.on_draw, self.lead = batches, device, on_draw, lead
+        self.cond = threading.Condition()
+        self.held: dict[int, torch.Tensor] = {}
+        self.drawn = 0  # batches drawn so far (step numbers start at 1)
+        self.at = [0] * n_lanes  # the last step each lane took a batch for; None once a lane left
+        self.abort = False  # set on Ctrl-C or a failing lane: every lane leaves at its next step
+
+    def get(self, lane: int, step: int) -> torch.Tensor | None:
+        """Batch ``step`` for ``lane`` (steps in order), or None when training is being aborted."""
+        with self.cond:
+            while not self.abort and step > min(a for a in self.at if a is not None) + self.lead:
+                self.cond.wait()
+            if self.abort:
+                return None
+            while self.drawn < step:
+                self.drawn += 1
+                self.held[self.drawn] = next(self.batches).to(self.device, non_blocking=True)
+                self.on_draw()
+            y_BN = self.held[step]
+            self.at[lane] = step
+            self._release()
+            return y_BN
+
+    def leave(self, lane: int) -> None:
+        """``lane`` takes no more batches (its groups all stopped, the segment ended or it failed)."""
+        with self.cond:
+            self.at[lane] = None
+            self._release()
+
+    def join(self, lane: int, step: int) -> None:
+        """``lane`` takes batches again from ``step`` on."""
+        with self.cond:
+            self.at[lane] = step - 1
+
+    def _release(self) -> None:
+        active = [a for a in self.at if a is not None]
+        low = min(active) if active else self.drawn
+        for s in [s for s in self.held if s <= low]:
+            del self.held[s]
+        self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.abort = True
+            self.cond.notify_all()
 
 
 class _Lane:
-    """Groups that step together on one thread with their own Adam (Adam is elementwise: no coupling)."""
+    """Groups that step together on one thread with their own Adam (Adam is elementwise: no coupling).
 
-    def __init__(self, groups: list[int], saes: Sequence[SAE], alpha_G: list[list[float]], lr: float,
-                 sparse_below: float):
-        self.groups, self.saes, self.alpha_G = groups, [saes[g] for g in groups], alpha_G
+    Between two evaluations a lane runs its steps on its own (``run``): it takes each batch from the
+    feed, steps its live groups, adds its members' losses to their windows and stops a member whose
+    loss stops being finite.
+    """
+
+    def __init__(self, index: int, groups: list[int], saes: Sequence[SAE], alpha_G: list[list[float]],
+                 member_ids: list[list[int]], lr: float, sparse_below: float):
+        self.index, self.groups, self.saes, self.alpha_G = index, groups, [saes[g] for g in groups], alpha_G
+        self.member_ids = [member_ids[g] for g in groups]  # global member numbers of each group's members
         self.sparse_below = sparse_below
         device = self.saes[0].W_dec_KJN.device
         fused = device.type == "cpu" or device.type == "cuda"
@@ -136,18 +195,104 @@ class _Lane:
         for p in self.saes[self.groups.index(g)].parameters():
             p.grad = None
 
-    def step(self, y_BN: torch.Tensor, with_l1: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        out = [_stopped(sae.k, with_l1, y_BN.device) if g in self.done else
-               loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.sparse_below)
-               for g, sae in zip(self.groups, self.saes, strict=True)]
-        live = [sae for g, sae in zip(self.groups, self.saes, strict=True) if g not in self.done]
-        for sae in live:
+    def step(self, y_BN: torch.Tensor, with_l1: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+        """One optimiser step of every live group; (mse_K, l1_K) by group."""
+        live = [(g, sae) for g, sae in zip(self.groups, self.saes, strict=True) if g not in self.done]
+        out = {g: loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.sparse_below)
+               for g, sae in live}
+        for _, sae in live:
             sae.project_decoder_grad_()
         if live:
             self.opt.step()
-        for sae in live:
+        for _, sae in live:
             sae.normalise_decoder_()
         return out
+
+    def run(self, first: int, last: int, window_start: int, feed: _Feed, state: _State) -> None:
+        """Steps first..last (inclusive), unless all the lane's groups stop or training is aborted.
+
+        The L1 term is measured every L1_EVERY steps counted from ``window_start`` (the first step
+        after the last evaluation).
+        """
+        try:
+            for step in range(first, last + 1):
+                if len(self.done) == len(self.groups):
+                    return
+                y_BN = feed.get(self.index, step)
+                if y_BN is None:
+                    return
+                with_l1 = (step - window_start) % L1_EVERY == 0
+                state.account(self, step, self.step(y_BN, with_l1), with_l1)
+        except BaseException:
+            feed.stop()
+            raise
+        finally:
+            feed.leave(self.index)
+
+
+@dataclass
+class _State:
+    """What the lanes and the evaluation share: each member's running flag, outcome and loss window."""
+
+    members: list[_Member]
+    outcomes: list[MemberOutcome]
+    saes: list[SAE]
+    alpha_K: list[float]
+    batch_size: int
+    running: list[bool] = field(init=False)
+    window_mse: list[float] = field(init=False)  # sums since the last evaluation
+    window_l1: list[float] = field(init=False)
+    window_steps: list[int] = field(init=False)
+    window_l1_steps: list[int] = field(init=False)
+    lanes: list[_Lane] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        m = len(self.members)
+        self.running, self.window_mse, self.window_l1 = [True] * m, [0.0] * m, [0.0] * m
+        self.window_steps, self.window_l1_steps = [0] * m, [0] * m
+        self.lock = threading.Lock()
+
+    def account(self, lane: _Lane, step: int, by_group: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
+                with_l1: bool) -> None:
+        """Add the lane's losses of ``step`` to its members' windows; stop those whose loss is not finite."""
+        if not by_group:
+            return
+        ids = [m for g in by_group for m in lane.member_ids[lane.groups.index(g)]]
+        mse = torch.cat([mse_K for mse_K, _ in by_group.values()]).double().tolist()  # one sync per lane step
+        l1 = torch.cat([l1_K for _, l1_K in by_group.values()]).double().tolist() if with_l1 else None  # type: ignore[misc]
+        for k, m in enumerate(ids):
+            if not self.running[m]:
+                continue
+            bad = mse[k] + (0.0 if l1 is None else self.alpha_K[m] * l1[k])
+            if not math.isfinite(bad):
+                self.stop(m, DIVERGED, f"loss became {bad} at sample {step * self.batch_size}")
+                self.outcomes[m].samples = step * self.batch_size
+                continue
+            self.window_mse[m] += mse[k]
+            self.window_steps[m] += 1
+            if l1 is not None:
+                self.window_l1[m] += l1[k]
+                self.window_l1_steps[m] += 1
+
+    def stop(self, m: int, status: str, message: str) -> None:
+        """Stop member m, keeping its weights; a group whose members all stopped is frozen."""
+        with self.lock:
+            self.running[m] = False
+            self.outcomes[m].status, self.outcomes[m].message = status, message
+            g = self.members[m].g
+            self.outcomes[m].weights = self.saes[g].member(self.members[m].k)
+            # A stopped member of a group still steps with the others (its result is already kept); a
+            # group whose members have all stopped costs nothing more.
+            if not any(self.running[i] for i, mem in enumerate(self.members) if mem.g == g):
+                next(lane for lane in self.lanes if g in lane.groups).stop_group(g)
+
+    def train_loss(self, m: int) -> float:
+        mse = self.window_mse[m] / max(self.window_steps[m], 1)
+        return mse + self.alpha_K[m] * self.window_l1[m] / max(self.window_l1_steps[m], 1)
+
+    def reset_windows(self) -> None:
+        m = len(self.members)
+        self.window_mse, self.window_l1, self.window_steps, self.window_l1_steps = [0.0] * m, [0.0] * m, [0] * m, [0] * m
 
 
 def train(
@@ -168,7 +313,8 @@ def train(
     by member), so a packed member equals its solo run to float tolerance.
 
     On CPU, groups step in ``cfg.lanes`` concurrent lanes (threads), each with one torch thread:
-    small SAEs use a core far better one per core than split over cores. Evaluation runs in the lanes too.
+    small SAEs use a core far better one per core than split over cores. Lanes run independently
+    between evaluations (a shared feed hands each the same batches); evaluation runs in the lanes too.
 
     ``sinks[k]`` receives member k's metrics at every evaluation. A member whose loss stops being
     finite is marked diverged, one stopped by ``should_stop`` pruned; either keeps a copy of its
@@ -182,106 +328,83 @@ def train(
     device = saes[0].W_dec_KJN.device
     steps, every = _eval_steps(cfg)
     alpha_G = [[float(alpha_K[m]) for m, mem in enumerate(members) if mem.g == g] for g in range(len(saes))]
+    member_ids = [[m for m, mem in enumerate(members) if mem.g == g] for g in range(len(saes))]
     threads = torch.get_num_threads()
     n_lanes = 1 if device.type != "cpu" else (cfg.lanes or threads)
     plan = plan_lanes([sae.k * sae.dict_size for sae in saes], n_lanes)
     sparse_below = (cfg.sparse_below if cfg.sparse_below is not None
                     else auto_sparse_below(device, 1 if len(plan) > 1 else threads))
-    lanes = [_Lane(groups, saes, alpha_G, cfg.lr, sparse_below) for groups in plan]
+    lanes = [_Lane(i, groups, saes, alpha_G, member_ids, cfg.lr, sparse_below) for i, groups in enumerate(plan)]
     pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="sae-lane") if len(lanes) > 1 else None
     outcomes = [MemberOutcome() for _ in members]
-    running = [True] * len(members)
-    alpha_t_K = torch.tensor([float(a) for a in alpha_K], device=device)
-    window_mse = torch.zeros(len(members), dtype=torch.float64, device=device)
-    window_l1 = torch.zeros(len(members), dtype=torch.float64, device=device)
-    window_steps = window_l1_steps = 0
-    train_time = 0.0
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
+    state = _State(members, outcomes, saes, [float(a) for a in alpha_K], cfg.batch_size, lanes=lanes)
+    feed = _Feed(batches, device, len(lanes), on_draw=lambda: bar.update(cfg.batch_size))
+    train_time = 0.0
 
-    def stop(m: int, status: str, message: str) -> None:
-        running[m] = False
-        outcomes[m].status, outcomes[m].message = status, message
-        g = members[m].g
-        outcomes[m].weights = saes[g].member(members[m].k)
-        # A stopped member of a group still steps with the others (its result is already kept); a
-        # group whose members have all stopped costs nothing more.
-        if not any(running[i] for i, mem in enumerate(members) if mem.g == g):
-            next(lane for lane in lanes if g in lane.groups).stop_group(g)
-
-    def in_lanes(fn: Callable[[_Lane], list], first_serial: bool = False) -> dict[int, Any]:
-        """fn(lane) for every lane, concurrently when there are several; results by group index."""
-        if pool is None or first_serial:
-            results = [fn(lane) for lane in lanes]
-        else:
-            results = list(pool.map(fn, lanes))
-        return {g: r for lane, rs in zip(lanes, results, strict=True) for g, r in zip(lane.groups, rs, strict=True)}
+    def in_lanes(fn: Callable[[_Lane], Any]) -> list[Any]:
+        """fn(lane) for every lane, concurrently when there are several."""
+        if pool is None:
+            return [fn(lane) for lane in lanes]
+        return [f.result() for f in [pool.submit(fn, lane) for lane in lanes]]
 
     if pool is not None:
         torch.set_num_threads(1)  # one core per lane
     try:
-        for step in range(1, steps + 1):
+        first = 1
+        while first <= steps and any(state.running):
+            last = min(steps, ((first - 1) // every + 1) * every)  # the next evaluation step
             t0 = time.perf_counter()
-            y_BN = next(batches).to(device, non_blocking=True)
-            with_l1 = window_steps % L1_EVERY == 0
-            # The first step runs lane after lane: it builds each SAE's step buffers outside the threads.
-            by_group = in_lanes(functools.partial(_Lane.step, y_BN=y_BN, with_l1=with_l1), first_serial=step == 1)
-            mse_K = torch.cat([by_group[g][0] for g in range(len(saes))])
-            l1_K = torch.cat([by_group[g][1] for g in range(len(saes))]) if with_l1 else None  # type: ignore[misc]
-            finite_K = torch.isfinite(mse_K if l1_K is None else mse_K + l1_K).tolist()
+            for lane in lanes:
+                feed.join(lane.index, first)
+            window_start = first
+            if first == 1:  # step 1 lane after lane: it builds each SAE's step buffers outside the threads
+                for lane in lanes:
+                    lane.run(1, 1, 1, feed, state)
+                    feed.join(lane.index, 2)
+                first += 1
+            if first <= last:
+                in_lanes(functools.partial(_Lane.run, first=first, last=last, window_start=window_start,
+                                           feed=feed, state=state))
             train_time += time.perf_counter() - t0
-            window_mse += torch.nan_to_num(mse_K.double())
-            if l1_K is not None:
-                window_l1 += torch.nan_to_num(l1_K.double())
-                window_l1_steps += 1
-            window_steps += 1
-            samples = step * cfg.batch_size
-            bar.update(cfg.batch_size)
-
-            for m in range(len(members)):
-                if running[m] and not finite_K[m]:
-                    bad = mse_K[m] + (0.0 if l1_K is None else alpha_t_K[m] * l1_K[m])
-                    stop(m, DIVERGED, f"loss became {bad.item()} at sample {samples}")
-                    outcomes[m].samples = samples
-            if not any(running):
+            samples = last * cfg.batch_size
+            first = last + 1
+            if not any(state.running):
                 break
 
-            if step % every == 0 or step == steps:
-                stats_G = in_lanes(lambda lane: [eval_stats(sae, eval_set) for sae in lane.saes])
-                rows = [row for g, sae in enumerate(saes) for row in evaluate(sae, alpha_G[g], eval_set, stats_G[g])]
-                stats = [st for g in range(len(saes)) for st in stats_G[g]]
-                for m, row in enumerate(rows):
-                    if not running[m]:
-                        continue
-                    outcomes[m].latent_frequency_J = stats[m].frequency().float().cpu()
-                    outcomes[m].latent_mean_J = stats[m].mean_activation().float().cpu()
-                    train_loss_m = (window_mse[m] / window_steps
-                                    + alpha_t_K[m] * window_l1[m] / max(window_l1_steps, 1)).item()
-                    row = {"samples": samples, "train_loss": train_loss_m,
-                           **row, "train_time_s": train_time,
-                           "samples_per_s": samples / max(train_time, 1e-9)}
-                    outcomes[m].final, outcomes[m].samples = row, samples
-                    if not math.isfinite(row["loss"]):
-                        stop(m, DIVERGED, f"eval loss {row['loss']} at sample {samples}")
-                    for sink in sinks[m] if m < len(sinks) else ():
-                        sink.log(row, step=samples)
-                    if running[m] and should_stop is not None and should_stop(m, samples, row):
-                        stop(m, PRUNED, f"stopped at sample {samples}")
-                window_mse.zero_()
-                window_l1.zero_()
-                window_steps = window_l1_steps = 0
-                head = next((r for m, r in enumerate(rows) if running[m]), rows[0])
-                bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
-                                 **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
-                if not any(running):
-                    break
+            stats_G = in_lanes(lambda lane: {g: eval_stats(sae, eval_set) for g, sae in zip(lane.groups, lane.saes, strict=True)})
+            stats_by_g = {g: st for d in stats_G for g, st in d.items()}
+            rows = [row for g, sae in enumerate(saes) for row in evaluate(sae, alpha_G[g], eval_set, stats_by_g[g])]
+            stats = [st for g in range(len(saes)) for st in stats_by_g[g]]
+            for m, row in enumerate(rows):
+                if not state.running[m]:
+                    continue
+                outcomes[m].latent_frequency_J = stats[m].frequency().float().cpu()
+                outcomes[m].latent_mean_J = stats[m].mean_activation().float().cpu()
+                row = {"samples": samples, "train_loss": state.train_loss(m),
+                       **row, "train_time_s": train_time,
+                       "samples_per_s": samples / max(train_time, 1e-9)}
+                outcomes[m].final, outcomes[m].samples = row, samples
+                if not math.isfinite(row["loss"]):
+                    state.stop(m, DIVERGED, f"eval loss {row['loss']} at sample {samples}")
+                for sink in sinks[m] if m < len(sinks) else ():
+                    sink.log(row, step=samples)
+                if state.running[m] and should_stop is not None and should_stop(m, samples, row):
+                    state.stop(m, PRUNED, f"stopped at sample {samples}")
+            state.reset_windows()
+            head = next((r for m, r in enumerate(rows) if state.running[m]), rows[0])
+            bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
+                             **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
     except KeyboardInterrupt:
+        feed.stop()
         for m in range(len(members)):
-            if running[m]:
+            if state.running[m]:
                 outcomes[m].status, outcomes[m].message = INTERRUPTED, "interrupted by the user"
     finally:
         bar.close()
         if pool is not None:
+            feed.stop()
             pool.shutdown()
             torch.set_num_threads(threads)
     return outcomes

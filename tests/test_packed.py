@@ -86,8 +86,10 @@ def test_run_packed__refuses_jobs_that_cannot_share_batches(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_run_packed__on_cuda_members_equal_their_solo_runs_and_the_cpu_result(tmp_path):
-    cfgs = [build_cfg(alpha=a, dict_size=j, train={"device": "cuda"}) for a, j in [(0.1, 32), (1.0, 64), (0.3, 64)]]
+@pytest.mark.parametrize("sparse_below", [None, 1.0])  # null is dense on CUDA; 1.0 runs the sparse kernels there
+def test_run_packed__on_cuda_members_equal_their_solo_runs_and_the_cpu_result(tmp_path, sparse_below):
+    train = {"device": "cuda", "sparse_below": sparse_below}
+    cfgs = [build_cfg(alpha=a, dict_size=j, train=train) for a, j in [(0.1, 32), (1.0, 64), (0.3, 64)]]
     packed = run_packed([Job(c, tmp_path / f"packed_{i}") for i, c in enumerate(cfgs)])
     for i, cfg in enumerate(cfgs):
         solo = run(cfg, tmp_path / f"solo_{i}")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import pytest
 import torch
 
+from sae_sweep import train as train_module
 from sae_sweep.config import ToyDataConfig, TrainConfig
 from sae_sweep.data.toy import ToyFeatures
 from sae_sweep.sae import SAE
-from sae_sweep import train as train_module
 from sae_sweep.step import SPARSE_BELOW_ONE_THREAD, SPARSE_BELOW_THREADS, auto_sparse_below
-from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, plan_lanes, train
+from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, _Feed, evaluate, plan_lanes, train
 
 
 class ListSink:
@@ -137,3 +139,48 @@ def test_train__passes_the_step_the_sparse_threshold_of_how_it_runs(monkeypatch,
         torch.set_num_threads(before)
     assert [o.status for o in out] == [COMPLETED, COMPLETED]
     assert seen and set(seen) == {expected}
+
+
+def test_feed__lanes_get_the_same_batches_in_order_each_drawn_once_and_the_lead_is_bounded():
+    drawn = []
+
+    def batches():
+        i = 0
+        while True:
+            i += 1
+            drawn.append(i)
+            yield torch.full((1, 1), float(i))
+
+    lead, steps = 3, 40
+    feed = _Feed(batches(), torch.device("cpu"), 2, on_draw=lambda: None, lead=lead)
+    got, held = {0: [], 1: []}, []
+
+    def lane(i: int, pause: float) -> None:
+        for step in range(1, steps + 1):
+            got[i].append(int(feed.get(i, step).item()))
+            held.append(len(feed.held))
+            time.sleep(pause)  # lane 1 is the slow one: lane 0 runs ahead until the lead stops it
+        feed.leave(i)
+
+    threads = [threading.Thread(target=lane, args=(0, 0.0)), threading.Thread(target=lane, args=(1, 0.002))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] == got[1] == list(range(1, steps + 1))
+    assert drawn == list(range(1, steps + 1))  # each batch drawn once, shared by both lanes
+    assert max(held) == lead  # the fast lane ran lead steps ahead of the slow one (held: the steps between), no further
+    assert feed.held == {}  # everything released once both lanes left
+
+
+def test_feed__stop_releases_a_waiting_lane():
+    feed = _Feed(iter(torch.zeros(100, 1, 1)), torch.device("cpu"), 2, on_draw=lambda: None, lead=1)
+    assert feed.get(0, 1) is not None  # lane 1 is still at step 0
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(feed.get(0, 2)))
+    waiter.start()
+    time.sleep(0.05)
+    assert waiter.is_alive()  # step 2 would lead lane 1 by 2 > 1
+    feed.stop()
+    waiter.join(timeout=10)
+    assert result == [None]
