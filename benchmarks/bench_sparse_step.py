@@ -255,7 +255,7 @@ def main() -> None:
     ap.add_argument("--l0", type=float, default=15.0, help="active latents per sample in parts a and b")
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--dict-sizes", type=int, nargs="+", default=[1024, 4096], help="part c")
-    ap.add_argument("--shares", type=float, nargs="+", default=[0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1],
+    ap.add_argument("--shares", type=float, nargs="+", default=[0.001, 0.005, 0.01, 0.02, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25],
                     help="part c: active shares L0/J")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds; medians are over these")
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per case per round")

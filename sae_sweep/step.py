@@ -45,8 +45,9 @@ CSR. Indices are int32 (half the bytes to sort and gather). A sparse member's st
 three passes over the (B, J) codes (the ReLU, the count, the nonzero) and O(|A| (N + log |A|)) for
 the rest, against five GEMMs for the dense path. Measured at n=256 on a 2-core machine
 (benchmarks/bench_sparse_step.py, tables in benchmarks/README.md): the whole training step at
-B=4096, J=4096, L0=15 is several times the dense step's speed; the sparse step wins below L0/J of
-about 9.5% with two threads, and of 16-20% on one thread (B=256), which is how packed lanes run.
+B=4096, J=4096, L0=15 is 3.45x the dense step's speed (7.4x SAELens's standard step); the sparse
+step wins below L0/J of 7-12% with two threads, and of 15-22% on one thread (B=256), which is how
+packed lanes run.
 
 Details that matter for that speed:
 
@@ -139,9 +140,9 @@ def last_active_share(sae: SAE) -> list[float] | None:
 
 
 # Where the sparse path starts to win, from benchmarks/bench_sparse_step.py part (c) on a 2-core
-# machine (n=256; table in benchmarks/README.md): on one torch thread (a packed lane) at L0/J of
-# 16.7% (J=512) and beyond 20% (J=2048) at B=256; with two threads ~9.5% at B=256 and B=4096. The
-# defaults stay a little below both. On CUDA the sparse path is not measured yet: dense.
+# machine (n=256; tables in benchmarks/README.md): on one torch thread (a packed lane) at L0/J of
+# 15-22% (J=256..4096, B=256); with two threads at 7-12% (B=256) and 9-11% (B=4096). On CUDA the
+# sparse path is not measured yet: dense.
 SPARSE_BELOW_ONE_THREAD = 0.15
 SPARSE_BELOW_THREADS = 0.09
 
