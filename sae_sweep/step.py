@@ -74,9 +74,10 @@ are kept for :func:`last_active_share`.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -162,7 +163,8 @@ def _ensure_grads(sae: SAE) -> None:
 
 @torch.no_grad()
 def loss_and_grads(
-    sae: SAE, y_BN: torch.Tensor, alpha_K: list[float], *, with_l1: bool = True, sparse_below: float = 0.0
+    sae: SAE, y_BN: torch.Tensor, alpha_K: list[float], *, with_l1: bool = True, sparse_below: float = 0.0,
+    skip: Collection[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fill every parameter's ``.grad`` with d(loss)/d(param) and return per-member (mse_K, l1_K).
 
@@ -176,6 +178,9 @@ def loss_and_grads(
     step on the active codes alone (the sparse path in the module doc; same result); 0 never
     counts and keeps every member dense. The shares are then available from
     :func:`last_active_share`.
+
+    Members in ``skip`` (e.g. stopped ones whose result is already kept) cost nothing but zeroing
+    their gradients; their mse and l1 are NaN.
     """
     if y_BN.dim() != 2 or y_BN.shape[1] != sae.n:
         raise ValueError(f"y_BN must have shape (B, {sae.n}), got {tuple(y_BN.shape)}")
@@ -195,6 +200,15 @@ def loss_and_grads(
     last = ws.active_share if ws.active_share is not None and len(ws.active_share) == sae.k else None
     max_sparse = sparse_below * b * j  # a member with fewer active codes takes the sparse path
     for k in range(sae.k):
+        if k in skip:
+            for p in sae.parameters():
+                p.grad[k].zero_()
+            mse_K[k] = math.nan
+            if l1_K is not None:
+                l1_K[k] = math.nan
+            if shares is not None:
+                shares.append(1.0)
+            continue
         w_enc_NJ, w_dec_JN = sae.W_enc_KNJ[k], sae.W_dec_KJN[k]
         b_enc_1J, b_dec_1N = sae.b_enc_KJ[k : k + 1], sae.b_dec_KN[k : k + 1]
         g_enc_NJ, g_dec_JN = sae.W_enc_KNJ.grad[k], sae.W_dec_KJN.grad[k]

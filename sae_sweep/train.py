@@ -195,11 +195,17 @@ class _Lane:
         for p in self.saes[self.groups.index(g)].parameters():
             p.grad = None
 
-    def step(self, y_BN: torch.Tensor, with_l1: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
-        """One optimiser step of every live group; (mse_K, l1_K) by group."""
+    def step(self, y_BN: torch.Tensor, with_l1: bool, running: Sequence[bool] | None = None,
+             ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
+        """One optimiser step of every live group; (mse_K, l1_K) by group. Members not ``running``
+        (by global member number) are skipped: their results are kept already."""
         live = [(g, sae) for g, sae in zip(self.groups, self.saes, strict=True) if g not in self.done]
-        out = {g: loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.sparse_below)
-               for g, sae in live}
+        out = {}
+        for g, sae in live:
+            ids = self.member_ids[self.groups.index(g)]
+            skip = () if running is None else {k for k, m in enumerate(ids) if not running[m]}
+            out[g] = loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.sparse_below,
+                                    skip=skip)
         for _, sae in live:
             sae.project_decoder_grad_()
         if live:
@@ -222,7 +228,7 @@ class _Lane:
                 if y_BN is None:
                     return
                 with_l1 = (step - window_start) % L1_EVERY == 0
-                state.account(self, step, self.step(y_BN, with_l1), with_l1)
+                state.account(self, step, self.step(y_BN, with_l1, state.running), with_l1)
         except BaseException:
             feed.stop()
             raise
@@ -281,8 +287,8 @@ class _State:
             self.outcomes[m].status, self.outcomes[m].message = status, message
             g = self.members[m].g
             self.outcomes[m].weights = self.saes[g].member(self.members[m].k)
-            # A stopped member of a group still steps with the others (its result is already kept); a
-            # group whose members have all stopped costs nothing more.
+            # A stopped member's step is skipped from now on (its result is already kept; Adam only
+            # decays its moments); a group whose members have all stopped is frozen.
             if not any(self.running[i] for i, mem in enumerate(self.members) if mem.g == g):
                 next(lane for lane in self.lanes if g in lane.groups).stop_group(g)
 

@@ -204,3 +204,17 @@ def test_training_sparse_and_dense_from_the_same_init_gives_the_same_parameters(
         err = (p - q).abs().max().item()
         assert err < 1e-4, f"{name} differs by {err:.2e} after 50 steps"
     assert not torch.equal(sparse.W_enc_KNJ, _sae(16, 64, 2, True, offset=-0.4).W_enc_KNJ)  # it did train
+
+
+@pytest.mark.parametrize("sparse_below", [ALWAYS_DENSE, ALWAYS_SPARSE])
+def test_loss_and_grads__skipped_members_cost_nothing_and_leave_the_others_unchanged(sparse_below):
+    sae, y = _sae(16, 64, 3, True), _batch(16, 128)
+    full = _hand(sae, y, [0.1, 0.2, 0.3], sparse_below)
+    mse_K, l1_K = loss_and_grads(sae, y, [0.1, 0.2, 0.3], sparse_below=sparse_below, skip={1})
+    assert torch.isnan(mse_K[1]) and torch.isnan(l1_K[1])
+    for k in (0, 2):  # the other members' losses and gradients are those of the full call
+        assert mse_K[k] == full[0][k] and l1_K[k] == full[1][k]
+        for name, p in sae.named_parameters():
+            assert torch.equal(p.grad[k], full[2][name][k]), name
+    for name, p in sae.named_parameters():
+        assert not p.grad[1].any(), f"{name}: a skipped member's gradient is zero"

@@ -184,3 +184,23 @@ def test_feed__stop_releases_a_waiting_lane():
     feed.stop()
     waiter.join(timeout=10)
     assert result == [None]
+
+
+def test_train__a_stopped_member_is_skipped_while_its_group_trains_on(monkeypatch):
+    skips = []
+
+    def spy(*args, **kwargs):
+        skips.append(set(kwargs["skip"]))
+        return loss_and_grads(*args, **kwargs)
+
+    loss_and_grads = train_module.loss_and_grads
+    monkeypatch.setattr(train_module, "loss_and_grads", spy)
+    data, sae, cfg, eval_set = _setup(k=2, num_samples=40_960, eval_every=20_480)
+    solo = sae.member(1)
+    out = train(sae, [0.3, 0.3], data.batches(128, 0), cfg, eval_set, [[], []],
+                should_stop=lambda member, samples, row: member == 0)
+    assert [o.status for o in out] == [PRUNED, COMPLETED]
+    steps = 40_960 // 128
+    assert skips == [set()] * (steps // 2) + [{0}] * (steps // 2)  # member 0 stops at the first evaluation
+    [alone] = train(solo, [0.3], data.batches(128, 0), cfg, eval_set, [[]])
+    assert out[1].final["loss"] == pytest.approx(alone.final["loss"], rel=1e-5)
