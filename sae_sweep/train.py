@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from sae_sweep import metrics
 from sae_sweep.config import TrainConfig
+from sae_sweep.feed import BatchFeed
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import MetricSink
 from sae_sweep.step import auto_sparse_below, loss_and_grads
@@ -113,64 +114,6 @@ def plan_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
     return out
 
 
-class _Feed:
-    """The shared batch stream, read step by step by lanes that run ahead of each other.
-
-    Batch s is drawn once, by the first lane to ask for it, and dropped when every lane still
-    running has taken it. A lane may lead the slowest by at most ``lead`` steps (it waits beyond),
-    which bounds the batches held. Lanes thus only meet at evaluations, not at every step: per
-    step, each lane's time varies by a few percent, and a barrier per step would pay the maximum.
-    """
-
-    def __init__(self, batches: Iterator[torch.Tensor], device: torch.device, n_lanes: int,
-                 on_draw: Callable[[], None], lead: int = 8):
-        self.batches, self.device, self.on_draw, self.lead = batches, device, on_draw, lead
-        self.cond = threading.Condition()
-        self.held: dict[int, torch.Tensor] = {}
-        self.drawn = 0  # batches drawn so far (step numbers start at 1)
-        self.at = [0] * n_lanes  # the last step each lane took a batch for; None once a lane left
-        self.abort = False  # set on Ctrl-C or a failing lane: every lane leaves at its next step
-
-    def get(self, lane: int, step: int) -> torch.Tensor | None:
-        """Batch ``step`` for ``lane`` (steps in order), or None when training is being aborted."""
-        with self.cond:
-            while not self.abort and step > min(a for a in self.at if a is not None) + self.lead:
-                self.cond.wait()
-            if self.abort:
-                return None
-            while self.drawn < step:
-                self.drawn += 1
-                self.held[self.drawn] = next(self.batches).to(self.device, non_blocking=True)
-                self.on_draw()
-            y_BN = self.held[step]
-            self.at[lane] = step
-            self._release()
-            return y_BN
-
-    def leave(self, lane: int) -> None:
-        """``lane`` takes no more batches (its groups all stopped, the segment ended or it failed)."""
-        with self.cond:
-            self.at[lane] = None
-            self._release()
-
-    def join(self, lane: int, step: int) -> None:
-        """``lane`` takes batches again from ``step`` on."""
-        with self.cond:
-            self.at[lane] = step - 1
-
-    def _release(self) -> None:
-        active = [a for a in self.at if a is not None]
-        low = min(active) if active else self.drawn
-        for s in [s for s in self.held if s <= low]:
-            del self.held[s]
-        self.cond.notify_all()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.abort = True
-            self.cond.notify_all()
-
-
 class _Lane:
     """Groups that step together on one thread with their own Adam (Adam is elementwise: no coupling).
 
@@ -195,7 +138,7 @@ class _Lane:
         for p in self.saes[self.groups.index(g)].parameters():
             p.grad = None
 
-    def step(self, y_BN: torch.Tensor, with_l1: bool, running: Sequence[bool] | None = None,
+    def step(self, y_BN: torch.Tensor, with_l1: bool, running: Sequence[bool],
              ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
         """One optimiser step of every live group; (mse_K, l1_K) by group. Members not ``running``
         (by global member number) are skipped: their results are kept already."""
@@ -203,7 +146,7 @@ class _Lane:
         out = {}
         for g, sae in live:
             ids = self.member_ids[self.groups.index(g)]
-            skip = () if running is None else {k for k, m in enumerate(ids) if not running[m]}
+            skip = {k for k, m in enumerate(ids) if not running[m]}
             out[g] = loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.sparse_below,
                                     skip=skip)
         for _, sae in live:
@@ -214,7 +157,7 @@ class _Lane:
             sae.normalise_decoder_()
         return out
 
-    def run(self, first: int, last: int, window_start: int, feed: _Feed, state: _State) -> None:
+    def run(self, first: int, last: int, window_start: int, feed: BatchFeed, state: _State) -> None:
         """Steps first..last (inclusive), unless all the lane's groups stop or training is aborted.
 
         The L1 term is measured every L1_EVERY steps counted from ``window_start`` (the first step
@@ -253,9 +196,8 @@ class _State:
     lanes: list[_Lane] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        m = len(self.members)
-        self.running, self.window_mse, self.window_l1 = [True] * m, [0.0] * m, [0.0] * m
-        self.window_steps, self.window_l1_steps = [0] * m, [0] * m
+        self.running = [True] * len(self.members)
+        self.reset_windows()
         self.lock = threading.Lock()
 
     def account(self, lane: _Lane, step: int, by_group: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
@@ -346,7 +288,7 @@ def train(
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
     state = _State(members, outcomes, saes, [float(a) for a in alpha_K], cfg.batch_size, lanes=lanes)
-    feed = _Feed(batches, device, len(lanes), on_draw=lambda: bar.update(cfg.batch_size))
+    feed = BatchFeed(batches, device, len(lanes), on_draw=lambda: bar.update(cfg.batch_size))
     train_time = 0.0
 
     def in_lanes(fn: Callable[[_Lane], Any]) -> list[Any]:

@@ -12,9 +12,10 @@ import torch
 from sae_sweep import train as train_module
 from sae_sweep.config import ToyDataConfig, TrainConfig
 from sae_sweep.data.toy import ToyFeatures
+from sae_sweep.feed import BatchFeed
 from sae_sweep.sae import SAE
 from sae_sweep.step import SPARSE_BELOW_ONE_THREAD, SPARSE_BELOW_THREADS, auto_sparse_below
-from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, _Feed, evaluate, plan_lanes, train
+from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, plan_lanes, train
 
 
 class ListSink:
@@ -152,7 +153,7 @@ def test_feed__lanes_get_the_same_batches_in_order_each_drawn_once_and_the_lead_
             yield torch.full((1, 1), float(i))
 
     lead, steps = 3, 40
-    feed = _Feed(batches(), torch.device("cpu"), 2, on_draw=lambda: None, lead=lead)
+    feed = BatchFeed(batches(), torch.device("cpu"), 2, on_draw=lambda: None, lead=lead)
     got, held = {0: [], 1: []}, []
 
     def lane(i: int, pause: float) -> None:
@@ -174,7 +175,7 @@ def test_feed__lanes_get_the_same_batches_in_order_each_drawn_once_and_the_lead_
 
 
 def test_feed__stop_releases_a_waiting_lane():
-    feed = _Feed(iter(torch.zeros(100, 1, 1)), torch.device("cpu"), 2, on_draw=lambda: None, lead=1)
+    feed = BatchFeed(iter(torch.zeros(100, 1, 1)), torch.device("cpu"), 2, on_draw=lambda: None, lead=1)
     assert feed.get(0, 1) is not None  # lane 1 is still at step 0
     result = []
     waiter = threading.Thread(target=lambda: result.append(feed.get(0, 2)))
