@@ -1,4 +1,5 @@
-"""One stream of batches shared by concurrent lanes (threads) that each take every batch in order.
+"""How concurrent lanes (threads) share a pack's work: one batch stream every group reads in order
+(:class:`BatchFeed`), and a queue that hands a free lane the group furthest behind (:class:`StepQueue`).
 
 Imports no hydra, optuna or wandb.
 """
@@ -6,18 +7,19 @@ Imports no hydra, optuna or wandb.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 
 class BatchFeed:
-    """The shared batch stream, read step by step by lanes that run ahead of each other.
+    """The shared batch stream, read step by step by readers (a pack's groups) that run ahead of each other.
 
-    Batch s is drawn once, by the first lane to ask for it, and dropped when every lane still
-    running has taken it. A lane may lead the slowest by at most ``lead`` steps (it waits beyond),
-    which bounds the batches held. Lanes thus only meet at evaluations, not at every step: per
-    step, each lane's time varies by a few percent, and a barrier per step would pay the maximum.
+    Batch s is drawn once, by the first reader to ask for it, and dropped when every reader still
+    running has taken it. A reader may lead the slowest by at most ``lead`` steps (it waits beyond),
+    which bounds the batches held. Readers thus only meet at evaluations, not at every step: per
+    step, each one's time varies by a few percent, and a barrier per step would pay the maximum.
+    (The readers are numbered ``lane`` below: one reader per lane, or one per group of a pack.)
     """
 
     def __init__(self, batches: Iterator[torch.Tensor], device: torch.device, n_lanes: int,
@@ -62,6 +64,67 @@ class BatchFeed:
         for s in [s for s in self.held if s <= low]:
             del self.held[s]
         self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.abort = True
+            self.cond.notify_all()
+
+
+class StepQueue:
+    """Which group a free lane steps next: the one furthest behind (ties: the costlier first).
+
+    A group is held by one lane at a time, for one step, so its steps stay in order whichever lane
+    takes them. Lanes thus share the pack's work as they go instead of each owning a fixed set of
+    groups: a group's cost changes as its codes get sparser (members of a larger alpha drop to the
+    sparse step sooner), so any fixed split leaves one lane idle while the other finishes.
+    """
+
+    def __init__(self, costs: Sequence[float]):
+        self.costs = list(costs)
+        self.cond = threading.Condition()
+        self.next = [1] * len(self.costs)  # the next step of each group
+        self.busy = [False] * len(self.costs)
+        self.live = [True] * len(self.costs)  # False once a group is retired (all its members stopped)
+        self.last = 0  # the segment's last step: groups are handed out up to it
+        self.abort = False
+
+    def open(self, first: int, last: int) -> list[int]:
+        """A segment: every live group takes steps first..last. Returns the live groups."""
+        with self.cond:
+            self.next = [first] * len(self.costs)
+            self.last = last
+            return [g for g, live in enumerate(self.live) if live]
+
+    def take(self) -> tuple[int, int] | None:
+        """(group, step) for a free lane; waits while every unfinished group is held by another lane.
+        None once the segment is done or training is being aborted."""
+        with self.cond:
+            while not self.abort:
+                ready = [g for g, live in enumerate(self.live) if live and self.next[g] <= self.last]
+                if not ready:
+                    return None
+                free = [g for g in ready if not self.busy[g]]
+                if free:
+                    g = min(free, key=lambda g: (self.next[g], -self.costs[g], g))
+                    self.busy[g] = True
+                    return g, self.next[g]
+                self.cond.wait()
+            return None
+
+    def done(self, g: int) -> bool:
+        """Group g finished its step; True when it has no more steps in this segment (or was retired)."""
+        with self.cond:
+            self.busy[g] = False
+            self.next[g] += 1
+            self.cond.notify_all()
+            return not self.live[g] or self.next[g] > self.last
+
+    def retire(self, g: int) -> None:
+        """Group g takes no more steps (its members all stopped)."""
+        with self.cond:
+            self.live[g] = False
+            self.cond.notify_all()
 
     def stop(self) -> None:
         with self.cond:

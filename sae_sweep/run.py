@@ -203,7 +203,7 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
     """Train several runs as one pack on one stream of batches; one summary per job, in order.
 
     Every job must have the same :func:`pack_key`. Members are grouped by dictionary size (each
-    size split over the trainer's lanes), each group one K-member SAE; every member is initialised from its own run seed and sees exactly the
+    size split in one group per lane), each group one K-member SAE; every member is initialised from its own run seed and sees exactly the
     batches its solo run would, so its record equals the solo run's to float tolerance. Each job
     keeps its own run dir, sinks and status (a diverged or pruned member stops alone). Ctrl-C is
     re-raised after every record is written.
@@ -229,7 +229,7 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
         setup_s = time.perf_counter() - wall0
         for p in prepared:
             p.setup_s = setup_s
-        # One SAE per dictionary size, split in as many parts as there are lanes so the lanes balance.
+        # One SAE per dictionary size and lane: no group outweighs the rest, so the lanes can share the work.
         lanes = 1 if device.type != "cpu" else (cfg.train.lanes or torch.get_num_threads())
         parts: list[list[int]] = []
         for size in sorted({j.cfg.dict_size for j in jobs}):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from sae_sweep import metrics
 from sae_sweep.config import TrainConfig
-from sae_sweep.feed import BatchFeed
+from sae_sweep.feed import BatchFeed, StepQueue
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import MetricSink
 from sae_sweep.step import auto_sparse_below, loss_and_grads
@@ -103,80 +103,52 @@ def _members(saes: Sequence[SAE]) -> list[_Member]:
     return [_Member(g, k) for g, sae in enumerate(saes) for k in range(sae.k)]
 
 
-def plan_lanes(costs: Sequence[float], lanes: int) -> list[list[int]]:
-    """Split groups (by index) over ``lanes`` lanes of near-equal total cost: largest first, to the lightest lane."""
-    out: list[list[int]] = [[] for _ in range(max(1, min(lanes, len(costs))))]
-    load = [0.0] * len(out)
-    for g in sorted(range(len(costs)), key=lambda g: -costs[g]):
-        lane = load.index(min(load))
-        out[lane].append(g)
-        load[lane] += costs[g]
-    return out
+class _Group:
+    """One SAE of the pack (its members stacked) with its own Adam (Adam is elementwise: no coupling).
 
-
-class _Lane:
-    """Groups that step together on one thread with their own Adam (Adam is elementwise: no coupling).
-
-    Between two evaluations a lane runs its steps on its own (``run``): it takes each batch from the
-    feed, steps its live groups, adds its members' losses to their windows and stops a member whose
-    loss stops being finite.
+    Any lane may take its next step (``StepQueue``), one lane at a time, so its steps stay in order.
     """
 
-    def __init__(self, index: int, groups: list[int], saes: Sequence[SAE], alpha_G: list[list[float]],
-                 member_ids: list[list[int]], lr: float, sparse_below: float):
-        self.index, self.groups, self.saes, self.alpha_G = index, groups, [saes[g] for g in groups], alpha_G
-        self.member_ids = [member_ids[g] for g in groups]  # global member numbers of each group's members
+    def __init__(self, sae: SAE, alpha_K: list[float], member_ids: list[int], lr: float,
+                 sparse_below: float):
+        self.sae, self.alpha_K, self.member_ids = sae, alpha_K, member_ids
         self.sparse_below = sparse_below
-        device = self.saes[0].W_dec_KJN.device
+        device = sae.W_dec_KJN.device
         fused = device.type == "cpu" or device.type == "cuda"
-        self.opt = torch.optim.Adam([p for sae in self.saes for p in sae.parameters()], lr=lr, fused=fused)
-        self.done: set[int] = set()  # groups whose members have all stopped: no longer stepped
+        self.opt = torch.optim.Adam(list(sae.parameters()), lr=lr, fused=fused)
 
-    def stop_group(self, g: int) -> None:
-        """Freeze group g: Adam skips parameters without a gradient."""
-        self.done.add(g)
-        for p in self.saes[self.groups.index(g)].parameters():
-            p.grad = None
-
-    def step(self, y_BN: torch.Tensor, with_l1: bool, running: Sequence[bool],
-             ) -> dict[int, tuple[torch.Tensor, torch.Tensor | None]]:
-        """One optimiser step of every live group; (mse_K, l1_K) by group. Members not ``running``
-        (by global member number) are skipped: their results are kept already."""
-        live = [(g, sae) for g, sae in zip(self.groups, self.saes, strict=True) if g not in self.done]
-        out = {}
-        for g, sae in live:
-            ids = self.member_ids[self.groups.index(g)]
-            skip = {k for k, m in enumerate(ids) if not running[m]}
-            out[g] = loss_and_grads(sae, y_BN, self.alpha_G[g], with_l1=with_l1, sparse_below=self.sparse_below,
-                                    skip=skip)
-        for _, sae in live:
-            sae.project_decoder_grad_()
-        if live:
-            self.opt.step()
-        for _, sae in live:
-            sae.normalise_decoder_()
+    def step(self, y_BN: torch.Tensor, with_l1: bool, running: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimiser step; (mse_K, l1_K). Members not ``running`` (by global member number) are
+        skipped: their results are kept already."""
+        skip = {k for k, m in enumerate(self.member_ids) if not running[m]}
+        out = loss_and_grads(self.sae, y_BN, self.alpha_K, with_l1=with_l1, sparse_below=self.sparse_below, skip=skip)
+        self.sae.project_decoder_grad_()
+        self.opt.step()
+        self.sae.normalise_decoder_()
         return out
 
-    def run(self, first: int, last: int, window_start: int, feed: BatchFeed, state: _State) -> None:
-        """Steps first..last (inclusive), unless all the lane's groups stop or training is aborted.
 
-        The L1 term is measured every L1_EVERY steps counted from ``window_start`` (the first step
-        after the last evaluation).
-        """
-        try:
-            for step in range(first, last + 1):
-                if len(self.done) == len(self.groups):
-                    return
-                y_BN = feed.get(self.index, step)
-                if y_BN is None:
-                    return
-                with_l1 = (step - window_start) % L1_EVERY == 0
-                state.account(self, step, self.step(y_BN, with_l1, state.running), with_l1)
-        except BaseException:
-            feed.stop()
-            raise
-        finally:
-            feed.leave(self.index)
+def _lane(groups: Sequence[_Group], queue: StepQueue, feed: BatchFeed, state: _State, window_start: int) -> None:
+    """One lane: step whichever group the queue hands out until the segment is done or aborted.
+
+    The L1 term is measured every L1_EVERY steps counted from ``window_start`` (the first step after
+    the last evaluation).
+    """
+    try:
+        while (job := queue.take()) is not None:
+            g, step = job
+            y_BN = feed.get(g, step)
+            if y_BN is None:  # aborted
+                queue.done(g)
+                return
+            with_l1 = (step - window_start) % L1_EVERY == 0
+            state.account(groups[g], step, groups[g].step(y_BN, with_l1, state.running), with_l1)
+            if queue.done(g):
+                feed.leave(g)
+    except BaseException:
+        feed.stop()
+        queue.stop()
+        raise
 
 
 @dataclass
@@ -188,27 +160,24 @@ class _State:
     saes: list[SAE]
     alpha_K: list[float]
     batch_size: int
+    queue: StepQueue
     running: list[bool] = field(init=False)
     window_mse: list[float] = field(init=False)  # sums since the last evaluation
     window_l1: list[float] = field(init=False)
     window_steps: list[int] = field(init=False)
     window_l1_steps: list[int] = field(init=False)
-    lanes: list[_Lane] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.running = [True] * len(self.members)
         self.reset_windows()
         self.lock = threading.Lock()
 
-    def account(self, lane: _Lane, step: int, by_group: dict[int, tuple[torch.Tensor, torch.Tensor | None]],
-                with_l1: bool) -> None:
-        """Add the lane's losses of ``step`` to its members' windows; stop those whose loss is not finite."""
-        if not by_group:
-            return
-        ids = [m for g in by_group for m in lane.member_ids[lane.groups.index(g)]]
-        mse = torch.cat([mse_K for mse_K, _ in by_group.values()]).double().tolist()  # one sync per lane step
-        l1 = torch.cat([l1_K for _, l1_K in by_group.values()]).double().tolist() if with_l1 else None  # type: ignore[misc]
-        for k, m in enumerate(ids):
+    def account(self, group: _Group, step: int, losses: tuple[torch.Tensor, torch.Tensor | None], with_l1: bool) -> None:
+        """Add the group's losses of ``step`` to its members' windows; stop those whose loss is not finite."""
+        mse_K, l1_K = losses
+        mse = mse_K.double().tolist()  # one sync per group step
+        l1 = l1_K.double().tolist() if with_l1 and l1_K is not None else None
+        for k, m in enumerate(group.member_ids):
             if not self.running[m]:
                 continue
             bad = mse[k] + (0.0 if l1 is None else self.alpha_K[m] * l1[k])
@@ -223,16 +192,16 @@ class _State:
                 self.window_l1_steps[m] += 1
 
     def stop(self, m: int, status: str, message: str) -> None:
-        """Stop member m, keeping its weights; a group whose members all stopped is frozen."""
+        """Stop member m, keeping its weights; a group whose members have all stopped is retired."""
         with self.lock:
             self.running[m] = False
             self.outcomes[m].status, self.outcomes[m].message = status, message
             g = self.members[m].g
             self.outcomes[m].weights = self.saes[g].member(self.members[m].k)
             # A stopped member's step is skipped from now on (its result is already kept; Adam only
-            # decays its moments); a group whose members have all stopped is frozen.
+            # decays its moments); a group whose members have all stopped takes no more steps.
             if not any(self.running[i] for i, mem in enumerate(self.members) if mem.g == g):
-                next(lane for lane in self.lanes if g in lane.groups).stop_group(g)
+                self.queue.retire(g)
 
     def train_loss(self, m: int) -> float:
         mse = self.window_mse[m] / max(self.window_steps[m], 1)
@@ -261,8 +230,10 @@ def train(
     by member), so a packed member equals its solo run to float tolerance.
 
     On CPU, groups step in ``cfg.lanes`` concurrent lanes (threads), each with one torch thread:
-    small SAEs use a core far better one per core than split over cores. Lanes run independently
-    between evaluations (a shared feed hands each the same batches); evaluation runs in the lanes too.
+    small SAEs use a core far better one per core than split over cores. A free lane takes the group
+    furthest behind (``StepQueue``), one step at a time, so lanes share the work however the groups'
+    costs drift; every group reads the same batches from a shared feed; lanes meet only at
+    evaluations, which run in the lanes too.
 
     ``sinks[k]`` receives member k's metrics at every evaluation. A member whose loss stops being
     finite is marked diverged, one stopped by ``should_stop`` pruned; either keeps a copy of its
@@ -278,24 +249,34 @@ def train(
     alpha_G = [[float(alpha_K[m]) for m, mem in enumerate(members) if mem.g == g] for g in range(len(saes))]
     member_ids = [[m for m, mem in enumerate(members) if mem.g == g] for g in range(len(saes))]
     threads = torch.get_num_threads()
-    n_lanes = 1 if device.type != "cpu" else (cfg.lanes or threads)
-    plan = plan_lanes([sae.k * sae.dict_size for sae in saes], n_lanes)
+    n_lanes = 1 if device.type != "cpu" else max(1, min(cfg.lanes or threads, len(saes)))
     sparse_below = (cfg.sparse_below if cfg.sparse_below is not None
-                    else auto_sparse_below(device, 1 if len(plan) > 1 else threads))
-    lanes = [_Lane(i, groups, saes, alpha_G, member_ids, cfg.lr, sparse_below) for i, groups in enumerate(plan)]
-    pool = ThreadPoolExecutor(len(lanes), thread_name_prefix="sae-lane") if len(lanes) > 1 else None
+                    else auto_sparse_below(device, 1 if n_lanes > 1 else threads))
+    groups = [_Group(sae, alpha_G[g], member_ids[g], cfg.lr, sparse_below) for g, sae in enumerate(saes)]
+    queue = StepQueue([sae.k * sae.dict_size for sae in saes])
+    pool = ThreadPoolExecutor(n_lanes, thread_name_prefix="sae-lane") if n_lanes > 1 else None
     outcomes = [MemberOutcome() for _ in members]
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
-    state = _State(members, outcomes, saes, [float(a) for a in alpha_K], cfg.batch_size, lanes=lanes)
-    feed = BatchFeed(batches, device, len(lanes), on_draw=lambda: bar.update(cfg.batch_size))
+    state = _State(members, outcomes, saes, [float(a) for a in alpha_K], cfg.batch_size, queue)
+    feed = BatchFeed(batches, device, len(groups), on_draw=lambda: bar.update(cfg.batch_size))
     train_time = 0.0
 
-    def in_lanes(fn: Callable[[_Lane], Any]) -> list[Any]:
-        """fn(lane) for every lane, concurrently when there are several."""
+    def in_lanes(fns: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Every fn(), spread over the lanes when there are several."""
         if pool is None:
-            return [fn(lane) for lane in lanes]
-        return [f.result() for f in [pool.submit(fn, lane) for lane in lanes]]
+            return [fn() for fn in fns]
+        return [f.result() for f in [pool.submit(fn) for fn in fns]]
+
+    def segment(first: int, last: int, window_start: int, concurrent: bool) -> None:
+        """Steps first..last of every live group: in every lane, or one lane in this thread."""
+        for g in queue.open(first, last):
+            feed.join(g, first)
+        lane = functools.partial(_lane, groups, queue, feed, state, window_start)
+        if concurrent:
+            in_lanes([lane] * n_lanes)
+        else:
+            lane()
 
     if pool is not None:
         torch.set_num_threads(1)  # one core per lane
@@ -304,27 +285,21 @@ def train(
         while first <= steps and any(state.running):
             last = min(steps, ((first - 1) // every + 1) * every)  # the next evaluation step
             t0 = time.perf_counter()
-            for lane in lanes:
-                feed.join(lane.index, first)
             window_start = first
-            if first == 1:  # step 1 lane after lane: it builds each SAE's step buffers outside the threads
-                for lane in lanes:
-                    lane.run(1, 1, 1, feed, state)
-                    feed.join(lane.index, 2)
+            if first == 1:  # step 1 in this thread: it builds each SAE's step buffers outside the lanes
+                segment(1, 1, window_start, concurrent=False)
                 first += 1
             if first <= last:
-                in_lanes(functools.partial(_Lane.run, first=first, last=last, window_start=window_start,
-                                           feed=feed, state=state))
+                segment(first, last, window_start, concurrent=True)
             train_time += time.perf_counter() - t0
             samples = last * cfg.batch_size
             first = last + 1
             if not any(state.running):
                 break
 
-            stats_G = in_lanes(lambda lane: {g: eval_stats(sae, eval_set) for g, sae in zip(lane.groups, lane.saes, strict=True)})
-            stats_by_g = {g: st for d in stats_G for g, st in d.items()}
-            rows = [row for g, sae in enumerate(saes) for row in evaluate(sae, alpha_G[g], eval_set, stats_by_g[g])]
-            stats = [st for g in range(len(saes)) for st in stats_by_g[g]]
+            stats_G = in_lanes([functools.partial(eval_stats, sae, eval_set) for sae in saes])
+            rows = [row for g, sae in enumerate(saes) for row in evaluate(sae, alpha_G[g], eval_set, stats_G[g])]
+            stats = [st for stats_K in stats_G for st in stats_K]
             for m, row in enumerate(rows):
                 if not state.running[m]:
                     continue
@@ -346,6 +321,7 @@ def train(
                              **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
     except KeyboardInterrupt:
         feed.stop()
+        queue.stop()
         for m in range(len(members)):
             if state.running[m]:
                 outcomes[m].status, outcomes[m].message = INTERRUPTED, "interrupted by the user"
@@ -353,6 +329,7 @@ def train(
         bar.close()
         if pool is not None:
             feed.stop()
+            queue.stop()
             pool.shutdown()
             torch.set_num_threads(threads)
     return outcomes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -12,10 +13,10 @@ import torch
 from sae_sweep import train as train_module
 from sae_sweep.config import ToyDataConfig, TrainConfig
 from sae_sweep.data.toy import ToyFeatures
-from sae_sweep.feed import BatchFeed
+from sae_sweep.feed import BatchFeed, StepQueue
 from sae_sweep.sae import SAE
 from sae_sweep.step import SPARSE_BELOW_ONE_THREAD, SPARSE_BELOW_THREADS, auto_sparse_below
-from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, plan_lanes, train
+from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, train
 
 
 class ListSink:
@@ -88,10 +89,60 @@ def test_evaluate__reports_dead_latents_and_recovery_metrics():
     assert {"mmcs", "mmcs_learned", "recovered_90", "recovered_99", "fvu", "l0", "l1", "mse", "loss"} <= row.keys()
 
 
-def test_plan_lanes__balances_cost_largest_first():
-    assert plan_lanes([4.0, 3.0, 2.0, 1.0], 2) == [[0, 3], [1, 2]]
-    assert plan_lanes([1.0, 1.0], 4) == [[0], [1]]  # never more lanes than groups
-    assert plan_lanes([5.0], 0) == [[0]]
+def test_step_queue__hands_a_free_lane_the_group_furthest_behind_costlier_first():
+    queue = StepQueue([1.0, 4.0, 2.0])
+    assert queue.open(1, 3) == [0, 1, 2]
+    assert queue.take() == (1, 1)  # all at step 1: the costliest first
+    assert queue.take() == (2, 1)  # group 1 is held by a lane: never handed out twice
+    assert queue.done(1) is False
+    assert queue.take() == (0, 1)  # group 0 is now the furthest behind (step 1 against 2)
+    assert queue.take() == (1, 2)
+    for g in (0, 2):
+        queue.done(g)
+    assert queue.take() == (2, 2)  # 0 and 2 at step 2, 1 held: the costlier of the free ones
+    queue.retire(0)
+    assert queue.done(1) is False and queue.done(2) is False
+    assert queue.take() == (1, 3) and queue.take() == (2, 3)  # group 0 retired: never handed out again
+    assert queue.done(1) is True and queue.done(2) is True  # step 3 was the segment's last
+    assert queue.take() is None
+    assert queue.open(4, 4) == [1, 2]
+
+
+def test_step_queue__a_lane_waits_while_every_unfinished_group_is_held_then_takes_it():
+    queue = StepQueue([1.0])
+    queue.open(1, 2)
+    assert queue.take() == (0, 1)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(queue.take()))
+    waiter.start()
+    time.sleep(0.05)
+    assert waiter.is_alive() and got == []  # the only group is held by the first lane
+    queue.done(0)
+    waiter.join(timeout=10)
+    assert got == [(0, 2)]
+    queue.stop()
+    assert queue.take() is None
+
+
+def test_train__lanes_share_the_groups_step_by_step(monkeypatch):
+    """Any lane steps any group (no fixed split): every group's steps, in order, whichever lane takes them."""
+    taken = []
+
+    def spy(sae, y_BN, *args, **kwargs):
+        taken.append((sae.dict_size, threading.current_thread().name, float(y_BN[0, 0])))
+        return loss_and_grads(sae, y_BN, *args, **kwargs)
+
+    loss_and_grads = train_module.loss_and_grads
+    monkeypatch.setattr(train_module, "loss_and_grads", spy)
+    data, _, cfg, eval_set = _setup(num_samples=128 * 200, eval_every=128 * 100, lanes=2)
+    saes = [SAE(16, j, k=1, generator=torch.Generator().manual_seed(j)) for j in (16, 24, 32, 40)]
+    out = train(saes, [0.3] * 4, data.batches(128, 0), cfg, eval_set, [[]] * 4)
+    assert [o.status for o in out] == [COMPLETED] * 4
+    first_entries = [float(y[0, 0]) for y in itertools.islice(data.batches(128, 0), 200)]
+    for j in (16, 24, 32, 40):
+        assert [y for dj, _, y in taken if dj == j] == first_entries  # the same batches, in order
+    lanes_of = {j: {name for dj, name, _ in taken if dj == j and name.startswith("sae-lane")} for j in (16, 24, 32, 40)}
+    assert sum(len(names) for names in lanes_of.values()) > 4  # some group was stepped by both lanes
 
 
 def test_train__a_group_whose_members_all_stopped_is_frozen_while_the_others_train():
