@@ -16,7 +16,7 @@ from sae_sweep.data.toy import ToyFeatures
 from sae_sweep.feed import BatchFeed, StepQueue
 from sae_sweep.sae import SAE
 from sae_sweep.step import SPARSE_BELOW_ONE_THREAD, SPARSE_BELOW_THREADS, auto_sparse_below
-from sae_sweep.train import COMPLETED, DIVERGED, PRUNED, EvalSet, evaluate, train
+from sae_sweep.train import COMPLETED, DIVERGED, INTERRUPTED, PRUNED, EvalSet, evaluate, train
 
 
 class ListSink:
@@ -122,6 +122,23 @@ def test_step_queue__a_lane_waits_while_every_unfinished_group_is_held_then_take
     assert got == [(0, 2)]
     queue.stop()
     assert queue.take() is None
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_train__ctrl_c_marks_the_running_members_interrupted_and_ends_every_lane(lanes):
+    data, _, cfg, eval_set = _setup(num_samples=128 * 400, eval_every=128 * 100, lanes=lanes)
+
+    def batches():  # Ctrl-C arrives while batch 151 is being drawn (in whichever lane asks for it)
+        for i, y_BN in enumerate(data.batches(128, 0)):
+            if i == 150:
+                raise KeyboardInterrupt
+            yield y_BN
+
+    saes = [SAE(16, 32, k=2), SAE(16, 64, k=1)]
+    out = train(saes, [0.3] * 3, batches(), cfg, eval_set, [[]] * 3)
+    assert [o.status for o in out] == [INTERRUPTED] * 3
+    assert [o.samples for o in out] == [100 * 128] * 3  # the last evaluation before Ctrl-C is kept
+    assert all(math.isfinite(o.final["loss"]) for o in out)
 
 
 def test_train__lanes_share_the_groups_step_by_step(monkeypatch):
