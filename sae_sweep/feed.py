@@ -19,20 +19,19 @@ class BatchFeed:
     running has taken it. A reader may lead the slowest by at most ``lead`` steps (it waits beyond),
     which bounds the batches held. Readers thus only meet at evaluations, not at every step: per
     step, each one's time varies by a few percent, and a barrier per step would pay the maximum.
-    (The readers are numbered ``lane`` below: one reader per lane, or one per group of a pack.)
     """
 
-    def __init__(self, batches: Iterator[torch.Tensor], device: torch.device, n_lanes: int,
+    def __init__(self, batches: Iterator[torch.Tensor], device: torch.device, n_readers: int,
                  on_draw: Callable[[], None], lead: int = 8):
         self.batches, self.device, self.on_draw, self.lead = batches, device, on_draw, lead
         self.cond = threading.Condition()
         self.held: dict[int, torch.Tensor] = {}
         self.drawn = 0  # batches drawn so far (step numbers start at 1)
-        self.at = [0] * n_lanes  # the last step each lane took a batch for; None once a lane left
-        self.abort = False  # set on Ctrl-C or a failing lane: every lane leaves at its next step
+        self.at = [0] * n_readers  # the last step each reader took a batch for; None once it left
+        self.abort = False  # set on Ctrl-C or a failing lane: every reader gets None at its next step
 
-    def get(self, lane: int, step: int) -> torch.Tensor | None:
-        """Batch ``step`` for ``lane`` (steps in order), or None when training is being aborted."""
+    def get(self, reader: int, step: int) -> torch.Tensor | None:
+        """Batch ``step`` for ``reader`` (steps in order), or None when training is being aborted."""
         with self.cond:
             while not self.abort and step > min(a for a in self.at if a is not None) + self.lead:
                 self.cond.wait()
@@ -43,20 +42,20 @@ class BatchFeed:
                 self.held[self.drawn] = next(self.batches).to(self.device, non_blocking=True)
                 self.on_draw()
             y_BN = self.held[step]
-            self.at[lane] = step
+            self.at[reader] = step
             self._release()
             return y_BN
 
-    def leave(self, lane: int) -> None:
-        """``lane`` takes no more batches (its groups all stopped, the segment ended or it failed)."""
+    def leave(self, reader: int) -> None:
+        """``reader`` takes no more batches (it stopped, or its segment ended)."""
         with self.cond:
-            self.at[lane] = None
+            self.at[reader] = None
             self._release()
 
-    def join(self, lane: int, step: int) -> None:
-        """``lane`` takes batches again from ``step`` on."""
+    def join(self, reader: int, step: int) -> None:
+        """``reader`` takes batches again from ``step`` on."""
         with self.cond:
-            self.at[lane] = step - 1
+            self.at[reader] = step - 1
 
     def _release(self) -> None:
         active = [a for a in self.at if a is not None]
