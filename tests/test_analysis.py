@@ -2,7 +2,7 @@
 
 One sweep (n=32, h=64; J in {32, 64, 128}, two alphas, two seeds; 12 runs of a few seconds) is shared
 by the tests of this module. It is the quickstart recipe on a coarser grid, so it also checks that
-recipe's claim: the loss-basin and dictionary-agreement estimates find h = 64 without ground truth.
+recipe's claim: all three estimates find h = 64 without ground truth.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import subprocess
 import sys
 
 import matplotlib.image as mpimg
+import numpy as np
 import pandas as pd
 import pytest
 
+from sae_sweep.analysis.report import with_reproduced
 from sae_sweep.sinks import read_wandb_offline_run
 from tests.sweep_helpers import cli_env, ok, run_sweep
 
@@ -45,17 +47,25 @@ def test_multirun__ends_with_estimates_next_to_the_true_h(sweep):
     assert "estimate h" in stdout and "true h" in stdout and f"report: {sweep_dir / 'report.md'}" in stdout
     _, group, by_signal = _estimates(sweep_dir)
     assert group["true_h"] == 64 and group["cells"] == 12
-    # The two signals that need no long training recover h exactly, on both seeds.
-    for signal in ("loss_basin", "dictionary_agreement"):
+    # Every signal recovers h exactly, on both seeds.
+    for signal in ("dead_latents", "loss_basin", "dictionary_agreement"):
         assert by_signal[signal]["value"] == 64, by_signal[signal]
         assert by_signal[signal]["per_seed"] == {"0": 64, "1": 64}
         lo, hi = by_signal[signal]["interval"]
         assert lo <= 64 <= hi
-    # Dead latents need far longer training to appear: on short runs this signal can only
-    # overestimate h (documented in the README); it never falls below the truth.
-    dead = by_signal["dead_latents"]
-    assert dead["value"] is None or dead["value"] >= 0.9 * 64
     assert group["consensus"] == 64
+
+
+def test_dead_latents__surplus_latents_fire_but_are_not_reproduced_by_the_other_seed(sweep):
+    """What the dead-latent signal rests on, on real training: few latents die at J = 2h, but those
+    beyond h are seed-specific, so the share of J alive and reproduced peaks at h."""
+    sweep_dir, _ = sweep
+    ev = pd.read_csv(sweep_dir / "analysis" / "all" / "dead_latents.csv").set_index(["alpha", "dict_size"])
+    for alpha in (0.3, 1.0):
+        assert ev.loc[(alpha, 128), "alive"] > 0.75 * 128  # firing alone would put h near J = 128
+        assert ev.loc[(alpha, 128), "reproduced"] < 0.8 * ev.loc[(alpha, 128), "alive"]
+        share = ev.loc[alpha, "reproduced_share"]
+        assert share.idxmax() == 64 and share[64] > 0.85 and share[32] < share[64] - 0.1
 
 
 def test_report__has_the_estimates_table_figures_and_commands(sweep):
@@ -134,3 +144,25 @@ def test_grid_without_weights__report_still_written_from_the_table(tmp_path):
     assert "agreement" not in group["figures"] and "alive_vs_dict_size" in group["figures"]
     assert by_signal["dictionary_agreement"]["value"] is None
     assert (sweep_dir / "report.md").exists()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_with_reproduced__counts_alive_atoms_matched_by_another_seed_at_the_same_cell():
+    rng = np.random.default_rng(0)
+    shared = _unit(rng.standard_normal((3, 8)))
+    d = {  # run dir -> (atoms, firing frequency)
+        "a0": (np.vstack([shared, _unit(rng.standard_normal((2, 8)))]), np.array([0.1, 0.1, 0.0, 0.1, 0.1])),
+        "a1": (np.vstack([shared[::-1], _unit(rng.standard_normal((2, 8)))]), np.full(5, 0.1)),
+        "b0": (shared[:2], np.full(2, 0.1)),  # another alpha: no partner seed
+    }
+    cells = pd.DataFrame({"run_dir": ["a0", "a1", "b0", "nw"], "alpha": [0.1, 0.1, 1.0, 0.1],
+                          "dict_size": [5, 5, 2, 5], "seed": [0, 1, 0, 2]})
+    out = with_reproduced(cells, d, min_frequency=0.0, min_cos=0.99).set_index("run_dir")["reproduced"]
+    # a0: shared[2] never fires, so 2 of its atoms are reproduced; a1's copy of shared[2] finds no alive
+    # partner in a0; b0 has no other seed and "nw" saved no weights: unknown, not zero.
+    assert out["a0"] == 2 and out["a1"] == 2
+    assert np.isnan(out["b0"]) and np.isnan(out["nw"])
+    assert with_reproduced(cells, d, min_frequency=0.0, min_cos=-1.0).set_index("run_dir").loc["a1", "reproduced"] == 5

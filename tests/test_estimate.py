@@ -19,6 +19,7 @@ from sae_sweep.analysis.estimate import (
     estimate_dead_latents,
     estimate_loss_basin,
     hinge_breakpoint,
+    reproduced_count,
     seed_mean,
     weighted_mmcs,
 )
@@ -26,6 +27,7 @@ from sae_sweep.analysis.estimate import (
 # J = 16 .. 512 in log2 steps of 0.5 (16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512).
 LOG_GRID = np.array([round(16 * 2 ** (k / 2)) for k in range(11)])
 POW2_GRID = [16, 32, 64, 128, 256]
+CAL_GRID = [16, 32, 48, 64, 96, 128, 192, 256]  # the calibration recipe's J grid
 ALPHAS = [0.1, 0.3, 1.0]
 
 
@@ -47,6 +49,21 @@ def build_dead_cells(h: float, *, seeds: tuple[int, ...] = (0, 1, 2), noise: flo
             for j in grid:
                 rows.append({"alpha": alpha, "dict_size": int(j), "seed": seed,
                              "alive": float(min(j, plateau)), "dead": float(j - min(j, plateau))})
+    return pd.DataFrame(rows)
+
+
+def build_reproduced_cells(h: int, *, seeds: tuple[int, ...] = (0, 1), alphas: list[float] = ALPHAS,
+                           grid: list[int] = CAL_GRID, floor: float = 0.6, surplus: float = 0.5) -> pd.DataFrame:
+    """Cells shaped like the calibration's: every latent fires (no dead latents at all), but only some are
+    reproduced by the other seed: a share ``floor`` below h (blends), all at h, ``surplus`` of the rest
+    beyond h (seed-specific splits). Alive never bends: the firing-only hinge has nothing to find."""
+    rows = []
+    for alpha in alphas:
+        for seed in seeds:
+            for j in grid:
+                rep = floor * j if j < h else h + surplus * (j - h)
+                rows.append({"alpha": alpha, "dict_size": j, "seed": seed, "alive": float(j), "dead": 0.0,
+                             "reproduced": rep * (1 - 0.01 * seed)})
     return pd.DataFrame(rows)
 
 
@@ -196,7 +213,7 @@ def test_estimate_dead_latents__plateau_gives_h_with_an_ordered_interval_around_
     assert all(v == pytest.approx(h, rel=0.1) for v in est.per_seed.values())
     assert set(est.per_alpha) == set(ALPHAS)
     assert all(v == pytest.approx(h, rel=0.1) for v in est.per_alpha.values())
-    assert est.note == ""
+    assert est.note.startswith("alive = firing only")  # no reproduced counts: the firing-only hinge
     assert set(est.evidence.columns) == {"alpha", "dict_size", "alive", "dead"}
     assert len(est.evidence) == len(ALPHAS) * len(LOG_GRID)
 
@@ -224,6 +241,72 @@ def test_estimate_dead_latents__alphas_below_min_dead_share_are_skipped_not_coun
     est = estimate_dead_latents(cells, min_dead_share=0.05)
     assert est.per_alpha[1.0] is None
     assert est.value == pytest.approx(64, rel=0.1)
+
+
+def test_reproduced_count__counts_atoms_with_a_match_at_or_above_the_cosine():
+    rng = np.random.default_rng(0)
+    base = unit_rows(rng.standard_normal((6, 16)))
+    other = np.vstack([base[[3, 0, 5]], unit_rows(rng.standard_normal((4, 16)))])  # 3 of 6 copied, shuffled
+    assert reproduced_count(base, other, 0.99) == 3
+    assert reproduced_count(base, -other[:3], 0.99) == 0  # the sign counts: a latent's direction is not its negative
+    assert reproduced_count(base, other, -1.0) == 6
+    assert reproduced_count(base[:0], other, 0.9) == 0 and reproduced_count(base, other[:0], 0.9) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 40), chunk=st.integers(1, 50))
+def test_reproduced_count__chunking_does_not_change_the_count(seed, rows, chunk):
+    rng = np.random.default_rng(seed)
+    a, b = unit_rows(rng.standard_normal((rows, 4))), unit_rows(rng.standard_normal((7, 4)))
+    expected = int(((a @ b.T).max(axis=1) >= 0.8).sum())
+    assert reproduced_count(a, b, 0.8, chunk=chunk) == expected
+
+
+@pytest.mark.parametrize("h", [32, 64, 128])
+def test_estimate_dead_latents__reproduced_share_peaks_at_h_though_no_latent_dies(h):
+    cells = build_reproduced_cells(h)
+    est = estimate_dead_latents(cells)
+    assert est.value == h
+    assert est.per_seed == {0: h, 1: h} and est.per_alpha == dict.fromkeys(ALPHAS, h)
+    assert est.interval == (h, h)
+    assert est.note.startswith("alive = firing and reproduced")
+    ev = est.evidence.set_index(["alpha", "dict_size"])
+    assert ev.loc[(0.3, h), "reproduced_share"] == pytest.approx(1 - 0.005)
+    assert {"alive", "dead", "reproduced", "reproduced_share"} <= set(ev.columns)
+
+
+def test_estimate_dead_latents__peak_at_the_largest_size_gives_no_estimate():
+    cells = build_reproduced_cells(256)  # h at the grid's end: the share rises to the last J
+    est = estimate_dead_latents(cells)
+    assert est.value is None and est.interval is None
+    assert all(v is None for v in est.per_alpha.values())
+    assert "256" in est.note and "peaks inside the grid" in est.note
+
+
+def test_estimate_dead_latents__alphas_whose_best_share_is_low_are_skipped():
+    low = build_reproduced_cells(64, alphas=[1.0])
+    low["reproduced"] *= 0.4  # peak share 0.4: below min_reproduced_share
+    cells = pd.concat([build_reproduced_cells(48, alphas=[0.1, 0.3]), low])
+    est = estimate_dead_latents(cells, min_reproduced_share=0.5)
+    assert est.per_alpha == {0.1: 48, 0.3: 48, 1.0: None}
+    assert est.value == 48
+    assert estimate_dead_latents(cells, min_reproduced_share=0.3).per_alpha[1.0] == 64
+
+
+def test_estimate_dead_latents__one_seed_falls_back_to_the_firing_only_hinge():
+    cells = build_dead_cells(64, seeds=(0,))
+    cells["reproduced"] = cells["alive"] * 0.5  # a lone seed has nothing to be reproduced in
+    est = estimate_dead_latents(cells)
+    assert est.value == pytest.approx(64, rel=0.1)
+    assert est.note.startswith("alive = firing only")
+    assert "reproduced" not in est.evidence.columns
+
+
+def test_estimate_dead_latents__cells_without_a_reproduced_count_are_left_out_of_it():
+    cells = build_reproduced_cells(64, seeds=(0, 1, 2))
+    cells.loc[cells["seed"] == 2, "reproduced"] = np.nan  # e.g. a seed that saved no weights
+    est = estimate_dead_latents(cells)
+    assert est.value == 64 and set(est.per_seed) == {0, 1}
 
 
 # --- 2. loss basin -------------------------------------------------------------------------------

@@ -121,6 +121,24 @@ def test_alive_vs_dict_size__log2_axes_error_bars_and_reference_lines(tmp_path):
     assert ax.containers  # min–max error bars over the two seeds
 
 
+def test_alive_vs_dict_size__reproduced_counts_add_dashed_lines_and_a_share_panel(tmp_path):
+    cells = make_cells()
+    cells["reproduced"] = cells["alive"] * np.where(cells["dict_size"] == TRUE_H, 0.95, 0.6)
+    cells.loc[0, "reproduced"] = np.nan  # a cell without a partner seed is left out, not drawn as 0
+    fig = plots.alive_vs_dict_size(cells, tmp_path / "alive.png", estimate=64.0, true_h=TRUE_H)
+    assert_png(tmp_path / "alive.png")
+    counts, share = data_axes(fig)
+    assert counts.get_ylabel().startswith("alive latents") and counts.get_yscale() == "log"
+    assert "α = 0.001, reproduced" in [t.get_text() for t in counts.get_legend().get_texts()]
+    assert any(line.get_linestyle() == "--" for line in counts.lines)
+    assert share.get_xscale() == "log" and share.get_ylabel() == "reproduced latents / J"
+    assert share.get_ylim() == (0, 1.05)
+    assert {"estimate ĥ = 64", "true h = 64", "α = 0.1"} <= {t.get_text() for t in share.get_legend().get_texts()}
+    peak = max((line for line in share.lines if len(line.get_xdata()) == len(SIZES)), key=lambda ln: max(ln.get_ydata()))
+    assert peak.get_xdata()[int(np.argmax(peak.get_ydata()))] == TRUE_H  # the share's peak sits at h
+    assert all(max(line.get_ydata()) <= 1.0 for line in share.lines if len(line.get_xdata()) > 1)
+
+
 def test_alive_vs_dict_size__single_alpha_single_seed_with_nan(tmp_path):
     cells = make_cells(alphas=(0.1,), seeds=(0,))
     cells.loc[1, "alive"] = np.nan

@@ -5,12 +5,20 @@ estimator works on the seed-averaged cells for its point estimate and on resampl
 spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence behind it.
 
 1. **Dead latents** (:func:`estimate_dead_latents`). While J < h every latent is used; once J > h
-   latents that (almost) never fire appear. Per alpha, fit ``log2 alive = log2 J`` for J <= h' and a
-   line of slope s in [0, 1] beyond (a hinge in log-log coordinates); h' is that alpha's estimate.
-   An alpha with fewer than ``min_dead_share`` dead latents at its largest J gives no estimate (the
-   grid, or the training, is too short to show the plateau). Pooled: the median over alphas.
-   A latent counts as alive when it fires on more than ``min_frequency`` of the eval samples
-   (default 0: the report's "never fires").
+   latents that do no work appear. A latent counts as *alive* when it fires on more than
+   ``min_frequency`` of the eval samples (default 0: the report's "never fires") and, with two or
+   more seeds, only when it is also *reproduced*: another seed's dictionary at the same (alpha, J)
+   has an alive atom within cosine ``reproduce_cos`` of it. The share of the dictionary alive in
+   this sense is highest at J = h: below h, latents hold blends of features that differ from seed to
+   seed; beyond h, the surplus latents either die or settle as weak, seed-specific splits and blends
+   (on toy data they keep firing for as long as we trained, so the firing-only count alone bends
+   only at 1.3-4 h; README, calibration). Per alpha, h' = the J with the highest reproduced share;
+   an alpha whose best share is below ``min_reproduced_share``, or whose peak is the grid's largest
+   J, gives no estimate. With one seed (or no saved dictionaries) the firing-only count is used:
+   a least-squares hinge in log-log coordinates, ``log2 alive = log2 J`` for J <= h' and a line of
+   slope s in [0, 1] beyond; an alpha with fewer than ``min_dead_share`` dead latents at its largest
+   J gives no estimate. Pooled: the median over alphas. Each seed's count is taken against all the
+   other seeds of the sweep, so the bootstrap resamples per-seed counts, not the pairing.
 2. **Loss basin** (:func:`estimate_loss_basin`). A dictionary at least as large as h represents the
    data as well as any larger one, so its loss stops changing with J: at each alpha let L*(alpha) be
    the lowest total loss over J; the cell (alpha, J) is *in the basin* when its loss is within
@@ -122,6 +130,7 @@ def hinge_breakpoint(j: np.ndarray, alive: np.ndarray) -> float:
 
 
 def _dead_per_alpha(cells: pd.DataFrame, min_dead_share: float) -> dict[float, float | None]:
+    """Firing-only alive counts: per alpha, the hinge's breakpoint (None without enough dead latents)."""
     out: dict[float, float | None] = {}
     for alpha, g in seed_mean(cells, ["alive"]).groupby("alpha"):
         g = g.sort_values("dict_size")
@@ -133,20 +142,86 @@ def _dead_per_alpha(cells: pd.DataFrame, min_dead_share: float) -> dict[float, f
     return out
 
 
-def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05) -> Estimate:
-    """Dead-latent estimate of h (module docstring, 1); ``cells`` needs alpha, dict_size, seed, alive."""
-    per_alpha = _dead_per_alpha(cells, min_dead_share)
+def reproduced_count(atoms_AN: np.ndarray, others_BN: np.ndarray, min_cos: float, *, chunk: int = 2048) -> int:
+    """How many of A's atoms have an atom of B within cosine ``min_cos`` (unit rows; signed cosine)."""
+    if len(atoms_AN) == 0 or len(others_BN) == 0:
+        return 0
+    hits = 0
+    for start in range(0, len(atoms_AN), chunk):  # (chunk, B) at a time: J x J can be large for LM sweeps
+        hits += int(((atoms_AN[start:start + chunk] @ others_BN.T).max(axis=1) >= min_cos).sum())
+    return hits
+
+
+def reproduced_share(cells: pd.DataFrame) -> pd.DataFrame:
+    """Seed-averaged cells with ``reproduced_share`` = reproduced latents / J."""
+    m = seed_mean(cells, ["reproduced"])
+    m["reproduced_share"] = m["reproduced"] / m["dict_size"]
+    return m
+
+
+def _share_per_alpha(cells: pd.DataFrame, min_share: float) -> dict[float, float | None]:
+    """Reproduced latents: per alpha, the J with the highest share (None: too low, or at the grid's end)."""
+    out: dict[float, float | None] = {}
+    for alpha, g in reproduced_share(cells).groupby("alpha"):
+        g = g.sort_values("dict_size")
+        share = g["reproduced_share"].to_numpy()
+        k = int(share.argmax())  # ties: the smaller J
+        ok = len(g) >= 3 and share[k] >= min_share and k < len(g) - 1
+        out[float(alpha)] = float(g["dict_size"].iloc[k]) if ok else None
+    return out
+
+
+def _reproduced_cells(cells: pd.DataFrame) -> pd.DataFrame | None:
+    """The cells that carry a reproduced count, when they span two or more seeds; else None."""
+    if "reproduced" not in cells.columns:
+        return None
+    rep = cells.dropna(subset=["reproduced"])
+    return rep if rep["seed"].nunique() >= 2 else None
+
+
+def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
+                          min_reproduced_share: float = 0.5) -> Estimate:
+    """Dead-latent estimate of h (module docstring, 1).
+
+    ``cells`` needs alpha, dict_size, seed, alive; with a ``reproduced`` column (alive latents matched
+    in another seed's dictionary; NaN where unknown) and two or more seeds it uses the reproduced share.
+    """
+    firing = _median(list(_dead_per_alpha(cells, min_dead_share).values()))
+    rep = _reproduced_cells(cells)
+    if rep is not None:
+        data = rep
+
+        def per_alpha_of(c: pd.DataFrame) -> dict[float, float | None]:
+            return _share_per_alpha(c, min_reproduced_share)
+    else:
+        data = cells
+
+        def per_alpha_of(c: pd.DataFrame) -> dict[float, float | None]:
+            return _dead_per_alpha(c, min_dead_share)
 
     def pooled(seeds: Sequence[int]) -> float | None:
-        return _median(list(_dead_per_alpha(_with_seeds(cells, seeds), min_dead_share).values()))
+        return _median(list(per_alpha_of(_with_seeds(data, seeds)).values()))
 
-    seeds = sorted(cells["seed"].unique().tolist())
+    seeds = sorted(data["seed"].unique().tolist())
+    per_alpha = per_alpha_of(data)
     value = _median(list(per_alpha.values()))
-    note = ""
-    if value is None:
-        note = (f"no alpha shows {min_dead_share:.0%} dead latents at its largest J: h is at least about "
-                f"{int(cells['dict_size'].max())}, or the SAEs are trained too briefly for latents to die")
-    evidence = seed_mean(cells, ["alive", "dead"])
+    j_max = int(data["dict_size"].max())
+    firing_text = f"{firing:.0f}" if firing is not None else "no bend in the grid"
+    if rep is not None:
+        evidence = seed_mean(cells, ["alive", "dead"]).merge(
+            reproduced_share(rep), on=["alpha", "dict_size"], how="left")
+        if value is None:
+            note = (f"no alpha's share of reproduced latents peaks inside the grid at {min_reproduced_share:.0%} "
+                    f"or more: h is at least about {j_max}, or the SAEs are undertrained")
+        else:
+            note = f"alive = firing and reproduced by another seed; firing alone: {firing_text} (an upper bound)"
+    else:
+        evidence = seed_mean(cells, ["alive", "dead"])
+        note = ("alive = firing only (needs two seeds with saved dictionaries to count reproduced latents): "
+                "an upper bound on h in calibration")
+        if value is None:
+            note = (f"no alpha shows {min_dead_share:.0%} dead latents at its largest J: h is at least about "
+                    f"{j_max}, or the SAEs are trained too briefly for latents to die; {note}")
     return Estimate("dead_latents", value, bootstrap(seeds, pooled) if value is not None else None,
                     {s: pooled([s]) for s in seeds}, per_alpha, note, evidence)
 

@@ -214,30 +214,46 @@ def _mark_true_row(ax: Axes, sizes: list[float], n_cols: int, true_h: int, ylabe
 # --------------------------------------------------------------------------- 2. alive latents
 
 
-def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | None = None,
-                       interval: tuple[float, float] | None = None, true_h: int | None = None,
-                       title: str | None = None) -> Figure:
-    """Alive latents against dictionary size, one line per α, with the diagonal alive = J.
+def _seed_stats(data: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Mean, min, max and count of ``value`` over seeds per (alpha, dict_size); NaN rows dropped."""
+    data = data.dropna(subset=["alpha", "dict_size", value])
+    return data.groupby(["alpha", "dict_size"])[value].agg(["mean", "min", "max", "count"]).reset_index()
 
-    Why: while J < h every latent finds a feature and the line hugs the diagonal; once J passes h the
-    extra latents die and the line flattens at about h. The bend is the estimate ĥ.
-    """
-    _require(cells, ["alpha", "dict_size", "alive"], "cells")
-    data = cells.dropna(subset=["alpha", "dict_size", "alive"])
-    stats = data.groupby(["alpha", "dict_size"])["alive"].agg(["mean", "min", "max", "count"]).reset_index()
-    colours = _colours(list(stats["alpha"]), "plasma")
-    fig = _new_figure(8.5, 5.5)
-    ax = fig.add_subplot()
+
+def _alpha_lines(ax: Axes, stats: pd.DataFrame, colours: dict[float, tuple[float, ...]], *,
+                 linestyle: str = "-", suffix: str = "") -> None:
+    """One line per alpha through the seed means, with min-max bars when there are several seeds."""
     for alpha, g in stats.groupby("alpha"):
         g = g.sort_values("dict_size")
-        kw = {"color": colours[alpha], "marker": "o", "markersize": 4, "linewidth": 1.5,
-              "label": f"α = {alpha:.3g}"}
+        kw = {"color": colours[alpha], "marker": "o", "markersize": 4, "linewidth": 1.5, "linestyle": linestyle,
+              "label": f"α = {alpha:.3g}{suffix}"}
         if (g["count"] > 1).any():
             yerr = np.vstack([g["mean"] - g["min"], g["max"] - g["mean"]])
             ax.errorbar(g["dict_size"], g["mean"], yerr=yerr, capsize=2.5, **kw)
         else:
             ax.plot(g["dict_size"], g["mean"], **kw)
-    xs = [v for v in [*data["dict_size"], estimate, true_h, *(interval or ())] if v is not None and v > 0]
+
+
+def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | None = None,
+                       interval: tuple[float, float] | None = None, true_h: int | None = None,
+                       title: str | None = None) -> Figure:
+    """Alive latents against dictionary size, one line per α, with the diagonal alive = J.
+
+    Why: while J < h every latent finds a feature and the line hugs the diagonal; past h the extra
+    latents die, or (on toy data, README) keep firing as weak seed-specific splits and blends. With a
+    ``reproduced`` column (alive latents another seed's dictionary also has) a dashed line per α shows
+    it, and a second panel its share of J, which peaks at h: that peak is the estimate ĥ.
+    """
+    _require(cells, ["alpha", "dict_size", "alive"], "cells")
+    stats = _seed_stats(cells, "alive")
+    reproduced = _seed_stats(cells, "reproduced") if "reproduced" in cells.columns else pd.DataFrame()
+    colours = _colours(list(stats["alpha"]) + list(reproduced.get("alpha", [])), "plasma")
+    fig = _new_figure(13.0 if len(reproduced) else 8.5, 5.5)
+    ax = fig.add_subplot(1, 2 if len(reproduced) else 1, 1)
+    _alpha_lines(ax, stats, colours)
+    if len(reproduced):
+        _alpha_lines(ax, reproduced, colours, linestyle="--", suffix=", reproduced")
+    xs = [v for v in [*stats["dict_size"], estimate, true_h, *(interval or ())] if v is not None and v > 0]
     if xs:
         ax.plot([min(xs), max(xs)], [min(xs), max(xs)], color="grey", linestyle=":", linewidth=1.5,
                 label="all latents alive (alive = J)")
@@ -249,10 +265,23 @@ def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | Non
     ax.set_xlabel(f"{J_LABEL} (log2)")
     ax.set_ylabel("alive latents (log2)")
     ax.grid(True, which="major", alpha=0.3)
-    several = (stats["count"] > 1).any()
-    seeds_note = " (mean over seeds, bars: min–max)" if several else ""
+    seeds_note = " (mean over seeds, bars: min–max)" if (stats["count"] > 1).any() else ""
     ax.set_title(title or f"Alive latents vs dictionary size{seeds_note}")
-    _side_legend(ax)
+    if len(reproduced):
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        share_ax = fig.add_subplot(1, 2, 2)
+        share = reproduced.assign(**{c: reproduced[c] / reproduced["dict_size"] for c in ("mean", "min", "max")})
+        _alpha_lines(share_ax, share, colours)
+        _mark_estimate_x(share_ax, estimate, interval, true_h)
+        _log2_axis(share_ax, "x")
+        share_ax.set_ylim(0, 1.05)
+        share_ax.set_xlabel(f"{J_LABEL} (log2)")
+        share_ax.set_ylabel("reproduced latents / J")
+        share_ax.grid(True, which="major", alpha=0.3)
+        share_ax.set_title("Share of J alive and reproduced by another seed (peak: ĥ)")
+        _side_legend(share_ax)
+    else:
+        _side_legend(ax)
     return _finish(fig, path)
 
 

@@ -47,8 +47,13 @@ class AnalysisSettings:
 
     min_frequency: float = 0.0
     """A latent is alive when it fires on more than this share of the eval samples (0 = ever fires)."""
+    reproduce_cos: float = 0.9
+    """An alive latent is reproduced when another seed's dictionary at the same (alpha, J) has an alive atom
+    within this cosine (0.8-0.95 give the same calibration estimates)."""
+    min_reproduced_share: float = 0.5
+    """Dead-latent estimate only for alphas whose best share of reproduced latents reaches this."""
     min_dead_share: float = 0.05
-    """Dead-latent estimate only for alphas whose largest J has at least this share of dead latents."""
+    """One seed only (firing-only count): estimate only for alphas whose largest J has this share dead."""
     basin_tolerance: float = 0.04
     """A cell is in the loss basin when its loss is within this relative distance of the best J's."""
     basin_min_share: float = 0.5
@@ -73,15 +78,39 @@ class GroupReport:
         return float(np.median(values)) if values else None
 
 
-def agreement_matrices(cells: pd.DataFrame) -> dict[tuple[float, int], pd.DataFrame]:
+Dictionaries = dict[str, tuple[np.ndarray, np.ndarray]]  # run dir -> (unit atoms (J, N), frequency (J,))
+
+
+def load_dictionaries(cells: pd.DataFrame) -> Dictionaries:
+    """The saved atoms and firing frequencies of every cell that has them, read once."""
+    return {d: (read_dictionary(d), read_latents(d)["frequency"]) for d in cells["run_dir"] if has_weights(d)}
+
+
+def agreement_matrices(cells: pd.DataFrame, dictionaries: Dictionaries) -> dict[tuple[float, int], pd.DataFrame]:
     """A[J, J'] per (alpha, seed) from the saved dictionaries and latent frequencies."""
     out = {}
-    cells = cells[[has_weights(d) for d in cells["run_dir"]]]
+    cells = cells[cells["run_dir"].isin(dictionaries)]
     for (alpha, seed), g in cells.groupby(["alpha", "seed"]):
-        dictionaries = {int(r.dict_size): (read_dictionary(r.run_dir), read_latents(r.run_dir)["frequency"])
-                        for r in g.itertuples()}
-        if len(dictionaries) >= 2:
-            out[(float(alpha), int(seed))] = est.agreement_matrix(dictionaries)
+        by_size = {int(r.dict_size): dictionaries[r.run_dir] for r in g.itertuples()}
+        if len(by_size) >= 2:
+            out[(float(alpha), int(seed))] = est.agreement_matrix(by_size)
+    return out
+
+
+def with_reproduced(cells: pd.DataFrame, dictionaries: Dictionaries, min_frequency: float,
+                    min_cos: float) -> pd.DataFrame:
+    """``reproduced``: a cell's alive atoms matched by an alive atom of another seed at the same (alpha, J).
+
+    NaN for a cell without saved weights or without another seed's dictionary to compare with.
+    """
+    alive = {d: atoms[freq > min_frequency] for d, (atoms, freq) in dictionaries.items()}
+    out = cells.copy()
+    out["reproduced"] = np.nan
+    for _, g in out[out["run_dir"].isin(alive)].groupby(["alpha", "dict_size"]):
+        for idx, run_dir, seed in zip(g.index, g["run_dir"], g["seed"], strict=True):
+            others = [alive[d] for d, s in zip(g["run_dir"], g["seed"], strict=True) if s != seed]
+            if others:
+                out.loc[idx, "reproduced"] = est.reproduced_count(alive[run_dir], np.concatenate(others), min_cos)
     return out
 
 
@@ -92,9 +121,12 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
     if "l1_sum" not in cells.columns or cells["l1_sum"].isna().any():
         cells["l1_sum"] = cells["l1"] * cells["dict_size"]
     h = true_h(cells)
-    matrices = agreement_matrices(cells)
+    dictionaries = load_dictionaries(cells)
+    cells = with_reproduced(cells, dictionaries, settings.min_frequency, settings.reproduce_cos)
+    matrices = agreement_matrices(cells, dictionaries)
     estimates = [
-        est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share),
+        est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share,
+                                  min_reproduced_share=settings.min_reproduced_share),
         est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance, min_share=settings.basin_min_share),
         est.estimate_agreement(matrices, min_agreement=settings.min_agreement),
     ]
@@ -201,8 +233,10 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
         md.append(f"| {group_slug(r.label)} | **consensus** (median) | **{_fmt(r.consensus())}** | | | "
                   f"{_fmt(r.true_h)} | |")
     md += ["", "Thresholds: " + ", ".join(f"`{k}={v}`" for k, v in asdict(settings).items()) + ".", "",
-           "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: per alpha, a hinge in log-log "
-           "coordinates through alive latents vs J (alive = J up to ĥ, then a flatter line); median over alphas. "
+           "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: a latent is alive when it fires and "
+           "(with two or more seeds) another seed's dictionary at the same (alpha, J) has an alive atom within the "
+           "reproduce cosine; per alpha, ĥ is the J with the highest share of such latents (one seed: a hinge in "
+           "log-log coordinates through the firing-only count, an upper bound); median over alphas. "
            "**loss_basin**: a cell is in the basin when its total loss is within the tolerance of the best "
            "dictionary size at that alpha; ĥ is the smallest J in the basin for at least the minimum share of "
            "alphas. **dictionary_agreement**: frequency-weighted MMCS of dictionary J's atoms against each larger "
