@@ -280,7 +280,14 @@ def test_estimate_dead_latents__peak_at_the_largest_size_gives_no_estimate():
     est = estimate_dead_latents(cells)
     assert est.value is None and est.interval is None
     assert all(v is None for v in est.per_alpha.values())
-    assert "256" in est.note and "peaks inside the grid" in est.note
+    assert "best: 100% at alpha 0.1, J = 256" in est.note and "at least about 256" in est.note
+
+
+def test_estimate_dead_latents__peak_at_the_smallest_size_is_kept_and_flagged():
+    cells = build_reproduced_cells(16)  # the share falls from the grid's first J on
+    est = estimate_dead_latents(cells)
+    assert est.value == 16
+    assert "smallest J (16): h may be smaller" in est.note and "alpha 0.1, 0.3, 1" in est.note
 
 
 def test_estimate_dead_latents__alphas_whose_best_share_is_low_are_skipped():
@@ -290,6 +297,8 @@ def test_estimate_dead_latents__alphas_whose_best_share_is_low_are_skipped():
     est = estimate_dead_latents(cells, min_reproduced_share=0.5)
     assert est.per_alpha == {0.1: 48, 0.3: 48, 1.0: None}
     assert est.value == 48
+    assert estimate_dead_latents(low).value is None
+    assert "best: 40% at alpha 1, J = 64" in estimate_dead_latents(low).note
     assert estimate_dead_latents(cells, min_reproduced_share=0.3).per_alpha[1.0] == 64
 
 

@@ -180,7 +180,7 @@ def _reproduced_cells(cells: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
-                          min_reproduced_share: float = 0.5) -> Estimate:
+                          min_reproduced_share: float = 0.7) -> Estimate:
     """Dead-latent estimate of h (module docstring, 1).
 
     ``cells`` needs alpha, dict_size, seed, alive; with a ``reproduced`` column (alive latents matched
@@ -211,10 +211,18 @@ def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
         evidence = seed_mean(cells, ["alive", "dead"]).merge(
             reproduced_share(rep), on=["alpha", "dict_size"], how="left")
         if value is None:
-            note = (f"no alpha's share of reproduced latents peaks inside the grid at {min_reproduced_share:.0%} "
-                    f"or more: h is at least about {j_max}, or the SAEs are undertrained")
+            best = evidence.loc[evidence["reproduced_share"].idxmax()]
+            note = (f"no alpha's share of reproduced latents peaks inside the grid at {min_reproduced_share:.0%} or "
+                    f"more (best: {best['reproduced_share']:.0%} at alpha {best['alpha']:g}, J = {best['dict_size']:.0f}): "
+                    f"a peak at the largest J says h is at least about {j_max}, a low one that the seeds disagree "
+                    "(undertrained SAEs)")
         else:
             note = f"alive = firing and reproduced by another seed; firing alone: {firing_text} (an upper bound)"
+            j_min = int(data["dict_size"].min())
+            at_min = [f"{a:g}" for a, v in per_alpha.items() if v == j_min]
+            if at_min:
+                note += (f"; at alpha {', '.join(at_min)} the share is highest at the grid's smallest J ({j_min}): "
+                         "h may be smaller")
     else:
         evidence = seed_mean(cells, ["alive", "dead"])
         note = ("alive = firing only (needs two seeds with saved dictionaries to count reproduced latents): "

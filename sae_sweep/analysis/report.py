@@ -50,8 +50,9 @@ class AnalysisSettings:
     reproduce_cos: float = 0.9
     """An alive latent is reproduced when another seed's dictionary at the same (alpha, J) has an alive atom
     within this cosine (0.8-0.95 give the same calibration estimates)."""
-    min_reproduced_share: float = 0.5
-    """Dead-latent estimate only for alphas whose best share of reproduced latents reaches this."""
+    min_reproduced_share: float = 0.7
+    """Dead-latent estimate only for alphas whose best share of reproduced latents reaches this (calibration:
+    0.91-1.00 at J = h where trained, at most 0.27 where undertrained; any value in 0-0.9 gives its estimates)."""
     min_dead_share: float = 0.05
     """One seed only (firing-only count): estimate only for alphas whose largest J has this share dead."""
     basin_tolerance: float = 0.04
