@@ -2,7 +2,8 @@
 
 One sweep (n=32, h=64; J in {32, 64, 128}, two alphas, two seeds; 12 runs of a few seconds) is shared
 by the tests of this module. It is the quickstart recipe on a coarser grid, so it also checks that
-recipe's claim: all three estimates find h = 64 without ground truth.
+recipe's claim: all three estimates find h = 64 without ground truth. A second, smaller sweep checks
+h = n = 32 the same way.
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ def test_multirun__ends_with_estimates_next_to_the_true_h(sweep):
         lo, hi = by_signal[signal]["interval"]
         assert lo <= 64 <= hi
     assert group["consensus"] == 64
+
+
+def test_multirun__every_signal_recovers_h_equal_to_n(tmp_path):
+    """The second calibration size, h = n = 32, on a small grid (12 runs of 1 M samples, ~45 s)."""
+    sweep_dir = tmp_path / "h32"
+    proc = ok(subprocess.run(
+        [sys.executable, "-m", "sae_sweep", "-m", "experiment=quickstart", "data.h=32", "dict_size=16,32,64",
+         "alpha=0.3,1", "seed=0,1", "train.num_samples=1000000", "train.threads=1", "train.progress=false",
+         "data.eval_size=2048", f"hydra.sweep.dir={sweep_dir}", "logger.wandb.mode=disabled"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600))
+    assert "analysis failed" not in proc.stderr, proc.stderr[-3000:]
+    _, group, by_signal = _estimates(sweep_dir)
+    assert group["true_h"] == 32 and group["cells"] == 12
+    for signal in ("dead_latents", "loss_basin", "dictionary_agreement"):
+        assert by_signal[signal]["value"] == 32, by_signal[signal]
+        assert by_signal[signal]["per_seed"] == {"0": 32, "1": 32}
 
 
 def test_dead_latents__surplus_latents_fire_but_are_not_reproduced_by_the_other_seed(sweep):
