@@ -129,7 +129,7 @@ def test_analyze_cli__rewrites_the_report_with_other_thresholds(sweep):
     sweep_dir, _ = sweep
     proc = ok(subprocess.run(
         [sys.executable, "-m", "sae_sweep.analyze", str(sweep_dir), "--basin-tolerance", "10",
-         "--min-agreement", "1.5", "--wandb", "disabled"],
+         "--min-agreement", "1.5", "--min-reproduced-share", "1.01", "--wandb", "disabled"],
         env=cli_env(), capture_output=True, text=True, timeout=300))
     assert "dictionary_agreement" in proc.stdout
     blob, _, by_signal = _estimates(sweep_dir)
@@ -137,6 +137,8 @@ def test_analyze_cli__rewrites_the_report_with_other_thresholds(sweep):
     # Every J is within a 1000% tolerance of the best: the basin starts at the smallest J, and says so.
     assert by_signal["loss_basin"]["value"] == 32 and "smaller" in by_signal["loss_basin"]["note"]
     assert by_signal["dictionary_agreement"]["value"] is None and by_signal["dictionary_agreement"]["note"]
+    assert blob["settings"]["min_reproduced_share"] == 1.01
+    assert by_signal["dead_latents"]["value"] is None and "best: " in by_signal["dead_latents"]["note"]
     ok(subprocess.run([sys.executable, "-m", "sae_sweep.analyze", str(sweep_dir), "--wandb", "disabled"],
                       env=cli_env(), capture_output=True, text=True, timeout=300))  # restore the defaults
 
