@@ -185,3 +185,16 @@ def test_with_reproduced__counts_alive_atoms_matched_by_another_seed_at_the_same
     assert out["a0"] == 2 and out["a1"] == 2
     assert np.isnan(out["b0"]) and np.isnan(out["nw"])
     assert with_reproduced(cells, d, min_frequency=0.0, min_cos=-1.0).set_index("run_dir").loc["a1", "reproduced"] == 5
+
+
+def test_with_reproduced__with_three_seeds_averages_over_the_other_two():
+    rng = np.random.default_rng(1)
+    shared = _unit(rng.standard_normal((4, 16)))
+    own = [_unit(rng.standard_normal((k, 16))) for k in (4, 4, 6)]  # atoms no other seed has
+    d = {"s0": (np.vstack([shared, own[0]]), np.full(8, 0.1)),  # s1 holds all four shared atoms, s2 two
+         "s1": (np.vstack([shared, own[1]]), np.full(8, 0.1)),
+         "s2": (np.vstack([shared[:2], own[2]]), np.full(8, 0.1))}
+    cells = pd.DataFrame({"run_dir": list(d), "alpha": 0.3, "dict_size": 8, "seed": [0, 1, 2]})
+    out = with_reproduced(cells, d, min_frequency=0.0, min_cos=0.99).set_index("run_dir")["reproduced"]
+    assert out["s0"] == (4 + 2) / 2  # a mean over pairs, not "found in any other seed" (which would be 4)
+    assert out["s1"] == (4 + 2) / 2 and out["s2"] == (2 + 2) / 2

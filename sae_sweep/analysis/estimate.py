@@ -17,8 +17,8 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    J, gives no estimate. With one seed (or no saved dictionaries) the firing-only count is used:
    a least-squares hinge in log-log coordinates, ``log2 alive = log2 J`` for J <= h' and a line of
    slope s in [0, 1] beyond; an alpha with fewer than ``min_dead_share`` dead latents at its largest
-   J gives no estimate. Pooled: the median over alphas. Each seed's count is taken against all the
-   other seeds of the sweep, so the bootstrap resamples per-seed counts, not the pairing.
+   J gives no estimate. Pooled: the median over alphas. Each seed's count is its mean over the other
+   seeds of the sweep (one comparison each), so the bootstrap resamples per-seed counts, not the pairing.
 2. **Loss basin** (:func:`estimate_loss_basin`). A dictionary at least as large as h represents the
    data as well as any larger one, so its loss stops changing with J: at each alpha let L*(alpha) be
    the lowest total loss over J; the cell (alpha, J) is *in the basin* when its loss is within

@@ -100,18 +100,19 @@ def agreement_matrices(cells: pd.DataFrame, dictionaries: Dictionaries) -> dict[
 
 def with_reproduced(cells: pd.DataFrame, dictionaries: Dictionaries, min_frequency: float,
                     min_cos: float) -> pd.DataFrame:
-    """``reproduced``: a cell's alive atoms matched by an alive atom of another seed at the same (alpha, J).
-
-    NaN for a cell without saved weights or without another seed's dictionary to compare with.
+    """``reproduced``: how many of a cell's alive atoms another seed's dictionary at the same (alpha, J) has
+    (an alive atom within ``min_cos``), averaged over the other seeds, so the count does not grow with the
+    number of seeds. NaN for a cell without saved weights or without another seed to compare with.
     """
     alive = {d: atoms[freq > min_frequency] for d, (atoms, freq) in dictionaries.items()}
     out = cells.copy()
     out["reproduced"] = np.nan
     for _, g in out[out["run_dir"].isin(alive)].groupby(["alpha", "dict_size"]):
         for idx, run_dir, seed in zip(g.index, g["run_dir"], g["seed"], strict=True):
-            others = [alive[d] for d, s in zip(g["run_dir"], g["seed"], strict=True) if s != seed]
-            if others:
-                out.loc[idx, "reproduced"] = est.reproduced_count(alive[run_dir], np.concatenate(others), min_cos)
+            counts = [est.reproduced_count(alive[run_dir], alive[d], min_cos)
+                      for d, s in zip(g["run_dir"], g["seed"], strict=True) if s != seed]
+            if counts:
+                out.loc[idx, "reproduced"] = float(np.mean(counts))
     return out
 
 
@@ -236,7 +237,7 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
     md += ["", "Thresholds: " + ", ".join(f"`{k}={v}`" for k, v in asdict(settings).items()) + ".", "",
            "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: a latent is alive when it fires and "
            "(with two or more seeds) another seed's dictionary at the same (alpha, J) has an alive atom within the "
-           "reproduce cosine; per alpha, ĥ is the J with the highest share of such latents (one seed: a hinge in "
+           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the J with the highest share of such latents (one seed: a hinge in "
            "log-log coordinates through the firing-only count, an upper bound); median over alphas. "
            "**loss_basin**: a cell is in the basin when its total loss is within the tolerance of the best "
            "dictionary size at that alpha; ĥ is the smallest J in the basin for at least the minimum share of "
