@@ -133,6 +133,7 @@ def test_alive_vs_dict_size__reproduced_counts_add_dashed_lines_and_a_share_pane
     assert any(line.get_linestyle() == "--" for line in counts.lines)
     assert share.get_xscale() == "log" and share.get_ylabel() == "reproduced latents / J"
     assert share.get_ylim() == (0, 1.05)
+    assert [t.get_text() for t in share.get_xticklabels()] == [str(j) for j in SIZES]  # the sweep's own J
     assert {"estimate ĥ = 64", "true h = 64", "α = 0.1"} <= {t.get_text() for t in share.get_legend().get_texts()}
     peak = max((line for line in share.lines if len(line.get_xdata()) == len(SIZES)), key=lambda ln: max(ln.get_ydata()))
     assert peak.get_xdata()[int(np.argmax(peak.get_ydata()))] == TRUE_H  # the share's peak sits at h

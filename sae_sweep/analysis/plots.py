@@ -113,6 +113,14 @@ def _log2_axis(ax: Axes, which: str) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _j_ticks(ax: Axes, sizes: Iterable[float]) -> None:
+    """Tick the x axis at the sweep's own dictionary sizes (576, 1152, ... need not be powers of two)."""
+    ticks = sorted({float(j) for j in sizes})
+    if 1 < len(ticks) <= 12:
+        ax.set_xticks(ticks, [_j_label(j) for j in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _mean_grid(cells: pd.DataFrame, value: str, rows: str, cols: str) -> pd.DataFrame:
     """Mean of ``value`` per (row, column) cell over seeds; missing cells become NaN, axes ascend."""
     grid = cells.groupby([rows, cols])[value].mean().unstack(cols)
@@ -261,6 +269,7 @@ def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | Non
     if true_h is not None:  # the plateau the lines should reach; same legend entry as the vertical line
         ax.axhline(true_h, **{**TRUE_STYLE, "linewidth": 1.0}, alpha=0.6)
     _log2_axis(ax, "x")
+    _j_ticks(ax, stats["dict_size"])
     _log2_axis(ax, "y")
     ax.set_xlabel(f"{J_LABEL} (log2)")
     ax.set_ylabel("alive latents (log2)")
@@ -274,6 +283,7 @@ def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | Non
         _alpha_lines(share_ax, share, colours)
         _mark_estimate_x(share_ax, estimate, interval, true_h)
         _log2_axis(share_ax, "x")
+        _j_ticks(share_ax, share["dict_size"])
         share_ax.set_ylim(0, 1.05)
         share_ax.set_xlabel(f"{J_LABEL} (log2)")
         share_ax.set_ylabel("reproduced latents / J")
