@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_sweep.analysis.report import with_reproduced
+from sae_sweep.analysis.report import match_cosines, with_reproduced
 from sae_sweep.sinks import read_wandb_offline_run
 from tests.sweep_helpers import cli_env, ok, run_sweep
 
@@ -97,6 +97,20 @@ def test_report__has_the_estimates_table_figures_and_commands(sweep):
         assert f"]({rel})" in md
         image = mpimg.imread(sweep_dir / rel)
         assert image.shape[0] > 200 and image.shape[1] > 200 and image[..., :3].std() > 0.05
+
+
+def test_report__sensitivity_table_varies_each_threshold_and_agrees_with_the_estimates(sweep):
+    sweep_dir, _ = sweep
+    _, group, by_signal = _estimates(sweep_dir)
+    rows = pd.DataFrame(group["sensitivity"])
+    assert set(rows["parameter"]) == {"reproduce_cos", "basin_tolerance", "min_agreement"}
+    for r in rows[rows["default"]].itertuples():  # the report's own setting gives the report's estimate
+        assert r.estimate == by_signal[r.signal]["value"], r
+    assert len(rows[rows["parameter"] == "basin_tolerance"]) == 5
+    csv = pd.read_csv(sweep_dir / "analysis" / "all" / "sensitivity.csv")
+    assert len(csv) == len(rows)
+    md = (sweep_dir / "report.md").read_text()
+    assert "| dead_latents | `reproduce_cos` |" in md and "**0.9 → 64**" in md
 
 
 def test_report__small_dictionaries_learn_the_frequent_features_first(sweep):
@@ -179,12 +193,17 @@ def test_with_reproduced__counts_alive_atoms_matched_by_another_seed_at_the_same
     }
     cells = pd.DataFrame({"run_dir": ["a0", "a1", "b0", "nw"], "alpha": [0.1, 0.1, 1.0, 0.1],
                           "dict_size": [5, 5, 2, 5], "seed": [0, 1, 0, 2]})
-    out = with_reproduced(cells, d, min_frequency=0.0, min_cos=0.99).set_index("run_dir")["reproduced"]
+    matches = match_cosines(cells, d, min_frequency=0.0)
+    out = with_reproduced(cells, matches, min_cos=0.99).set_index("run_dir")["reproduced"]
     # a0: shared[2] never fires, so 2 of its atoms are reproduced; a1's copy of shared[2] finds no alive
     # partner in a0; b0 has no other seed and "nw" saved no weights: unknown, not zero.
     assert out["a0"] == 2 and out["a1"] == 2
     assert np.isnan(out["b0"]) and np.isnan(out["nw"])
-    assert with_reproduced(cells, d, min_frequency=0.0, min_cos=-1.0).set_index("run_dir").loc["a1", "reproduced"] == 5
+    assert with_reproduced(cells, matches, min_cos=-1.0).set_index("run_dir").loc["a1", "reproduced"] == 5
+    # min_frequency decides which atoms take part on both sides: with a higher bar, a0's first atom drops out
+    d["a0"][1][0] = 0.05
+    assert with_reproduced(cells, match_cosines(cells, d, min_frequency=0.06), 0.99).set_index(
+        "run_dir").loc["a1", "reproduced"] == 1
 
 
 def test_with_reproduced__with_three_seeds_averages_over_the_other_two():
@@ -195,6 +214,6 @@ def test_with_reproduced__with_three_seeds_averages_over_the_other_two():
          "s1": (np.vstack([shared, own[1]]), np.full(8, 0.1)),
          "s2": (np.vstack([shared[:2], own[2]]), np.full(8, 0.1))}
     cells = pd.DataFrame({"run_dir": list(d), "alpha": 0.3, "dict_size": 8, "seed": [0, 1, 2]})
-    out = with_reproduced(cells, d, min_frequency=0.0, min_cos=0.99).set_index("run_dir")["reproduced"]
+    out = with_reproduced(cells, match_cosines(cells, d, 0.0), min_cos=0.99).set_index("run_dir")["reproduced"]
     assert out["s0"] == (4 + 2) / 2  # a mean over pairs, not "found in any other seed" (which would be 4)
     assert out["s1"] == (4 + 2) / 2 and out["s2"] == (2 + 2) / 2

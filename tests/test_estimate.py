@@ -14,12 +14,12 @@ from sae_sweep.analysis.estimate import (
     agreement_h,
     agreement_matrix,
     basin_table,
+    best_match_cos,
     bootstrap,
     estimate_agreement,
     estimate_dead_latents,
     estimate_loss_basin,
     hinge_breakpoint,
-    reproduced_count,
     seed_mean,
     weighted_mmcs,
 )
@@ -243,23 +243,23 @@ def test_estimate_dead_latents__alphas_below_min_dead_share_are_skipped_not_coun
     assert est.value == pytest.approx(64, rel=0.1)
 
 
-def test_reproduced_count__counts_atoms_with_a_match_at_or_above_the_cosine():
+def test_best_match_cos__is_each_atoms_highest_signed_cosine_with_the_other_dictionary():
     rng = np.random.default_rng(0)
     base = unit_rows(rng.standard_normal((6, 16)))
     other = np.vstack([base[[3, 0, 5]], unit_rows(rng.standard_normal((4, 16)))])  # 3 of 6 copied, shuffled
-    assert reproduced_count(base, other, 0.99) == 3
-    assert reproduced_count(base, -other[:3], 0.99) == 0  # the sign counts: a latent's direction is not its negative
-    assert reproduced_count(base, other, -1.0) == 6
-    assert reproduced_count(base[:0], other, 0.9) == 0 and reproduced_count(base, other[:0], 0.9) == 0
+    best = best_match_cos(base, other)
+    assert best.shape == (6,)
+    assert np.allclose(best[[0, 3, 5]], 1.0) and (best[[1, 2, 4]] < 0.99).all()
+    assert (best_match_cos(base, -other[:3]) < 0.99).all()  # the sign counts: a latent is not its negative
+    assert np.isneginf(best_match_cos(base, other[:0])).all() and best_match_cos(base[:0], other).shape == (0,)
 
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), rows=st.integers(1, 40), chunk=st.integers(1, 50))
-def test_reproduced_count__chunking_does_not_change_the_count(seed, rows, chunk):
+def test_best_match_cos__chunking_does_not_change_the_result(seed, rows, chunk):
     rng = np.random.default_rng(seed)
     a, b = unit_rows(rng.standard_normal((rows, 4))), unit_rows(rng.standard_normal((7, 4)))
-    expected = int(((a @ b.T).max(axis=1) >= 0.8).sum())
-    assert reproduced_count(a, b, 0.8, chunk=chunk) == expected
+    np.testing.assert_allclose(best_match_cos(a, b, chunk=chunk), (a @ b.T).max(axis=1))
 
 
 @pytest.mark.parametrize("h", [32, 64, 128])

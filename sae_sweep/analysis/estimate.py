@@ -142,14 +142,16 @@ def _dead_per_alpha(cells: pd.DataFrame, min_dead_share: float) -> dict[float, f
     return out
 
 
-def reproduced_count(atoms_AN: np.ndarray, others_BN: np.ndarray, min_cos: float, *, chunk: int = 2048) -> int:
-    """How many of A's atoms have an atom of B within cosine ``min_cos`` (unit rows; signed cosine)."""
-    if len(atoms_AN) == 0 or len(others_BN) == 0:
-        return 0
-    hits = 0
-    for start in range(0, len(atoms_AN), chunk):  # (chunk, B) at a time: J x J can be large for LM sweeps
-        hits += int(((atoms_AN[start:start + chunk] @ others_BN.T).max(axis=1) >= min_cos).sum())
-    return hits
+def best_match_cos(atoms_AN: np.ndarray, others_BN: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
+    """For each of A's atoms, its highest cosine with any of B's atoms (unit rows; signed), shape (A,).
+
+    -inf for every atom when B is empty. A latent counts as reproduced when this reaches ``reproduce_cos``.
+    """
+    if len(others_BN) == 0:
+        return np.full(len(atoms_AN), -np.inf)
+    parts = [(atoms_AN[start:start + chunk] @ others_BN.T).max(axis=1)  # (chunk, B) at a time: J x J can be large
+             for start in range(0, len(atoms_AN), chunk)]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def reproduced_share(cells: pd.DataFrame) -> pd.DataFrame:

@@ -10,13 +10,14 @@ figures (plots.py) and writes, into the sweep dir:
     analysis/<dataset>/recovery.csv   per true feature: frequency and best cosine, per run
     analysis/<dataset>/<signal>.csv   the evidence behind each estimate (alive counts, basin, agreement)
     analysis/<dataset>/agreement_alpha=<a>.csv   dictionary-vs-dictionary MMCS (seed mean)
+    analysis/<dataset>/sensitivity.csv  each estimate with its main threshold varied (SENSITIVITY_GRID)
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ class GroupReport:
     figures: dict[str, Path] = field(default_factory=dict)
     recovery: pd.DataFrame | None = None  # est.recovery_by_frequency, when the ground truth is known
     warnings: list[str] = field(default_factory=list)
+    sensitivity: pd.DataFrame | None = None  # each signal's estimate with its main threshold varied
 
     def consensus(self) -> float | None:
         """Median of the estimates that gave a value."""
@@ -98,22 +100,61 @@ def agreement_matrices(cells: pd.DataFrame, dictionaries: Dictionaries) -> dict[
     return out
 
 
-def with_reproduced(cells: pd.DataFrame, dictionaries: Dictionaries, min_frequency: float,
-                    min_cos: float) -> pd.DataFrame:
+Matches = dict[str, list[np.ndarray]]  # run dir -> per other seed: each alive atom's best cosine there
+
+
+def match_cosines(cells: pd.DataFrame, dictionaries: Dictionaries, min_frequency: float) -> Matches:
+    """For every cell with weights, one array per other seed at the same (alpha, J): each of its alive
+    atoms' best cosine with that seed's alive atoms. Computed once; any ``reproduce_cos`` reads it."""
+    alive = {d: atoms[freq > min_frequency] for d, (atoms, freq) in dictionaries.items()}
+    out: Matches = {}
+    for _, g in cells[cells["run_dir"].isin(alive)].groupby(["alpha", "dict_size"]):
+        for run_dir, seed in zip(g["run_dir"], g["seed"], strict=True):
+            out[run_dir] = [est.best_match_cos(alive[run_dir], alive[d])
+                            for d, s in zip(g["run_dir"], g["seed"], strict=True) if s != seed]
+    return out
+
+
+def with_reproduced(cells: pd.DataFrame, matches: Matches, min_cos: float) -> pd.DataFrame:
     """``reproduced``: how many of a cell's alive atoms another seed's dictionary at the same (alpha, J) has
     (an alive atom within ``min_cos``), averaged over the other seeds, so the count does not grow with the
     number of seeds. NaN for a cell without saved weights or without another seed to compare with.
     """
-    alive = {d: atoms[freq > min_frequency] for d, (atoms, freq) in dictionaries.items()}
     out = cells.copy()
-    out["reproduced"] = np.nan
-    for _, g in out[out["run_dir"].isin(alive)].groupby(["alpha", "dict_size"]):
-        for idx, run_dir, seed in zip(g.index, g["run_dir"], g["seed"], strict=True):
-            counts = [est.reproduced_count(alive[run_dir], alive[d], min_cos)
-                      for d, s in zip(g["run_dir"], g["seed"], strict=True) if s != seed]
-            if counts:
-                out.loc[idx, "reproduced"] = float(np.mean(counts))
+    out["reproduced"] = [float(np.mean([(b >= min_cos).sum() for b in matches[d]])) if matches.get(d) else np.nan
+                         for d in out["run_dir"]]
     return out
+
+
+# Each signal's main threshold, varied around its default for the report's sensitivity table.
+SENSITIVITY_GRID = {"reproduce_cos": (0.8, 0.85, 0.9, 0.95), "basin_tolerance": (0.02, 0.03, 0.04, 0.05, 0.075),
+                    "min_agreement": (0.8, 0.85, 0.9, 0.95)}
+
+
+def sensitivity(cells: pd.DataFrame, matches: Matches, matrices: dict[tuple[float, int], pd.DataFrame],
+                settings: AnalysisSettings) -> pd.DataFrame:
+    """Each signal's estimate with its main threshold varied over SENSITIVITY_GRID (and the setting in use).
+
+    Rows: signal, parameter, value, estimate, default (whether ``value`` is the setting of this report).
+    """
+    def run(parameter: str, value: float) -> float | None:
+        s = replace(settings, **{parameter: value})
+        if parameter == "reproduce_cos":
+            return est.estimate_dead_latents(with_reproduced(cells, matches, value), min_dead_share=s.min_dead_share,
+                                             min_reproduced_share=s.min_reproduced_share).value
+        if parameter == "basin_tolerance":
+            return est.estimate_loss_basin(cells, tolerance=value, min_share=s.basin_min_share).value
+        return est.estimate_agreement(matrices, min_agreement=value).value if matrices else None
+
+    signals = {"reproduce_cos": "dead_latents", "basin_tolerance": "loss_basin",
+               "min_agreement": "dictionary_agreement"}
+    rows = []
+    for parameter, grid in SENSITIVITY_GRID.items():
+        current = getattr(settings, parameter)
+        for value in sorted({*grid, current}):
+            rows.append({"signal": signals[parameter], "parameter": parameter, "value": value,
+                         "estimate": run(parameter, value), "default": value == current})
+    return pd.DataFrame(rows)
 
 
 def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
@@ -124,7 +165,8 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
         cells["l1_sum"] = cells["l1"] * cells["dict_size"]
     h = true_h(cells)
     dictionaries = load_dictionaries(cells)
-    cells = with_reproduced(cells, dictionaries, settings.min_frequency, settings.reproduce_cos)
+    matches = match_cosines(cells, dictionaries, settings.min_frequency)
+    cells = with_reproduced(cells, matches, settings.reproduce_cos)
     matrices = agreement_matrices(cells, dictionaries)
     estimates = [
         est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share,
@@ -133,6 +175,8 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
         est.estimate_agreement(matrices, min_agreement=settings.min_agreement),
     ]
     dead, basin, agree = estimates
+    robustness = sensitivity(cells, matches, matrices, settings)
+    robustness.to_csv(out_dir / "sensitivity.csv", index=False)
     for e in estimates:  # the evidence behind each estimate, as a table beside the figures
         if e.evidence is not None and not e.evidence.empty:
             e.evidence.to_csv(out_dir / f"{e.signal}.csv", index=False)
@@ -167,7 +211,7 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
         warnings.append("these runs divide the L1 term by J (sae.l1_norm=latents), so one alpha is a weaker "
                         "penalty at larger J; the dead-latent and loss-basin estimates compare J at unequal "
                         "penalties. Sweep with sae.l1_norm=inputs for estimation.")
-    return GroupReport(label, h, len(cells), estimates, figures, by_frequency, warnings)
+    return GroupReport(label, h, len(cells), estimates, figures, by_frequency, warnings, robustness)
 
 
 def analyze(sweep_dir: Path, settings: AnalysisSettings | None = None,
@@ -201,6 +245,7 @@ def write_estimates(sweep_dir: Path, reports: list[GroupReport], settings: Analy
         {"label": r.label, "true_h": r.true_h, "cells": r.n_cells, "consensus": r.consensus(),
          "estimates": [e.as_dict() for e in r.estimates], "warnings": r.warnings,
          "recovery_by_frequency": r.recovery.to_dict("records") if r.recovery is not None else None,
+         "sensitivity": r.sensitivity.to_dict("records") if r.sensitivity is not None else None,
          "figures": {k: str(p.relative_to(sweep_dir)) for k, p in r.figures.items()}} for r in reports]}
     (sweep_dir / ESTIMATES_FILE).write_text(json.dumps(blob, indent=2, default=str))
 
@@ -247,6 +292,15 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
     for r in reports:
         md += [f"## Dataset `{group_slug(r.label)}` ({r.n_cells} completed runs, true h = {_fmt(r.true_h)})", ""]
         md += [f"**Warning**: {w}" for w in r.warnings] + ([""] if r.warnings else [])
+        if r.sensitivity is not None and not r.sensitivity.empty:
+            md += ["Sensitivity: each estimate with its main threshold varied (bold: this report's setting). An "
+                   "estimate that moves with the threshold is weaker evidence than one that does not.", "",
+                   "| signal | threshold | value → ĥ |", "|---|---|---|"]
+            for (signal, parameter), g in r.sensitivity.groupby(["signal", "parameter"], sort=False):
+                cells = [f"**{x.value:g} → {_fmt(x.estimate)}**" if x.default else f"{x.value:g} → {_fmt(x.estimate)}"
+                         for x in g.itertuples()]
+                md.append(f"| {signal} | `{parameter}` | {' · '.join(cells)} |")
+            md.append("")
         if r.recovery is not None and not r.recovery.empty:
             md += ["Recovery against feature frequency (ground truth): mean best cosine of the more frequent and "
                    "the rarer half of the true features, share of each recovered at cos > 0.9, and the rank "
