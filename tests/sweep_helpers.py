@@ -57,6 +57,8 @@ def table(sweep_dir: Path) -> pd.DataFrame:
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    # The end-of-sweep analysis logs its failure and lets the sweep succeed; a test must not.
+    assert "analysis failed" not in (proc.stderr or "") + (proc.stdout or ""), proc.stderr[-5000:]
     return proc
 
 
