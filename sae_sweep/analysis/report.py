@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +126,11 @@ def with_reproduced(cells: pd.DataFrame, matches: Matches, min_cos: float) -> pd
     return out
 
 
-# Each signal's main threshold, varied around its default for the report's sensitivity table.
-SENSITIVITY_GRID = {"reproduce_cos": (0.8, 0.85, 0.9, 0.95), "basin_tolerance": (0.02, 0.03, 0.04, 0.05, 0.075),
-                    "min_agreement": (0.8, 0.85, 0.9, 0.95)}
+# Each signal's main threshold (its AnalysisSettings field), varied around its default for the report's
+# sensitivity table.
+SENSITIVITY_GRID = {"reproduce_cos": ("dead_latents", (0.8, 0.85, 0.9, 0.95)),
+                    "basin_tolerance": ("loss_basin", (0.02, 0.03, 0.04, 0.05, 0.075)),
+                    "min_agreement": ("dictionary_agreement", (0.8, 0.85, 0.9, 0.95))}
 
 
 def sensitivity(cells: pd.DataFrame, matches: Matches, matrices: dict[tuple[float, int], pd.DataFrame],
@@ -138,21 +140,18 @@ def sensitivity(cells: pd.DataFrame, matches: Matches, matrices: dict[tuple[floa
     Rows: signal, parameter, value, estimate, default (whether ``value`` is the setting of this report).
     """
     def run(parameter: str, value: float) -> float | None:
-        s = replace(settings, **{parameter: value})
         if parameter == "reproduce_cos":
-            return est.estimate_dead_latents(with_reproduced(cells, matches, value), min_dead_share=s.min_dead_share,
-                                             min_reproduced_share=s.min_reproduced_share).value
+            return est.estimate_dead_latents(with_reproduced(cells, matches, value), min_dead_share=settings.min_dead_share,
+                                             min_reproduced_share=settings.min_reproduced_share).value
         if parameter == "basin_tolerance":
-            return est.estimate_loss_basin(cells, tolerance=value, min_share=s.basin_min_share).value
+            return est.estimate_loss_basin(cells, tolerance=value, min_share=settings.basin_min_share).value
         return est.estimate_agreement(matrices, min_agreement=value).value if matrices else None
 
-    signals = {"reproduce_cos": "dead_latents", "basin_tolerance": "loss_basin",
-               "min_agreement": "dictionary_agreement"}
     rows = []
-    for parameter, grid in SENSITIVITY_GRID.items():
+    for parameter, (signal, grid) in SENSITIVITY_GRID.items():
         current = getattr(settings, parameter)
         for value in sorted({*grid, current}):
-            rows.append({"signal": signals[parameter], "parameter": parameter, "value": value,
+            rows.append({"signal": signal, "parameter": parameter, "value": value,
                          "estimate": run(parameter, value), "default": value == current})
     return pd.DataFrame(rows)
 
@@ -297,9 +296,9 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
                    "estimate that moves with the threshold is weaker evidence than one that does not.", "",
                    "| signal | threshold | value → ĥ |", "|---|---|---|"]
             for (signal, parameter), g in r.sensitivity.groupby(["signal", "parameter"], sort=False):
-                cells = [f"**{x.value:g} → {_fmt(x.estimate)}**" if x.default else f"{x.value:g} → {_fmt(x.estimate)}"
-                         for x in g.itertuples()]
-                md.append(f"| {signal} | `{parameter}` | {' · '.join(cells)} |")
+                entries = [f"**{x.value:g} → {_fmt(x.estimate)}**" if x.default else f"{x.value:g} → {_fmt(x.estimate)}"
+                           for x in g.itertuples()]
+                md.append(f"| {signal} | `{parameter}` | {' · '.join(entries)} |")
             md.append("")
         if r.recovery is not None and not r.recovery.empty:
             md += ["Recovery against feature frequency (ground truth): mean best cosine of the more frequent and "
