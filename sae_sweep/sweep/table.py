@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from sae_sweep.sweep.cells import CELL_FILE, IGNORED_KEYS, SUMMARY_FILE, read_json, run_dirs
 
 METRICS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu", "l0",
-           "dead", "alive", "l1_norm", "h", "n")
+           "dead", "alive", "l1_norm", "h", "n", "converged", "loss_change", "atom_drift")
 TIMINGS = ("samples", "train_time_s", "samples_per_s", "setup_time_s", "wall_time_s")
 BASE = ("run", "cell_key", "trial", "status", "message", "alpha", "dict_size", "seed")
 STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3, "interrupted": 4, "incomplete": 5}
