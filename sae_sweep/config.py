@@ -304,6 +304,19 @@ class TrainConfig:
     """When several SAEs train as a pack: how many step concurrently, each lane on one core with one torch
     thread (0 = one lane per torch thread). On CPU this beats multi-threaded GEMMs of small SAEs; 1 = the
     members one after another with all threads."""
+    converge: bool = False
+    """Stop each run (each member of a pack on its own) once it has converged (``sae_sweep/convergence.py``):
+    the eval loss's relative change and the alive decoder atoms' drift, both per million samples, below
+    ``converge_loss_rtol`` and ``converge_drift`` for ``converge_patience`` evaluations in a row;
+    ``num_samples`` is then the cap. Off, runs train to ``num_samples`` and still record whether they
+    converged (``converged`` in summary.json and runs.parquet)."""
+    converge_loss_rtol: float = 0.005
+    """Flat loss: |relative change of the eval loss| per million samples at most this."""
+    converge_drift: float = 0.015
+    """Settled atoms: mean (1 - cos) of each alive atom with itself one evaluation earlier, per million
+    samples, at most this."""
+    converge_patience: int = 2
+    """Consecutive evaluations both criteria must hold for."""
     sparse_below: float | None = None
     """A member whose measured L0 / J is below this takes the sparse-aware step (step.py); 0 = always dense;
     null = the measured crossover for where the step runs (``step.auto_sparse_below``: 0.15 on one torch
@@ -343,6 +356,13 @@ class TrainConfig:
             "one of cpu, cuda, cuda:N, auto",
         )
         _check(_is_int(self.threads) and self.threads >= 0, f"{path}.threads", self.threads, "an integer >= 0")
+        _check(isinstance(self.converge, bool), f"{path}.converge", self.converge, "true or false")
+        _check(_is_num(self.converge_loss_rtol) and 0 < self.converge_loss_rtol <= 1, f"{path}.converge_loss_rtol",
+               self.converge_loss_rtol, "a number in (0, 1]")
+        _check(_is_num(self.converge_drift) and 0 < self.converge_drift <= 1, f"{path}.converge_drift",
+               self.converge_drift, "a number in (0, 1]")
+        _check(_is_int(self.converge_patience) and 1 <= self.converge_patience <= 100, f"{path}.converge_patience",
+               self.converge_patience, "an integer in [1, 100]")
 
     def __post_init__(self) -> None:
         self.validate()

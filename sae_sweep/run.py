@@ -160,6 +160,10 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
         summary["status"], summary["message"] = FAILED, f"{type(error).__name__}: {error}"
     final = outcome.final if outcome is not None else {}
     summary.update({k: _finite_or_none(final.get(k)) for k in SUMMARY_KEYS})
+    # The convergence rule's verdict and the last window's two numbers (convergence.py).
+    summary.update({"converged": outcome.converged if outcome is not None else False,
+                    "loss_change": _finite_or_none(final.get("loss_change")),
+                    "atom_drift": _finite_or_none(final.get("atom_drift"))})
     summary.update({
         "samples": outcome.samples if outcome is not None else 0,
         "train_time_s": final.get("train_time_s"),

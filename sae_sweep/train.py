@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from sae_sweep import metrics
 from sae_sweep.config import TrainConfig
+from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
 from sae_sweep.feed import BatchFeed, StepQueue
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import MetricSink
@@ -52,7 +53,8 @@ class MemberOutcome:
     message: str = ""
     latent_frequency_J: torch.Tensor | None = None  # firing frequency per latent at the last evaluation
     latent_mean_J: torch.Tensor | None = None  # mean activation per latent at the last evaluation
-    weights: SAE | None = None  # a member stopped early (diverged, pruned): its weights when it stopped
+    weights: SAE | None = None  # a member stopped early (diverged, pruned, converged): its weights then
+    converged: bool = False  # the convergence rule held at the last evaluation (convergence.py)
 
 
 @torch.no_grad()
@@ -256,6 +258,8 @@ def train(
     queue = StepQueue([sae.k * sae.dict_size for sae in saes])
     pool = ThreadPoolExecutor(n_lanes, thread_name_prefix="sae-lane") if n_lanes > 1 else None
     outcomes = [MemberOutcome() for _ in members]
+    tracker = ConvergenceTracker(ConvergenceRule(cfg.converge_loss_rtol, cfg.converge_drift, cfg.converge_patience),
+                                 len(members))
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
     state = _State(members, outcomes, saes, [float(a) for a in alpha_K], cfg.batch_size, queue)
@@ -305,8 +309,11 @@ def train(
                     continue
                 outcomes[m].latent_frequency_J = stats[m].frequency().float().cpu()
                 outcomes[m].latent_mean_J = stats[m].mean_activation().float().cpu()
+                conv = tracker.update(m, samples, row["loss"], saes[members[m].g].dictionary(members[m].k),
+                                      stats[m].frequency())
+                outcomes[m].converged = bool(conv.pop("converged"))
                 row = {"samples": samples, "train_loss": state.train_loss(m),
-                       **row, "train_time_s": train_time,
+                       **row, **conv, "train_time_s": train_time,
                        "samples_per_s": samples / max(train_time, 1e-9)}
                 outcomes[m].final, outcomes[m].samples = row, samples
                 if not math.isfinite(row["loss"]):
@@ -315,6 +322,8 @@ def train(
                     sink.log(row, step=samples)
                 if state.running[m] and should_stop is not None and should_stop(m, samples, row):
                     state.stop(m, PRUNED, f"stopped at sample {samples}")
+                if state.running[m] and cfg.converge and outcomes[m].converged and last < steps:
+                    state.stop(m, COMPLETED, f"converged at sample {samples}")
             state.reset_windows()
             head = next((r for m, r in enumerate(rows) if state.running[m]), rows[0])
             bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
