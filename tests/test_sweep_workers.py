@@ -64,3 +64,36 @@ def test_workers__two_sweepers_on_one_study_account_for_every_trial_once(
     assert pids == {w.pid for w in workers}  # both workers ran trials
     df = write_results_table(sweep)
     assert sorted(df["trial"]) == [t.number for t in trials]
+
+
+def test_workers__a_live_or_remote_sweepers_running_trial_is_left_alone_and_a_dead_ones_is_rerun(
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from sae_sweep.sweep.optuna_sweeper import HOST, _process_start
+    from tests.sweep_helpers import ok, run_sweep
+
+    def worker(pid: int) -> str:
+        start = _process_start(pid)
+        return f"{HOST}:{pid}" + (f":{start[1]}" if start else "")
+
+    sweep = tmp_path / "sweep"
+    study = optuna.create_study(study_name="smoke", direction="maximize",
+                                storage=open_storage(storage_spec(None, sweep)))
+    live = subprocess.Popen(["sleep", "120"])
+    gone = subprocess.Popen(["true"])
+    dead = worker(gone.pid)
+    gone.wait()
+    try:
+        for owner in (worker(live.pid), dead, f"elsewhere:{os.getpid()}"):
+            trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"worker": owner})
+            study._storage.create_new_trial(study._study_id, template_trial=trial)
+        ok(run_sweep(sweep, "hydra/sweeper=sae_optuna", "hydra.sweeper.n_trials=3", "alpha=interval(0.1,0.3)"))
+    finally:
+        live.kill()
+        live.wait()
+    trials = study.get_trials()
+    # The live and the remote sweeper's trials still run and count; the dead one's is re-run as trial 3.
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING, TrialState.COMPLETE]
+    assert trials[1].user_attrs["orphaned"] and trials[3].user_attrs["retry_of"] == 1

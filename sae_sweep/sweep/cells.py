@@ -3,7 +3,9 @@
 The key is a hash of the resolved config minus the fields that change how a run is logged or
 shown but not what it computes (W&B settings, the progress bar, thread count, the sweep name).
 Every run dir of a multirun gets a ``cell.json`` with this key, so a re-run of the same sweep can
-tell which cells already finished, however their directories happen to be named.
+tell which cells already finished, however their directories happen to be named. An Optuna trial is
+a cell of its own even when it repeats another trial's parameters: its key also hashes the trial's
+identity (``trial_cell`` in its trial.json), so every trial keeps its row in the results table.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CELL_FILE = "cell.json"
 SUMMARY_FILE = "summary.json"
+TRIAL_FILE = "trial.json"  # left by the Optuna sweeper: how the job reaches its trial
 # Dotted paths that do not change what a run computes (lanes and sparse_below change only its speed).
 IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads", "train.lanes", "train.sparse_below")
 # Fields added after sweeps already existed: at their default they are left out of the key, so a sweep
@@ -47,14 +51,16 @@ def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
     return out  # type: ignore[return-value]
 
 
-def cell_key(cfg: DictConfig) -> str:
-    """16 hex digits identifying what a run computes."""
+def cell_key(cfg: DictConfig, trial_cell: str | None = None) -> str:
+    """16 hex digits identifying what a run computes (and, for an Optuna trial, which trial it is)."""
     tree = resolved_run_config(cfg)
     for dotted in IGNORED_KEYS:
         _drop(tree, dotted)
     for dotted, default in DEFAULT_WHEN_ABSENT.items():
         if OmegaConf.select(cfg, dotted, default=default) == default:
             _drop(tree, dotted)
+    if trial_cell is not None:
+        tree = {"run": tree, "trial_cell": trial_cell}
     blob = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -91,3 +97,16 @@ def finished_cells(sweep_dir: Path) -> dict[str, Path]:
         if cell and summary and summary.get("status") == "completed":
             done.setdefault(str(cell.get("cell_key")), d)
     return done
+
+
+def subdir_override(subdir: str) -> str:
+    """``hydra.sweep.subdir=<subdir>`` as an override, quoted (a dir name holds '=', ',' and '~')."""
+    # Hydra's quoted strings: a quote, and any backslashes right before a quote or the end, are escaped.
+    quoted = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), subdir)
+    return f"hydra.sweep.subdir='{quoted}'"
+
+
+def holds_record(run_dir: Path) -> bool:
+    """Whether a run dir already holds some run's record."""
+    return any((run_dir / f).exists() for f in (CELL_FILE, SUMMARY_FILE, TRIAL_FILE))
+

@@ -15,20 +15,28 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from sae_sweep.sweep.cells import SUMMARY_FILE, cell_key, read_json, write_cell
+from sae_sweep.sweep.cells import SUMMARY_FILE, TRIAL_FILE, cell_key, read_json, write_cell
+from sae_sweep.sweep.kill import kill_point
 
 if TYPE_CHECKING:  # Hydra imports the sweepers (and so this module) on every start: keep torch out
     from sae_sweep.train import StopFn
 
-TRIAL_FILE = "trial.json"
+__all__ = ["TRIAL_FILE", "record_failure", "start_job", "trial_cell", "trial_reporter"]
+
+
+def trial_cell(trial: dict[str, Any]) -> str:
+    """Which trial a run stands for: the trial's own identity, or for a retry that of the trial it re-runs."""
+    return str(trial.get("cell") or f"{trial.get('study_name')}:{trial.get('number')}")
 
 
 def start_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> StopFn | None:
     """Record the run's cell; return the trial's pruning hook when this run is a prunable trial."""
     trial = read_json(run_dir / TRIAL_FILE)
-    # A stale record from an earlier attempt in this dir must not pass for this attempt's result.
+    key = cell_key(cfg, trial_cell(trial) if trial else None)
+    # A stale record from an earlier attempt of this cell must not pass for this attempt's result.
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
-    write_cell(run_dir, cell_key(cfg), overrides, trial=trial.get("number") if trial else None)
+    write_cell(run_dir, key, overrides, trial=trial.get("number") if trial else None)
+    kill_point("job_started")
     if trial and trial.get("metric") and trial.get("pruner") not in (None, "none"):
         return trial_reporter(trial)
     return None

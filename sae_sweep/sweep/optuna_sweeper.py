@@ -8,6 +8,21 @@ Each trial is one Hydra job in ``<sweep dir>/trial_NNNNN``. The study lives in s
   evaluation, so the study's pruner can stop it in whatever process or machine it runs;
 - a run that raises, diverges or returns a non-finite objective is told FAIL and the sweep goes on
   until failures exceed ``max_failure_rate``.
+
+A kill anywhere (``kill -9``, a lost node) loses, strands and retrains nothing; the same command
+re-run picks up. Every trial is created RUNNING together with its owner (host, pid and the pid's
+start time) in one storage call, never by ``Study.ask``, which leaves a moment with an ownerless
+running trial. Before every batch the sweeper settles the trials no live sweeper will finish
+(``_reclaim``): a RUNNING trial whose sweeper on this host is gone is told from its run dir when
+its summary.json holds a finished result, else failed as ``orphaned`` and re-run by a new trial
+with its parameters (its grid point) and ``retry_of``; WAITING queue entries are taken over the
+same way. Superseded trials and queue entries do not count toward ``n_trials``. Two sweepers that
+re-run one trial at once both create a retry, and the one with the lower number runs it. Trials
+of a live sweeper, or of one on another host (whose liveness is unknown here), are left alone.
+Each trial is its own cell (cell.json's key hashes the trial it stands for), so every trial has
+its row in runs.parquet, and a retry shares the row of the trial it re-runs. ``trial_NNNNN`` is
+never reused by another trial (a second study in the dir, or a study made anew): that one runs in
+``trial_NNNNN~<8 digits of its uid>``.
 """
 
 from __future__ import annotations
@@ -17,18 +32,30 @@ import logging
 import math
 import os
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
-from sae_sweep.sweep.job import TRIAL_FILE
+from sae_sweep.sweep.cells import (
+    CELL_FILE,
+    SUMMARY_FILE,
+    TRIAL_FILE,
+    holds_record,
+    read_json,
+    subdir_override,
+)
+from sae_sweep.sweep.kill import kill_point
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_run_dir, job_summary
 from sae_sweep.sweep.space import as_override, grid_of, parse_space
 from sae_sweep.sweep.storage import (
@@ -102,42 +129,102 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, directions: list
     return study
 
 
-WORKER = f"{os.uname().nodename}:{os.getpid()}"  # the sweeper process that owns a running trial
+HOST = os.uname().nodename
+# Trials that stand for nothing of their own: a dead sweeper's trial re-run as a new one (orphaned), a
+# WAITING queue entry taken over by a new trial (queued), a second retry of one trial (duplicate), a
+# trial whose parameters did not fit the study's (rejected: the sweep stopped with an error).
+SUPERSEDED = ("orphaned", "queued", "duplicate", "rejected")
+# What a retry inherits from the trial it re-runs, so the grid sampler gives it the same point.
+REPLAYED_SYSTEM_ATTRS = ("grid_id", "search_space", "fixed_params")
+# A summary.json with one of these statuses is a finished result the study can be told.
+FINAL = ("completed", "pruned", "diverged", "failed")
 
 
-def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count toward n_trials: all but those failed as orphans (they are re-queued)."""
-    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("orphaned")]
-
-
-def _alive(pid: int) -> bool:
+def _process_start(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of a process from /proc, or None where there is no /proc entry."""
     try:
-        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state is field 3, starttime 22
+    return fields[0], fields[19]
+
+
+def _worker_id() -> str:
+    start = _process_start(os.getpid())
+    return f"{HOST}:{os.getpid()}" + (f":{start[1]}" if start else "")
+
+
+WORKER = _worker_id()  # the sweeper process that owns a running trial: host, pid and the pid's start time
+
+
+def worker_alive(worker: str) -> bool | None:
+    """Whether the sweeper ``worker`` still runs: True/False on this host, None elsewhere or when unknown."""
+    host, _, rest = worker.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != HOST or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    seen = _process_start(int(pid))
+    if seen is None:
+        return not Path("/proc/self/stat").exists()  # no /proc at all: the pid's existence is all we know
+    state, started = seen
+    # A zombie is dead; a pid that started at another time is another process that reuses the number.
+    return state != "Z" and (not start or started == start)
+
+
+def counted(trials: optuna.Study | Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials that count toward n_trials: every trial created to run, except those superseded by another."""
+    if isinstance(trials, optuna.Study):
+        trials = trials.get_trials(deepcopy=False)
+    return [t for t in trials if t.state != TrialState.WAITING and not any(t.user_attrs.get(k) for k in SUPERSEDED)]
+
+
+def pending_retries(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Orphaned trials and taken-over queue entries that no trial re-runs yet, oldest first."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return [t for t in trials if (t.user_attrs.get("orphaned") or t.user_attrs.get("queued"))
+            and t.state.is_finished() and t.number not in retried]
+
+
+def trial_subdir(sweep_dir: Path, number: int, uid: str) -> str:
+    """A trial's run dir under the sweep dir: ``trial_NNNNN``, unless that holds another trial's record
+    (another study in the same dir, or a study made anew): then ``trial_NNNNN~<uid[:8]>``."""
+    base = f"trial_{number:05d}"
+    for name in (base, f"{base}~{uid[:8]}", f"{base}~{uid}"):
+        info = read_json(sweep_dir / name / TRIAL_FILE)
+        if (info is not None and info.get("uid") == uid) or not holds_record(sweep_dir / name):
+            return name
+    raise FileExistsError(f"no free run dir for trial {number} under {sweep_dir}")
+
+
+def _supersede(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
+    """Mark ``trial`` as superseded (``why`` in SUPERSEDED) and fail it; False if another sweeper finished it first."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, why, True)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False
     return True
 
 
-def retry_orphans(study: optuna.Study) -> int:
-    """Fail the RUNNING trials whose sweeper (on this host) is gone, e.g. killed, and re-queue their params.
-
-    Without this a killed sweeper's trial would stay RUNNING for ever and count toward n_trials, and the
-    grid sampler would never run its point again. Trials of sweepers on other hosts are left alone.
-    """
-    host = os.uname().nodename
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(t.user_attrs.get("worker", ""))
-        whost, _, pid = worker.rpartition(":")
-        if whost != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "orphaned", True)
-        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            n += 1
-    return n
+def own_summary(ret: JobReturn, number: int) -> dict[str, Any]:
+    """The trial's summary.json, or a failed stand-in when the run dir holds no record of this trial
+    (the job died before recording it, or found another cell's record there and left it alone)."""
+    summary = job_summary(ret)
+    run_dir = job_run_dir(ret)
+    cell = read_json(run_dir / CELL_FILE) if run_dir is not None else None
+    if cell is not None and cell.get("trial") == number:
+        return summary
+    if summary.get("status") == "completed" or ret.status == JobStatus.FAILED:
+        return {"status": "failed", "message": repr(ret._return_value) if ret.status == JobStatus.FAILED
+                else f"no record of trial {number} in {run_dir}"}
+    return summary
 
 
 class SaeOptunaSweeper(Sweeper):
@@ -168,7 +255,7 @@ class SaeOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         c = self.conf
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         objectives = self._objectives()
@@ -187,22 +274,31 @@ class SaeOptunaSweeper(Sweeper):
         name = c.study_name or str(self.config.name)
         study = open_study(name, open_storage(spec), list(objectives.values()))
         budget = FailureBudget(c.max_failure_rate)
-        retried = retry_orphans(study)
-        log.info(f"study {name!r} in {spec}: {len(counted(study))} of {n_total} trials exist"
-                 + (f"; re-queued {retried} trials whose sweeper died" if retried else ""))
+        trials, reclaimed = self._reclaim(study, sweep_dir, objectives)
+        log.info(f"study {name!r} in {spec}: {len(counted(trials))} of {n_total} trials exist"
+                 + "".join(f"; {what}: {n}" for what, n in reclaimed.items()))
         try:
             while not budget.exceeded:
-                n_existing = len(counted(study))
+                n_existing = len(counted(trials))
                 if n_existing >= n_total:
                     break
                 study.sampler = make_sampler(c.sampler, derived_seed(c.seed, n_existing), grid, c.sampler_kwargs)
-                if isinstance(study.sampler, AskTellGridSampler) and study.sampler.all_finished(study):
+                if isinstance(study.sampler, AskTellGridSampler) and study.sampler.all_finished(counted(trials)):
                     break
-                trials = [self._ask(study, space, name) for _ in range(min(c.n_jobs, n_total - n_existing))]
-                batch = [self._prepare(t, fixed, sweep_dir, spec, name, objectives) for t in trials]
-                results = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-                for trial, ret in zip(trials, results, strict=True):
-                    self._tell(study, trial, ret, objectives, budget)
+                pending = pending_retries(trials)
+                claimed = [self._claim(study, space, name, sweep_dir, pending.pop(0) if pending else None)
+                           for _ in range(min(c.n_jobs, n_total - n_existing))]
+                batch = [t for t in claimed if t is not None]  # None: another sweeper took that retry first
+                if batch:
+                    overrides = [self._prepare(t, fixed, sweep_dir, spec, name, objectives) for t in batch]
+                    results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
+                    kill_point("before_tell")
+                    for trial, ret in zip(batch, results, strict=True):
+                        summary = own_summary(ret, trial.number)
+                        state = self._tell(study, trial._trial_id, trial.number, summary, job_run_dir(ret),
+                                           objectives, trial.params)
+                        budget.add(state == TrialState.FAIL, f"trial {trial.number}", str(summary.get("message", "")))
+                trials, _ = self._reclaim(study, sweep_dir, objectives)
         finally:
             from sae_sweep.sweep.table import write_results_table  # pandas: only once a sweep ends
 
@@ -212,50 +308,152 @@ class SaeOptunaSweeper(Sweeper):
         self._log_best(study, objectives)
         return None
 
-    @staticmethod
-    def _ask(study: optuna.Study, space: dict[str, Any], name: str) -> optuna.Trial:
+    def _reclaim(self, study: optuna.Study, sweep_dir: Path,
+                 objectives: dict[str, str]) -> tuple[list[FrozenTrial], dict[str, int]]:
+        """Settle every trial no live sweeper will finish; return the study's trials after it, and what was done.
+
+        A RUNNING trial whose sweeper (on this host) is gone is told from its run dir when its
+        summary.json holds a finished result, else failed as ``orphaned`` (a new trial re-runs it); a
+        second retry of one trial (two sweepers retried it at once) is failed as ``duplicate``. A WAITING
+        trial (a queue entry) is failed as ``queued`` and re-run as a new trial the same way: a trial is
+        only ever run by a trial created with its sweeper in one storage call, so no moment leaves a
+        running trial without an owner. A trial of a live sweeper, or of one on another host, is left alone.
+        """
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        retries: dict[int, list[int]] = {}
+        for t in trials:
+            if t.user_attrs.get("retry_of") is not None:
+                retries.setdefault(int(t.user_attrs["retry_of"]), []).append(t.number)
+        done: dict[str, int] = {}
+
+        def note(what: str) -> None:
+            done[what] = done.get(what, 0) + 1
+
+        for t in trials:
+            if t.state == TrialState.WAITING:
+                if _supersede(study, t, "queued"):
+                    note("queued trials taken over")
+            elif t.state == TrialState.RUNNING and worker_alive(str(t.user_attrs.get("worker", ""))) is False:
+                retry_of = t.user_attrs.get("retry_of")
+                if retry_of is not None and t.number != min(retries[int(retry_of)]):
+                    _supersede(study, t, "duplicate")
+                elif self._recover(study, t, sweep_dir, objectives):
+                    note("dead sweepers' trials told from their run dirs")
+                elif _supersede(study, t, "orphaned"):
+                    note("dead sweepers' trials re-queued")
+                    kill_point("requeued")
+        if done:
+            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        return trials, done
+
+    def _recover(self, study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, objectives: dict[str, str]) -> bool:
+        """Tell a dead sweeper's trial the finished result its run dir holds; False when there is none."""
+        uid = trial.user_attrs.get("uid")
+        if not uid:
+            return False
+        root = Path(str(trial.user_attrs.get("sweep_dir") or sweep_dir))
+        run_dir = root / trial_subdir(root, trial.number, str(uid))
+        info, cell = read_json(run_dir / TRIAL_FILE), read_json(run_dir / CELL_FILE)
+        summary = read_json(run_dir / SUMMARY_FILE)
+        # The job removes an earlier attempt's summary before it records its cell: with this trial's
+        # trial.json and cell.json, the summary is this trial's own result.
+        if not (info and info.get("uid") == uid and cell and cell.get("trial") == trial.number
+                and summary and summary.get("status") in FINAL):
+            return False
         try:
-            return study.ask(space)
+            study._storage.set_trial_user_attr(trial._trial_id, "recovered", True)
+            self._tell(study, trial._trial_id, trial.number, summary, run_dir, objectives, trial.params)
+        except UpdateFinishedTrialError:
+            pass  # another sweeper told it first
+        return True
+
+    def _claim(self, study: optuna.Study, space: dict[str, Any], name: str, sweep_dir: Path,
+               retry: FrozenTrial | None) -> optuna.Trial | None:
+        """A new RUNNING trial, created together with its owner in one storage call (Study.ask creates it
+        first and leaves the owner to a second call); ``retry``: the superseded trial it re-runs.
+
+        None when the retry lost to another sweeper's retry of the same trial (the lowest number wins).
+        """
+        uid = uuid.uuid4().hex
+        attrs: dict[str, Any] = {"worker": WORKER, "sweep_dir": str(sweep_dir), "uid": uid, "cell": uid}
+        params: dict[str, Any] = {}
+        distributions: dict[str, Any] = {}
+        system: dict[str, Any] = {}
+        if retry is not None:
+            cell = retry.user_attrs.get("cell") or retry.user_attrs.get("uid")
+            attrs.update(retry_of=retry.number, cell=cell or f"{name}:{retry.number}")
+            params, distributions = dict(retry.params), dict(retry.distributions)
+            system = {k: retry.system_attrs[k] for k in REPLAYED_SYSTEM_ATTRS if k in retry.system_attrs}
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, params=params, distributions=distributions,
+                                             user_attrs=attrs, system_attrs=system)
+        trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+        kill_point("asked")
+        if retry is not None and not self._won(study, trial_id, retry.number):
+            return None
+        # As Study.ask does: samplers read the study's latest trials, then the space is suggested.
+        study._thread_local.cached_all_trials = None
+        trial = optuna.Trial(study, trial_id)
+        try:
+            for key, distribution in space.items():
+                trial._suggest(key, distribution)
         except ValueError as exc:  # e.g. a categorical whose choices changed since the study began
+            _supersede(study, study._storage.get_trial(trial_id), "rejected")
             raise SweepConfigError(f"search space does not fit study {name!r}: {exc}; keep the space or use "
                                    f"another hydra.sweeper.study_name") from exc
+        return trial
+
+    @staticmethod
+    def _won(study: optuna.Study, trial_id: int, retry_of: int) -> bool:
+        """Whether the new trial ``trial_id`` is the first retry of trial ``retry_of``; fail it if not."""
+        number = study._storage.get_trial_number_from_id(trial_id)
+        rivals = [t.number for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+                  if t.user_attrs.get("retry_of") == retry_of]
+        if min(rivals, default=number) >= number:
+            return True
+        _supersede(study, study._storage.get_trial(trial_id), "duplicate")
+        return False
 
     def _prepare(self, trial: optuna.Trial, fixed: list[str], sweep_dir: Path, spec: str, name: str,
                  objectives: dict[str, str]) -> list[str]:
         """The trial's overrides; its run dir gets trial.json so the job can reach the trial."""
-        subdir = f"trial_{trial.number:05d}"
+        attrs = trial.user_attrs
+        subdir = trial_subdir(sweep_dir, trial.number, attrs["uid"])
         run_dir = sweep_dir / subdir
         run_dir.mkdir(parents=True, exist_ok=True)
         single = len(objectives) == 1  # Optuna prunes single-objective studies only
         info = {"storage": spec, "study_name": name, "trial_id": trial._trial_id, "number": trial.number,
+                "uid": attrs["uid"], "cell": attrs["cell"],
                 "metric": next(iter(objectives)) if single else None,
                 "pruner": self.conf.pruner if single else "none", "pruner_kwargs": dict(self.conf.pruner_kwargs)}
-        (run_dir / TRIAL_FILE).write_text(json.dumps(info, indent=2))
-        trial.set_user_attr("worker", WORKER)
-        return [*fixed, *(as_override(k, v) for k, v in trial.params.items()), f"hydra.sweep.subdir={subdir}"]
+        tmp = run_dir / f".{TRIAL_FILE}.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(run_dir / TRIAL_FILE)  # atomic: a half-written trial.json would hide the trial's result
+        return [*fixed, *(as_override(k, v) for k, v in trial.params.items()), subdir_override(subdir)]
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: Any, objectives: dict[str, str],
-              budget: FailureBudget) -> None:
-        summary = job_summary(ret)
+    @staticmethod
+    def _tell(study: optuna.Study, trial_id: int, number: int, summary: dict[str, Any], run_dir: Path | None,
+              objectives: dict[str, str], params: dict[str, Any]) -> TrialState:
+        """Tell the study a trial's outcome from its summary; returns the state told."""
         status = str(summary.get("status"))
-        run_dir = job_run_dir(ret)
-        trial.set_user_attr("run_dir", str(run_dir) if run_dir else None)
-        trial.set_user_attr("status", status)
+        storage = study._storage
+        storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir) if run_dir else None)
+        storage.set_trial_user_attr(trial_id, "status", status)
         values = [summary.get(m) for m in objectives]
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+        shown = dict(zip(objectives, values, strict=True))
         if status == "completed" and finite:
             state = TrialState.COMPLETE
-            study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+            study.tell(number, [float(v) for v in values], skip_if_finished=True)  # type: ignore[arg-type]
         elif status == "pruned":
             state = TrialState.PRUNED
-            study.tell(trial, state=state)
+            study.tell(number, state=state, skip_if_finished=True)
         else:
             state = TrialState.FAIL
-            message = str(summary.get("message") or f"objective {dict(zip(objectives, values, strict=True))} is not finite")
-            trial.set_user_attr("message", message[:500])
-            study.tell(trial, state=state)
-        budget.add(state == TrialState.FAIL, f"trial {trial.number}", str(summary.get("message", "")))
-        log.info(f"trial {trial.number}: {state.name} {dict(zip(objectives, values, strict=True))} {trial.params}")
+            message = str(summary.get("message") or f"objective {shown} is not finite")
+            storage.set_trial_user_attr(trial_id, "message", message[:500])
+            study.tell(number, state=state, skip_if_finished=True)
+        log.info(f"trial {number}: {state.name} {shown} {params}")
+        return state
 
     @staticmethod
     def _log_best(study: optuna.Study, objectives: dict[str, str]) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 JOURNAL_PREFIX = "journal:"
 SAMPLERS = ("tpe", "random", "grid", "nsgaii")
@@ -63,13 +65,11 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
     def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
         return None
 
-    def all_finished(self, study: optuna.Study) -> bool:
-        """Every grid point has a finished trial (by params, so a re-queued retry of an orphan counts)."""
+    def all_finished(self, trials: Sequence[FrozenTrial]) -> bool:
+        """Every grid point has a finished trial among ``trials`` (by params, so a retry counts for its point)."""
         keys = list(self._search_space)
         points = {tuple(p) for p in itertools.product(*(self._search_space[k] for k in keys))}
-        done = {tuple(t.params.get(k) for k in keys)
-                for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
-                if t.state.is_finished() and not t.user_attrs.get("orphaned")}
+        done = {tuple(t.params.get(k) for k in keys) for t in trials if t.state.is_finished()}
         return points <= done
 
 

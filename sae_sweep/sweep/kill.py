@@ -1,0 +1,28 @@
+"""Named kill points: a test hook that ends the process at an exact line, as ``kill -9`` would.
+
+``SAE_SWEEP_KILL_AT=<point>`` makes the process exit (``os._exit(9)``: no cleanup, no flush, no
+``finally``) the first time it reaches ``kill_point("<point>")``; ``<point>:<n>`` the n-th time.
+Unset, a kill point costs one environment lookup. The points, in the order a trial meets them:
+``asked`` (a trial was just created in the study), ``requeued`` (a dead trial was just failed, before
+its retry exists), ``job_started`` (the job recorded its cell, before training) and ``before_tell``
+(the jobs of a batch returned, before the study is told).
+"""
+
+from __future__ import annotations
+
+import os
+
+KILL_ENV = "SAE_SWEEP_KILL_AT"
+_reached: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] == (int(nth) if nth else 1):
+        os._exit(9)
