@@ -6,6 +6,11 @@ Every run dir of a multirun gets a ``cell.json`` with this key, so a re-run of t
 tell which cells already finished, however their directories happen to be named. An Optuna trial is
 a cell of its own even when it repeats another trial's parameters: its key also hashes the trial's
 identity (``trial_cell`` in its trial.json), so every trial keeps its row in the results table.
+
+A run dir belongs to the first cell that records itself there. A run dir's name leaves out fields
+(``experiment``, ``data.path``: conf/config.yaml ``override_dirname.exclude_keys``), so two cells can
+be given the same name: the later one runs in ``<name>~<first 8 digits of its key>`` instead
+(``own_subdir``), and no record of a cell is ever replaced by another cell's.
 """
 
 from __future__ import annotations
@@ -110,3 +115,13 @@ def holds_record(run_dir: Path) -> bool:
     """Whether a run dir already holds some run's record."""
     return any((run_dir / f).exists() for f in (CELL_FILE, SUMMARY_FILE, TRIAL_FILE))
 
+
+def own_subdir(sweep_dir: Path, subdir: str, key: str) -> str:
+    """``subdir`` if it is free or already this cell's, else ``subdir~<key[:8]>`` (then the whole key)."""
+    for name in (subdir, f"{subdir}~{key[:8]}", f"{subdir}~{key}"):
+        run_dir = Path(sweep_dir) / name
+        cell = read_json(run_dir / CELL_FILE)
+        if (cell is not None and cell.get("cell_key") == key) or not holds_record(run_dir):
+            return name
+    raise FileExistsError(f"no free run dir for cell {key} under {sweep_dir}: {subdir}, {subdir}~{key[:8]} "
+                          f"and {subdir}~{key} all hold other cells' records")

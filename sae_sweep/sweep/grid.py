@@ -3,7 +3,8 @@
 Differences from ``BasicSweeper``: cells whose resolved config already completed in the sweep dir
 are skipped (so re-running an interrupted grid runs only the missing or failed cells); a failed cell
 is logged and the grid goes on, until failures exceed ``max_failure_rate``; the results table is
-written even when the sweep stops early.
+written even when the sweep stops early; a cell whose named run dir holds another cell's record
+(the name leaves out ``experiment`` and ``data.path``) runs in a dir of its own (cells.own_subdir).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from sae_sweep.sweep.cells import cell_key, finished_cells
+from sae_sweep.sweep.cells import cell_key, finished_cells, own_subdir, subdir_override
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_summary
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,22 @@ class SaeGridSweeper(BasicSweeper):
             if key in done or key in seen:
                 continue
             seen.add(key)
-            todo.append(overrides)
+            todo.append(self._own_dir(overrides, cfg, sweep_dir, key))
         skipped = len(cells) - len(todo)
         if skipped:
             log.info(f"resume: {skipped} of {len(cells)} cells already finished in {sweep_dir}, "
                      f"running {len(todo)}")
         return todo
+
+    @staticmethod
+    def _own_dir(overrides: list[str], cfg: DictConfig, sweep_dir: Path, key: str) -> list[str]:
+        """The cell's overrides, sending it to a dir of its own when its named dir holds another cell."""
+        subdir = str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+        own = own_subdir(sweep_dir, subdir, key)
+        if own == subdir:
+            return list(overrides)
+        log.info(f"run dir {subdir} holds another cell's record: this cell runs in {own}")
+        return [*overrides, subdir_override(own)]
 
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None

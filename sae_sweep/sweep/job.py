@@ -4,6 +4,12 @@ It records which cell the run is (cell.json) and, when the run is an Optuna tria
 evaluation to that trial through the shared storage so the study's pruner can stop it. The sweeper
 leaves ``trial.json`` in the run dir before launching; reaching the trial through storage rather than
 through the sweeper's memory is what makes pruning work in joblib workers or on SLURM nodes too.
+
+A run dir belongs to one cell (sweep/cells.py): the sweepers give a cell whose dir name is taken a
+dir of its own, and a job that still finds another cell's completed record in its dir (two sweeps of
+one name started at the same moment, or Hydra's own basic sweeper) fails without touching its
+summary, weights or metrics (Hydra has rewritten that dir's ``.hydra/`` by then: the sweepers'
+choice of dir is what keeps it).
 """
 
 from __future__ import annotations
@@ -15,13 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from sae_sweep.sweep.cells import SUMMARY_FILE, TRIAL_FILE, cell_key, read_json, write_cell
+from sae_sweep.sweep.cells import CELL_FILE, SUMMARY_FILE, TRIAL_FILE, cell_key, read_json, write_cell
 from sae_sweep.sweep.kill import kill_point
 
 if TYPE_CHECKING:  # Hydra imports the sweepers (and so this module) on every start: keep torch out
     from sae_sweep.train import StopFn
 
-__all__ = ["TRIAL_FILE", "record_failure", "start_job", "trial_cell", "trial_reporter"]
+__all__ = ["TRIAL_FILE", "RunDirTaken", "record_failure", "start_job", "trial_cell", "trial_reporter"]
+
+
+class RunDirTaken(RuntimeError):
+    """The job's run dir holds another cell's completed record, which a job never replaces."""
 
 
 def trial_cell(trial: dict[str, Any]) -> str:
@@ -33,6 +43,12 @@ def start_job(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> StopFn | 
     """Record the run's cell; return the trial's pruning hook when this run is a prunable trial."""
     trial = read_json(run_dir / TRIAL_FILE)
     key = cell_key(cfg, trial_cell(trial) if trial else None)
+    previous = read_json(run_dir / CELL_FILE)
+    summary = read_json(run_dir / SUMMARY_FILE)
+    if previous and previous.get("cell_key") != key and summary and summary.get("status") == "completed":
+        raise RunDirTaken(f"run dir {run_dir} holds the completed run of another cell ({previous.get('cell_key')}), "
+                          f"which is kept; this cell ({key}) is not run: give the sweep another name, or use the "
+                          f"sae_grid sweeper, which gives a cell whose dir is taken a dir of its own")
     # A stale record from an earlier attempt of this cell must not pass for this attempt's result.
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     write_cell(run_dir, key, overrides, trial=trial.get("number") if trial else None)
