@@ -22,7 +22,8 @@ from sae_sweep.sinks import read_wandb_offline_run
 from tests.sweep_helpers import cli_env, ok, run_sweep
 
 GRID = ["experiment=quickstart", "dict_size=32,64,128", "alpha=0.3,1", "seed=0,1", "train.threads=1",
-        "train.progress=false", "data.eval_size=2048"]
+        "train.progress=false", "data.eval_size=2048", "train.num_samples=2000000",
+        "hydra.callbacks.report.refine_rounds=0"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,11 @@ def test_multirun__ends_with_estimates_next_to_the_true_h(sweep):
         lo, hi = by_signal[signal]["interval"]
         assert lo <= 64 <= hi
     assert group["consensus"] == 64
+    # Right, but a factor-2 grid cannot say so to 10 %: the verdict asks for refinement.
+    assert group["verdict"]["verdict"] == "NOT TRUSTED"
+    assert [r.split(" (")[0] for r in group["verdict"]["reasons"]] == ["the J grid is too coarse at h-hat 64"]
+    assert group["alpha_selection"]["used"] == [0.3, 1.0]
+    assert 0 <= stdout.find("all: NOT TRUSTED: the J grid is too coarse") < stdout.find("estimate h")  # verdict first
 
 
 def test_multirun__every_signal_recovers_h_equal_to_n(tmp_path):
@@ -63,6 +69,7 @@ def test_multirun__every_signal_recovers_h_equal_to_n(tmp_path):
     proc = ok(subprocess.run(
         [sys.executable, "-m", "sae_sweep", "-m", "experiment=quickstart", "data.h=32", "dict_size=16,32,64",
          "alpha=0.3,1", "seed=0,1", "train.num_samples=1000000", "train.threads=1", "train.progress=false",
+         "hydra.callbacks.report.refine_rounds=0",
          "data.eval_size=2048", f"hydra.sweep.dir={sweep_dir}", "logger.wandb.mode=disabled"],
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600))
     assert "analysis failed" not in proc.stderr, proc.stderr[-3000:]

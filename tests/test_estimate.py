@@ -349,11 +349,9 @@ def test_estimate_loss_basin__h_below_the_grid_gives_the_smallest_size_and_says_
     assert "smaller" in est.note
 
 
-def test_estimate_loss_basin__a_single_alpha_gives_no_estimate():
+def test_estimate_loss_basin__a_single_working_alpha_gives_its_own_basin():
     est = estimate_loss_basin(build_loss_cells(64, alphas=[0.3]))
-    assert est.value is None
-    assert est.interval is None
-    assert "two alphas" in est.note
+    assert est.value == 64
 
 
 def test_estimate_loss_basin__a_single_size_gives_no_estimate():

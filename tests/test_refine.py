@@ -369,3 +369,13 @@ def test_cli__a_killed_refine_rerun_completes_its_round_once(coarse, tmp_path):
     df = table(sweep)
     assert len(df) == 6 + 2 * len(new_j) and df["cell_key"].is_unique
     assert _mtimes(sweep) == ran  # each cell ran exactly once
+
+
+def test_plan_round__a_trusted_dataset_is_not_refined():
+    cells = pd.DataFrame({"alpha": [0.3] * 3, "dict_size": [16, 32, 64], "seed": [0] * 3})
+    estimates = {"groups": [{"label": {}, "verdict": {"verdict": "TRUSTED"},
+                             "estimates": [{"signal": "loss_basin", "value": 32.0}]}]}
+    assert plan_round(estimates, cells) == []
+    estimates["groups"][0]["verdict"]["verdict"] = "NOT TRUSTED"
+    (plan,) = plan_round(estimates, cells)
+    assert plan.added_dict_sizes == [23, 45]

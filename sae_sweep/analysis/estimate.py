@@ -12,8 +12,8 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    this sense is highest at J = h: below h, latents hold blends of features that differ from seed to
    seed; beyond h, the surplus latents either die or settle as weak, seed-specific splits and blends
    (on toy data they keep firing for as long as we trained, so the firing-only count alone bends
-   only at 1.3-4 h; README, calibration). Per alpha, h' = the J with the highest reproduced share;
-   an alpha whose best share is below ``min_reproduced_share``, or whose peak is the grid's largest
+   only at 1.3-4 h; README, calibration). Per alpha, h' = the smallest J whose reproduced share is
+   within ``plateau`` of the highest (the start of the plateau, see :func:`plateau_start`); an alpha whose best share is below ``min_reproduced_share``, or whose peak is the grid's largest
    J, gives no estimate. With one seed (or no saved dictionaries) the firing-only count is used:
    a least-squares hinge in log-log coordinates, ``log2 alive = log2 J`` for J <= h' and a line of
    slope s in [0, 1] beyond; an alpha with fewer than ``min_dead_share`` dead latents at its largest
@@ -31,11 +31,13 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    dictionary J's atoms against dictionary J', each atom weighted by its firing frequency (atoms that
    never fire carry no weight). A right-sized dictionary holds the true features, and every larger
    dictionary holds them too, so its row is high across all larger J'; a smaller one learned blends
-   and a larger one learned split or spare atoms that other sizes do not share. h' is the J whose
-   worst agreement with any larger dictionary is highest (provided it reaches ``min_agreement``).
-   No ground truth is used.
+   and a larger one learned split or spare atoms that other sizes do not share. h' is the smallest J
+   whose worst agreement with any larger dictionary is within ``plateau`` of the highest (provided
+   that reaches ``min_agreement``): above h all sizes agree almost equally well, and an argmax there
+   picks whichever is noisiest. No ground truth is used.
 
-All thresholds are parameters; their defaults are the ones the calibration (README) was run with.
+Every estimator sees only the cells of the working alphas (``verdict.select_alphas``). All thresholds
+are parameters; their defaults are in ``report.AnalysisSettings``.
 """
 
 from __future__ import annotations
@@ -161,14 +163,21 @@ def reproduced_share(cells: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
-def _share_per_alpha(cells: pd.DataFrame, min_share: float) -> dict[float, float | None]:
-    """Reproduced latents: per alpha, the J with the highest share (None: too low, or at the grid's end)."""
+def plateau_start(values: np.ndarray, tolerance: float) -> int:
+    """Index of the first value within ``tolerance`` of the largest: the start of a plateau, not its
+    noisiest point (an argmax on a plateau of near-equal values picks any of them)."""
+    return int(np.flatnonzero(values >= values.max() - tolerance)[0])
+
+
+def _share_per_alpha(cells: pd.DataFrame, min_share: float, plateau: float = 0.0) -> dict[float, float | None]:
+    """Reproduced latents: per alpha, the smallest J whose share is within ``plateau`` of the highest
+    (None: too low, or at the grid's end)."""
     out: dict[float, float | None] = {}
     for alpha, g in reproduced_share(cells).groupby("alpha"):
         g = g.sort_values("dict_size")
         share = g["reproduced_share"].to_numpy()
-        k = int(share.argmax())  # ties: the smaller J
-        ok = len(g) >= 3 and share[k] >= min_share and k < len(g) - 1
+        k = plateau_start(share, plateau)
+        ok = len(g) >= 3 and share.max() >= min_share and k < len(g) - 1
         out[float(alpha)] = float(g["dict_size"].iloc[k]) if ok else None
     return out
 
@@ -182,7 +191,7 @@ def _reproduced_cells(cells: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
-                          min_reproduced_share: float = 0.7) -> Estimate:
+                          min_reproduced_share: float = 0.7, plateau: float = 0.0) -> Estimate:
     """Dead-latent estimate of h (module docstring, 1).
 
     ``cells`` needs alpha, dict_size, seed, alive; with a ``reproduced`` column (alive latents matched
@@ -194,7 +203,7 @@ def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
         data = rep
 
         def per_alpha_of(c: pd.DataFrame) -> dict[float, float | None]:
-            return _share_per_alpha(c, min_reproduced_share)
+            return _share_per_alpha(c, min_reproduced_share, plateau)
     else:
         data = cells
 
@@ -255,8 +264,8 @@ def _basin_h(cells: pd.DataFrame, tolerance: float, min_share: float) -> tuple[f
 def estimate_loss_basin(cells: pd.DataFrame, *, tolerance: float = 0.04, min_share: float = 0.5) -> Estimate:
     """Loss-basin estimate of h (module docstring, 2); ``cells`` needs alpha, dict_size, seed, loss."""
     seeds = sorted(cells["seed"].unique().tolist())
-    if cells["alpha"].nunique() < 2 or cells["dict_size"].nunique() < 2:
-        return Estimate("loss_basin", None, note="needs at least two alphas and two dictionary sizes")
+    if cells.empty or cells["dict_size"].nunique() < 2:
+        return Estimate("loss_basin", None, note="needs at least two dictionary sizes")
     value, share = _basin_h(cells, tolerance, min_share)
 
     def pooled(s: Sequence[int]) -> float | None:
@@ -292,18 +301,19 @@ def agreement_matrix(dictionaries: dict[int, tuple[np.ndarray, np.ndarray]]) -> 
     return out
 
 
-def agreement_h(matrix: pd.DataFrame, min_agreement: float) -> tuple[float | None, pd.Series]:
-    """The J whose worst agreement with a larger dictionary is highest; also every J's worst agreement."""
+def agreement_h(matrix: pd.DataFrame, min_agreement: float, plateau: float = 0.0) -> tuple[float | None, pd.Series]:
+    """The smallest J whose worst agreement with a larger dictionary is within ``plateau`` of the highest
+    (above h every J agrees with the larger ones almost equally well); also every J's worst agreement."""
     sizes = sorted(matrix.index)
     worst = pd.Series({j: matrix.loc[j, [k for k in sizes if k > j]].min() for j in sizes[:-1]}, dtype=float)
     worst = worst.dropna()
     if worst.empty or worst.max() < min_agreement:
         return None, worst
-    return float(worst.idxmax()), worst
+    return float(worst.index[plateau_start(worst.to_numpy(), plateau)]), worst
 
 
 def estimate_agreement(
-    matrices: dict[tuple[float, int], pd.DataFrame], *, min_agreement: float = 0.9
+    matrices: dict[tuple[float, int], pd.DataFrame], *, min_agreement: float = 0.9, plateau: float = 0.0
 ) -> Estimate:
     """Agreement estimate of h from ``matrices[(alpha, seed)]`` (module docstring, 3)."""
     alphas = sorted({a for a, _ in matrices})
@@ -313,7 +323,7 @@ def estimate_agreement(
         out = {}
         for a in alphas:
             ms = [matrices[(a, x)] for x in s if (a, x) in matrices]
-            out[a] = agreement_h(sum(ms) / len(ms), min_agreement)[0] if ms else None
+            out[a] = agreement_h(sum(ms) / len(ms), min_agreement, plateau)[0] if ms else None
         return out
 
     def pooled(s: Sequence[int]) -> float | None:
@@ -326,7 +336,7 @@ def estimate_agreement(
     rows = []
     for a in alphas:
         ms = [matrices[(a, x)] for x in seeds if (a, x) in matrices]
-        worst = agreement_h(sum(ms) / len(ms), min_agreement)[1]
+        worst = agreement_h(sum(ms) / len(ms), min_agreement, plateau)[1]
         rows += [{"alpha": a, "dict_size": int(j), "worst_agreement_with_larger": float(w)}
                  for j, w in worst.items()]
     note = "" if value is not None else f"no dictionary agrees with every larger one above {min_agreement}"

@@ -26,6 +26,7 @@ import pandas as pd
 
 from sae_sweep.analysis import estimate as est
 from sae_sweep.analysis import plots
+from sae_sweep.analysis import verdict as vd
 from sae_sweep.analysis.sweep_data import (
     group_slug,
     has_weights,
@@ -62,6 +63,16 @@ class AnalysisSettings:
     """h is the smallest J in the basin for at least this share of the alphas."""
     min_agreement: float = 0.9
     """The agreement estimate needs a J whose worst MMCS against every larger dictionary reaches this."""
+    agreement_plateau: float = 0.01
+    """Agreement: h is the smallest J whose worst agreement is within this of the best J's (not the argmax)."""
+    share_plateau: float = 0.03
+    """Dead latents: h is the smallest J whose reproduced share is within this of the highest share."""
+    min_converged_share: float = 0.5
+    """A working alpha needs this share of its runs converged; the verdict needs it over the working alphas."""
+    alpha_share_margin: float = 0.1
+    """A working alpha's best reproduced share is within this of the most reproducible alpha's."""
+    max_spread: float = 0.1
+    """TRUSTED needs every signal's value within this relative distance of their median."""
 
 
 @dataclass
@@ -74,6 +85,9 @@ class GroupReport:
     recovery: pd.DataFrame | None = None  # est.recovery_by_frequency, when the ground truth is known
     warnings: list[str] = field(default_factory=list)
     sensitivity: pd.DataFrame | None = None  # each signal's estimate with its main threshold varied
+    selection: vd.AlphaSelection | None = None  # the working alphas and why the others were excluded
+    verdict: vd.Verdict | None = None
+    refined: pd.DataFrame | None = None  # cells added by refinement (sae_sweep.refine): alpha, dict_size, round
 
     def consensus(self) -> float | None:
         """Median of the estimates that gave a value."""
@@ -142,10 +156,12 @@ def sensitivity(cells: pd.DataFrame, matches: Matches, matrices: dict[tuple[floa
     def run(parameter: str, value: float) -> float | None:
         if parameter == "reproduce_cos":
             return est.estimate_dead_latents(with_reproduced(cells, matches, value), min_dead_share=settings.min_dead_share,
-                                             min_reproduced_share=settings.min_reproduced_share).value
+                                             min_reproduced_share=settings.min_reproduced_share,
+                                             plateau=settings.share_plateau).value
         if parameter == "basin_tolerance":
             return est.estimate_loss_basin(cells, tolerance=value, min_share=settings.basin_min_share).value
-        return est.estimate_agreement(matrices, min_agreement=value).value if matrices else None
+        return (est.estimate_agreement(matrices, min_agreement=value, plateau=settings.agreement_plateau).value
+                if matrices else None)
 
     rows = []
     for parameter, (signal, grid) in SENSITIVITY_GRID.items():
@@ -165,15 +181,24 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
     h = true_h(cells)
     dictionaries = load_dictionaries(cells)
     matches = match_cosines(cells, dictionaries, settings.min_frequency)
-    cells = with_reproduced(cells, matches, settings.reproduce_cos)
+    all_cells = with_reproduced(cells, matches, settings.reproduce_cos)
+    selection = vd.select_alphas(all_cells, min_converged_share=settings.min_converged_share,
+                                 min_reproduced_share=settings.min_reproduced_share,
+                                 alpha_share_margin=settings.alpha_share_margin)
+    selection.evidence.to_csv(out_dir / "alphas.csv", index=False)
+    # Every signal pools the working alphas only; with none, they run on all (the verdict says why not to trust them).
+    cells = all_cells[all_cells["alpha"].isin(selection.used)] if selection.used else all_cells
     matrices = agreement_matrices(cells, dictionaries)
     estimates = [
         est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share,
-                                  min_reproduced_share=settings.min_reproduced_share),
+                                  min_reproduced_share=settings.min_reproduced_share, plateau=settings.share_plateau),
         est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance, min_share=settings.basin_min_share),
-        est.estimate_agreement(matrices, min_agreement=settings.min_agreement),
+        est.estimate_agreement(matrices, min_agreement=settings.min_agreement, plateau=settings.agreement_plateau),
     ]
     dead, basin, agree = estimates
+    trust = vd.verdict(all_cells, selection, {e.signal: e.value for e in estimates},
+                       min_converged_share=settings.min_converged_share,
+                       min_reproduced_share=settings.min_reproduced_share, max_spread=settings.max_spread)
     robustness = sensitivity(cells, matches, matrices, settings)
     robustness.to_csv(out_dir / "sensitivity.csv", index=False)
     for e in estimates:  # the evidence behind each estimate, as a table beside the figures
@@ -210,7 +235,7 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
         warnings.append("these runs divide the L1 term by J (sae.l1_norm=latents), so one alpha is a weaker "
                         "penalty at larger J; the dead-latent and loss-basin estimates compare J at unequal "
                         "penalties. Sweep with sae.l1_norm=inputs for estimation.")
-    return GroupReport(label, h, len(cells), estimates, figures, by_frequency, warnings, robustness)
+    return GroupReport(label, h, len(all_cells), estimates, figures, by_frequency, warnings, robustness, selection, trust)
 
 
 def analyze(sweep_dir: Path, settings: AnalysisSettings | None = None,
@@ -223,6 +248,15 @@ def analyze(sweep_dir: Path, settings: AnalysisSettings | None = None,
         raise ValueError(f"{sweep_dir} holds no completed runs to analyse")
     reports = [analyze_group(label, g, sweep_dir / "analysis" / group_slug(label), settings)
                for label, g in split_groups(cells)]
+    from sae_sweep.sweep.refine import refined_cells  # pandas and json only
+
+    try:
+        refined = refined_cells(sweep_dir)
+    except ValueError:  # an unreadable refinement.json: the report goes on without it
+        refined = None
+    for r in reports:
+        if refined is not None and not refined.empty:
+            r.refined = refined[refined["dataset"] == group_slug(r.label)].reset_index(drop=True)
     write_estimates(sweep_dir, reports, settings)
     write_report(sweep_dir, reports, settings)
     return reports
@@ -242,6 +276,9 @@ def _interval(e: est.Estimate) -> str:
 def write_estimates(sweep_dir: Path, reports: list[GroupReport], settings: AnalysisSettings) -> None:
     blob = {"settings": asdict(settings), "groups": [
         {"label": r.label, "true_h": r.true_h, "cells": r.n_cells, "consensus": r.consensus(),
+         "verdict": r.verdict.as_dict() if r.verdict is not None else None,
+         "alpha_selection": r.selection.as_dict() if r.selection is not None else None,
+         "refined_cells": r.refined.to_dict("records") if r.refined is not None else [],
          "estimates": [e.as_dict() for e in r.estimates], "warnings": r.warnings,
          "recovery_by_frequency": r.recovery.to_dict("records") if r.recovery is not None else None,
          "sensitivity": r.sensitivity.to_dict("records") if r.sensitivity is not None else None,
@@ -249,9 +286,20 @@ def write_estimates(sweep_dir: Path, reports: list[GroupReport], settings: Analy
     (sweep_dir / ESTIMATES_FILE).write_text(json.dumps(blob, indent=2, default=str))
 
 
+def verdict_lines(reports: list[GroupReport]) -> list[str]:
+    """One line per dataset: its verdict, and for NOT TRUSTED why and what to do."""
+    return [f"{group_slug(r.label)}: {r.verdict.line()}" for r in reports if r.verdict is not None]
+
+
 def estimates_table(reports: list[GroupReport]) -> str:
-    """A plain-text table of every group's estimates next to the true h (printed after a sweep)."""
-    lines = [f"{'dataset':<18} {'signal':<22} {'estimate h':>10} {'90% interval':>16} {'true h':>7}"]
+    """The verdicts, then a plain-text table of every group's estimates next to the true h (printed after a sweep)."""
+    lines = [*verdict_lines(reports)]
+    for r in reports:
+        if r.selection is not None:
+            used = ", ".join(f"{a:g}" for a in r.selection.used) or "none"
+            lines.append(f"{group_slug(r.label)}: working alphas {used}"
+                         + "".join(f"; alpha {a:g} excluded ({why})" for a, why in r.selection.excluded.items()))
+    lines.append(f"{'dataset':<18} {'signal':<22} {'estimate h':>10} {'90% interval':>16} {'true h':>7}")
     for r in reports:
         name = group_slug(r.label)
         for e in [*r.estimates, None]:
@@ -263,6 +311,7 @@ def estimates_table(reports: list[GroupReport]) -> str:
 
 def write_report(sweep_dir: Path, reports: list[GroupReport], settings: AnalysisSettings) -> None:
     md = [f"# Feature-count report: `{sweep_dir.name}`", ""]
+    md += [f"**{line}**" for line in verdict_lines(reports)] + [""]
     command = _sweep_command(sweep_dir)
     if command:
         md += ["Sweep:", "", "```bash", command, "```", ""]
@@ -288,9 +337,32 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
            "alphas. **dictionary_agreement**: frequency-weighted MMCS of dictionary J's atoms against each larger "
            "dictionary at the same alpha; ĥ is the J whose worst agreement is highest. No estimator uses the "
            "ground truth; the MMCS heatmap and the recovery plot do.", ""]
+    md += ["**Verdict**: TRUSTED needs, with no ground truth: a working alpha and two or more seeds; at least "
+           f"{settings.min_converged_share:.0%} of the working alphas' runs converged; two or more signals within "
+           f"{settings.max_spread:.0%} of their median; that median inside the J grid; and at J near it a reproduced share "
+           f"of at least {settings.min_reproduced_share:.0%} (`sae_sweep/analysis/verdict.py`). Working alphas: converged, "
+           "reproducible across seeds, and within the margin of the most reproducible alpha; every signal pools only them.",
+           ""]
     for r in reports:
         md += [f"## Dataset `{group_slug(r.label)}` ({r.n_cells} completed runs, true h = {_fmt(r.true_h)})", ""]
+        if r.verdict is not None:
+            md += [f"Verdict: **{r.verdict.label}**", ""] + [f"- {why}" for why in r.verdict.reasons]
+            md += [""] if r.verdict.reasons else []
         md += [f"**Warning**: {w}" for w in r.warnings] + ([""] if r.warnings else [])
+        if r.selection is not None and not r.selection.evidence.empty:
+            md += ["Alphas (the signals pool the used ones):", "",
+                   "| alpha | runs | converged | best reproduced share (J) | FVU at largest J | used | reason |",
+                   "|---|---|---|---|---|---|---|"]
+            for x in r.selection.evidence.itertuples():
+                conv = f"{x.converged_share:.0%}" if math.isfinite(x.converged_share) else "-"
+                rep = (f"{x.best_reproduced_share:.0%} ({x.best_reproduced_j:.0f})"
+                       if math.isfinite(x.best_reproduced_share) else "-")
+                fvu = f"{x.fvu_at_largest_j:.3f}" if math.isfinite(getattr(x, "fvu_at_largest_j", math.nan)) else "-"
+                md.append(f"| {x.alpha:g} | {x.runs} | {conv} | {rep} | {fvu} | {'yes' if x.used else 'no'} | {x.reason} |")
+            md.append("")
+        if r.refined is not None and not r.refined.empty:
+            added = ", ".join(f"(alpha {x.alpha:g}, J {x.dict_size}, round {x.round})" for x in r.refined.itertuples())
+            md += [f"Cells added by refinement (`python -m sae_sweep.refine`): {added}.", ""]
         if r.sensitivity is not None and not r.sensitivity.empty:
             md += ["Sensitivity: each estimate with its main threshold varied (bold: this report's setting). An "
                    "estimate that moves with the threshold is weaker evidence than one that does not.", "",
@@ -317,11 +389,18 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
 
 
 def _sweep_command(sweep_dir: Path) -> str | None:
-    path = sweep_dir / "multirun.yaml"
-    if not path.exists():
-        return None
-    from omegaconf import OmegaConf
+    """The sweep's original command: from refinement.json when refined (every multirun rewrites multirun.yaml)."""
+    try:
+        record = json.loads((sweep_dir / "refinement.json").read_text())
+        task = record.get("task_overrides") if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        task = None
+    if task is None:
+        path = sweep_dir / "multirun.yaml"
+        if not path.exists():
+            return None
+        from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(path)
-    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+        cfg = OmegaConf.load(path)
+        task = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
     return "python -m sae_sweep -m " + " ".join(str(t) for t in task)

@@ -32,8 +32,9 @@ class SweepReport(Callback):
     """
 
     def __init__(self, enabled: bool = True, wandb_mode: str = "offline", project: str = "sae_sweep",
-                 **settings: float) -> None:
+                 refine_rounds: int = 0, **settings: float) -> None:
         self.enabled, self.wandb_mode, self.project, self.settings = enabled, wandb_mode, project, settings
+        self.refine_rounds = int(refine_rounds)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -48,8 +49,29 @@ class SweepReport(Callback):
             log.info("report: skipped (needs completed runs at two or more dictionary sizes)")
             return
         try:
-            run_analysis(sweep_dir, AnalysisSettings(**self.settings), wandb_mode=self.wandb_mode,
-                         project=self.project, group=str(config.name), cells=cells)
+            reports = run_analysis(sweep_dir, AnalysisSettings(**self.settings), wandb_mode=self.wandb_mode,
+                                   project=self.project, group=str(config.name), cells=cells)
         except Exception as exc:  # the analysis must never cost the sweep its results
             log.warning(f"report: analysis failed ({type(exc).__name__}: {exc}); re-run it with "
                         f"python -m sae_sweep.analyze {sweep_dir}")
+            return
+        if self.refine_rounds > 0 and any(r.verdict is not None and not r.verdict.trusted for r in reports):
+            self._refine(config, sweep_dir)
+
+    def _refine(self, config: DictConfig, sweep_dir: Path) -> None:
+        """``python -m sae_sweep.refine`` on this sweep (report.refine_rounds rounds). Its multiruns get
+        refine_rounds=0, so they never refine again, and this process's launcher."""
+        from hydra.core.hydra_config import HydraConfig
+
+        from sae_sweep.sweep.refine import RefineError, refine
+
+        launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
+        extra = ["hydra.callbacks.report.refine_rounds=0"]
+        if launcher and launcher != "basic":
+            extra.append(f"hydra/launcher={launcher}")
+        log.info(f"report: not trusted yet; refining the grid ({self.refine_rounds} rounds at most)")
+        try:
+            refine(sweep_dir, rounds=self.refine_rounds, extra_args=extra)
+        except (RefineError, OSError) as exc:
+            log.warning(f"report: refinement stopped ({exc}); resume it with python -m sae_sweep.refine {sweep_dir} "
+                        f"--rounds {self.refine_rounds}")

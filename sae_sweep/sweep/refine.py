@@ -115,6 +115,12 @@ class DatasetPlan:
     best_alpha: float | None
     added_dict_sizes: list[int] = field(default_factory=list)
     added_alphas: list[float] = field(default_factory=list)
+    used_alphas: list[float] = field(default_factory=list)  # the analysis's working alphas (empty: all)
+
+    @property
+    def new_j_alphas(self) -> list[float]:
+        """The alphas new J run at: the working alphas (out-of-band ones would not be pooled anyway)."""
+        return self.used_alphas or self.grid_alphas
 
     @property
     def empty(self) -> bool:
@@ -122,7 +128,7 @@ class DatasetPlan:
 
     def cells(self) -> list[tuple[float, int]]:
         """(alpha, J) of every cell this plan adds, each once (seeds not counted)."""
-        out = [(a, j) for j in self.added_dict_sizes for a in self.grid_alphas]
+        out = [(a, j) for j in self.added_dict_sizes for a in self.new_j_alphas]
         out += [(a, j) for a in self.added_alphas for j in sorted({*self.grid_dict_sizes, *self.added_dict_sizes})]
         return out
 
@@ -133,7 +139,8 @@ def _plain(v: Any) -> Any:
 
 
 def plan_round(estimates: dict[str, Any], cells: pd.DataFrame) -> list[DatasetPlan]:
-    """One plan per dataset found both in ``estimates.json`` and among the completed ``cells``."""
+    """One plan per dataset found both in ``estimates.json`` and among the completed ``cells``, except
+    datasets whose verdict is already TRUSTED."""
     from sae_sweep.analysis.sweep_data import group_slug, split_groups
 
     by_slug = {group_slug(g.get("label") or {}): g for g in estimates.get("groups", [])}
@@ -143,8 +150,11 @@ def plan_round(estimates: dict[str, Any], cells: pd.DataFrame) -> list[DatasetPl
         if slug not in by_slug:
             continue
         est = by_slug[slug]
+        if (est.get("verdict") or {}).get("verdict") == "TRUSTED":
+            continue  # already resolved: nothing to refine
         values = {str(e.get("signal")): e.get("value") for e in est.get("estimates", [])}
         best = (est.get("alpha_selection") or {}).get("best")
+        used = sorted(float(a) for a in (est.get("alpha_selection") or {}).get("used") or [])
         grid_j = sorted(int(j) for j in group["dict_size"].unique())
         grid_a = sorted(float(a) for a in group["alpha"].unique())
         plan = DatasetPlan(
@@ -153,7 +163,8 @@ def plan_round(estimates: dict[str, Any], cells: pd.DataFrame) -> list[DatasetPl
             estimates={k: (None if v is None else float(v)) for k, v in values.items()},
             best_alpha=None if best is None else float(best),
             added_dict_sizes=propose_dict_sizes(grid_j, list(values.values())),
-            added_alphas=propose_alpha(grid_a, None if best is None else float(best)))
+            added_alphas=propose_alpha(grid_a, None if best is None else float(best)),
+            used_alphas=[a for a in used if any(math.isclose(a, g, rel_tol=1e-6) for g in grid_a)])
         plans.append(plan)
     return plans
 
@@ -190,7 +201,7 @@ def dataset_overrides(task_overrides: Sequence[str], label: dict[str, Any]) -> l
 def round_commands(plans: Sequence[DatasetPlan], task_overrides: Sequence[str], sweep_dir: Path,
                    extra_args: Sequence[str] = (), analysis_overrides: Sequence[str] = (),
                    python: str = sys.executable) -> list[list[str]]:
-    """The multiruns of one round: per dataset, the new J at every grid alpha, then the new alpha at
+    """The multiruns of one round: per dataset, the new J at every working alpha, then the new alpha at
     every J. Only the round's last multirun runs the analysis (each one would analyse the whole dir)."""
     cmds: list[list[str]] = []
     for p in plans:
@@ -199,7 +210,7 @@ def round_commands(plans: Sequence[DatasetPlan], task_overrides: Sequence[str], 
         seeds = f"seed={_numbers(p.seeds)}"
         if p.added_dict_sizes:
             cmds.append([*base, f"dict_size={_numbers(p.added_dict_sizes)}",
-                         f"alpha={_numbers(p.grid_alphas)}", seeds])
+                         f"alpha={_numbers(p.new_j_alphas)}", seeds])
         if p.added_alphas:
             every_j = sorted({*p.grid_dict_sizes, *p.added_dict_sizes})
             cmds.append([*base, f"alpha={_numbers(p.added_alphas)}", f"dict_size={_numbers(every_j)}", seeds])

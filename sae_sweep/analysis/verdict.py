@@ -1,0 +1,184 @@
+"""Which alphas can be believed, and whether the estimate of h can: pure functions over a dataset's cells.
+
+**Working alphas** (:func:`select_alphas`), decided before any signal pools them, from evidence that
+needs no ground truth:
+
+1. *converged*: at least ``min_converged_share`` of the alpha's runs met the convergence rule
+   (``sae_sweep/convergence.py``; sweeps recorded before it existed count as unknown and pass);
+2. *reproducible* (two or more seeds): the alpha's best share of latents reproduced by another seed,
+   over J, reaches ``min_reproduced_share``: SAEs that are not trained to a stable dictionary, or an
+   alpha so small that codes stay dense, disagree from seed to seed;
+3. *as reproducible as the best alpha*: that best share is within ``alpha_share_margin`` of the most
+   reproducible alpha's. An alpha that merges features (too large) or blends them (too small) still
+   reproduces across seeds, but less than an alpha in the working band, where the dictionary is the
+   true features and both seeds find them (the issue that motivated this: on every setting the most
+   reproducible alpha gave h).
+
+**Verdict** (:func:`verdict`): TRUSTED when every check below holds, else NOT TRUSTED with each failed
+check's reason and remedy:
+
+- at least one working alpha; two or more seeds;
+- converged: at least ``min_converged_share`` of the working alphas' runs;
+- at least two signals gave a value, and every value lies within ``max_spread`` (relative) of their
+  median: the three signals read different properties of the grid (reproducibility, losses,
+  agreement between sizes), so they agree only when the dictionary at h-hat is what they all see;
+- not at the grid's edge: h-hat below the grid's largest J, and above its smallest;
+- resolved: the grid's J on either side of h-hat are within a factor ``1 + 2 max_spread`` of it (a
+  factor-2 grid can only be right when h sits on it; ``python -m sae_sweep.refine`` adds the J between);
+- reproducible at h-hat: the reproduced share at the grid J nearest h-hat reaches
+  ``min_reproduced_share`` at some working alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+TRUSTED, NOT_TRUSTED = "TRUSTED", "NOT TRUSTED"
+
+
+@dataclass
+class AlphaSelection:
+    used: list[float]
+    excluded: dict[float, str]  # alpha -> why
+    best: float | None  # the most reproducible working alpha (None without a reproduced count)
+    evidence: pd.DataFrame  # per alpha: converged share, best reproduced share and its J, fvu at the largest J
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"used": self.used, "excluded": {f"{a:g}": r for a, r in self.excluded.items()}, "best": self.best}
+
+
+def alpha_evidence(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per alpha: runs, converged share (NaN when unrecorded), best reproduced share over J and its J."""
+    rows = []
+    for alpha, g in cells.groupby("alpha"):
+        conv = g["converged"] if "converged" in g.columns else pd.Series(dtype=object)
+        known = conv.dropna()
+        row: dict[str, Any] = {"alpha": float(alpha), "runs": len(g),
+                               "converged_share": float(known.astype(bool).mean()) if len(known) else math.nan,
+                               "best_reproduced_share": math.nan, "best_reproduced_j": math.nan}
+        if "reproduced" in g.columns and g["reproduced"].notna().any() and g["seed"].nunique() >= 2:
+            m = g.dropna(subset=["reproduced"]).groupby("dict_size")["reproduced"].mean()
+            share = m / m.index.to_numpy(dtype=float)
+            row["best_reproduced_share"], row["best_reproduced_j"] = float(share.max()), float(share.idxmax())
+        if "fvu" in g.columns:
+            row["fvu_at_largest_j"] = float(g[g["dict_size"] == g["dict_size"].max()]["fvu"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def select_alphas(cells: pd.DataFrame, *, min_converged_share: float, min_reproduced_share: float,
+                  alpha_share_margin: float) -> AlphaSelection:
+    """The working alphas of one dataset (module docstring); every alpha is used or excluded with a reason."""
+    ev = alpha_evidence(cells)
+    excluded: dict[float, str] = {}
+    shares = ev["best_reproduced_share"].dropna()
+    top = float(shares.max()) if len(shares) else math.nan
+    top_alpha = float(ev.loc[ev["best_reproduced_share"].idxmax(), "alpha"]) if len(shares) else None
+    for r in ev.itertuples():
+        if math.isfinite(r.converged_share) and r.converged_share < min_converged_share:
+            excluded[r.alpha] = (f"unconverged: {r.converged_share:.0%} of its runs converged "
+                                 f"(needs {min_converged_share:.0%})")
+        elif math.isfinite(r.best_reproduced_share) and r.best_reproduced_share < min_reproduced_share:
+            excluded[r.alpha] = (f"not reproducible: at most {r.best_reproduced_share:.0%} of latents reproduced "
+                                 f"by another seed (J = {r.best_reproduced_j:.0f}; needs {min_reproduced_share:.0%})")
+        elif math.isfinite(r.best_reproduced_share) and r.best_reproduced_share < top - alpha_share_margin:
+            excluded[r.alpha] = (f"out of band: best reproduced share {r.best_reproduced_share:.0%} against "
+                                 f"{top:.0%} at alpha {top_alpha:g} (margin {alpha_share_margin:.0%})")
+    used = [float(a) for a in ev["alpha"] if float(a) not in excluded]
+    best = top_alpha if top_alpha is not None and top_alpha in used else None
+    ev["used"] = [float(a) not in excluded for a in ev["alpha"]]
+    ev["reason"] = [excluded.get(float(a), "") for a in ev["alpha"]]
+    return AlphaSelection(used, excluded, best, ev)
+
+
+@dataclass
+class Verdict:
+    trusted: bool
+    reasons: list[str] = field(default_factory=list)  # each failed check: what and the remedy
+    checks: dict[str, Any] = field(default_factory=dict)  # the measured numbers behind it
+
+    @property
+    def label(self) -> str:
+        return TRUSTED if self.trusted else NOT_TRUSTED
+
+    def line(self) -> str:
+        return self.label if self.trusted else f"{self.label}: " + "; ".join(self.reasons)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.label, "reasons": self.reasons, "checks": self.checks}
+
+
+def reproduced_share_near(cells: pd.DataFrame, alphas: Sequence[float], h: float) -> float:
+    """The highest reproduced share, over ``alphas``, at the grid J nearest h (log scale); NaN if unknown."""
+    if "reproduced" not in cells.columns or not math.isfinite(h) or h <= 0:
+        return math.nan
+    c = cells[cells["alpha"].isin(alphas)].dropna(subset=["reproduced"])
+    if c.empty:
+        return math.nan
+    sizes = np.array(sorted(c["dict_size"].unique()), dtype=float)
+    j = sizes[np.abs(np.log(sizes) - math.log(h)).argmin()]
+    at = c[c["dict_size"] == j].groupby("alpha")["reproduced"].mean() / j
+    return float(at.max())
+
+
+def verdict(cells: pd.DataFrame, selection: AlphaSelection, values: dict[str, float | None], *,
+            min_converged_share: float, min_reproduced_share: float, max_spread: float) -> Verdict:
+    """TRUSTED or NOT TRUSTED for one dataset, from its cells, working alphas and each signal's value."""
+    reasons: list[str] = []
+    checks: dict[str, Any] = {"alphas_used": selection.used,
+                              "alphas_excluded": {f"{a:g}": r for a, r in selection.excluded.items()}}
+    seeds = int(cells["seed"].nunique())
+    checks["seeds"] = seeds
+    if seeds < 2:
+        reasons.append("one seed: reproducibility cannot be measured (remedy: sweep seed=0,1,2)")
+    if not selection.used:
+        why = "; ".join(f"alpha {a:g} {r}" for a, r in selection.excluded.items())
+        reasons.append(f"no working alpha ({why}) (remedy: train longer, or sweep alphas around the least bad one)")
+        return Verdict(False, reasons, checks)
+    used = cells[cells["alpha"].isin(selection.used)]
+    if "converged" in used.columns and used["converged"].notna().any():
+        share = float(used["converged"].dropna().astype(bool).mean())
+        checks["converged_share"] = share
+        if share < min_converged_share:
+            reasons.append(f"only {share:.0%} of the working alphas' runs converged (remedy: raise train.num_samples)")
+    given = {k: v for k, v in values.items() if v is not None and math.isfinite(v)}
+    checks["signals"] = given
+    if len(given) < 2:
+        missing = ", ".join(k for k in values if k not in given) or "all"
+        reasons.append(f"fewer than two signals gave a value (none from {missing}) "
+                       "(remedy: widen the J grid, more seeds, or train longer)")
+        return Verdict(False, reasons, checks)
+    mid = float(np.median(list(given.values())))
+    spread = max(abs(v - mid) / mid for v in given.values())
+    checks["consensus"], checks["spread"] = mid, spread
+    if spread > max_spread:
+        far = ", ".join(f"{k} {v:.0f}" for k, v in given.items())
+        reasons.append(f"the signals disagree by up to {spread:.0%} of their median {mid:.0f} ({far}; allowed "
+                       f"{max_spread:.0%}) (remedy: refine the J grid, train longer, or more seeds)")
+    j_min, j_max = float(cells["dict_size"].min()), float(cells["dict_size"].max())
+    if mid >= j_max:
+        reasons.append(f"h-hat {mid:.0f} is at the grid's largest J {j_max:.0f} (remedy: widen the J grid upwards)")
+    elif mid <= j_min:
+        reasons.append(f"h-hat {mid:.0f} is at the grid's smallest J {j_min:.0f} (remedy: widen the J grid downwards)")
+    else:
+        sizes = sorted(float(j) for j in cells["dict_size"].unique())
+        below = max(j for j in sizes if j < mid * (1 - 1e-9)) if any(j < mid * (1 - 1e-9) for j in sizes) else mid
+        above = min(j for j in sizes if j > mid * (1 + 1e-9)) if any(j > mid * (1 + 1e-9) for j in sizes) else mid
+        step = max(mid / below, above / mid)
+        checks["grid_step_at_h"] = step
+        if step > 1 + 2 * max_spread:
+            reasons.append(f"the J grid is too coarse at h-hat {mid:.0f} (neighbours {below:.0f} and {above:.0f}: "
+                           f"a factor {step:.2g}, allowed {1 + 2 * max_spread:.2g}) (remedy: python -m sae_sweep.refine "
+                           "<sweep dir> --rounds 2)")
+    rep = reproduced_share_near(cells, selection.used, mid)
+    checks["reproduced_share_at_h"] = rep
+    if math.isfinite(rep) and rep < min_reproduced_share:
+        reasons.append(f"at J near h-hat only {rep:.0%} of latents are reproduced by another seed "
+                       f"(needs {min_reproduced_share:.0%}) (remedy: train longer or more seeds)")
+    return Verdict(not reasons, reasons, checks)

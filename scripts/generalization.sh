@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The generalization study of the feature-count estimate (README, "Estimates you can trust"): eight
+# toy settings the estimators were not calibrated on, each a coarse sweep (gen_<x> recipes), then one
+# round of refinement, then the table of estimates and verdicts against the true h.
+#   bash scripts/generalization.sh            all eight (tuning half a-d, held-back half e-h)
+#   bash scripts/generalization.sh a b c d    only these settings
+# Two jobs at a time on one torch thread each (on a 2-core machine two 2-thread runs slow each other
+# several times over). Runtime: see the README's table. Resumable: re-run the same command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+SETTINGS=("$@")
+[ ${#SETTINGS[@]} -gt 0 ] || SETTINGS=(a b c d e f g h)
+LAUNCH=(hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1 train.progress=false logger.wandb.mode=disabled)
+for s in "${SETTINGS[@]}"; do
+  "$PY" -m sae_sweep -m "experiment=gen_$s" "${LAUNCH[@]}"
+done
+if [ "${SAE_SWEEP_REFINE:-1}" = 1 ]; then
+  for s in "${SETTINGS[@]}"; do
+    "$PY" -m sae_sweep.refine "outputs/gen_$s" --rounds 1 -- "${LAUNCH[@]}"
+  done
+fi
+"$PY" scripts/generalization_table.py "${SETTINGS[@]}"

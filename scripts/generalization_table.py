@@ -1,0 +1,86 @@
+"""The generalization study's table: per toy setting, the true h, each signal, the consensus and the verdict.
+
+    python scripts/generalization_table.py [a b c ...]     (reads outputs/gen_<x>/; default: all eight)
+
+Settings a-d are the tuning half, e-h the held-back half (conf/experiment/gen_base.yaml). Prints a
+markdown table and the issue's targets checked on each half: every signal within 10 % of h on every
+TRUSTED setting, no TRUSTED verdict outside 10 %, and the share of settings TRUSTED.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+TUNING, HELD_BACK = ("a", "b", "c", "d"), ("e", "f", "g", "h")
+SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setting(name: str) -> dict:
+    data = yaml.safe_load((ROOT / "conf" / "experiment" / f"gen_{name}.yaml").read_text())["data"]
+    return {"n": data["n"], "h": data["h"], "decay": data["decay"], "corr": data["correlation"],
+            "active": data["mean_active"], "extra": ", ".join(f"{k} {v}" for k, v in data.items()
+                                                             if k in ("magnitude_decay", "noise_std"))}
+
+
+def _row(name: str) -> dict | None:
+    sweep = ROOT / "outputs" / f"gen_{name}"
+    if not (sweep / "estimates.json").exists():
+        return None
+    (group,) = json.loads((sweep / "estimates.json").read_text())["groups"]
+    runs = pd.read_parquet(sweep / "runs.parquet")
+    done = runs[runs["status"] == "completed"]
+    values = {e["signal"]: e["value"] for e in group["estimates"]}
+    h = group["true_h"]
+    verdict = (group.get("verdict") or {}).get("verdict", "-")
+    given = [v for v in values.values() if v is not None]
+    return {"setting": name, "half": "tuning" if name in TUNING else "held-back", **_setting(name),
+            **{s: values.get(s) for s in SIGNALS}, "consensus": group["consensus"], "verdict": verdict,
+            "reasons": "; ".join((group.get("verdict") or {}).get("reasons", [])),
+            "alphas": ", ".join(f"{a:g}" for a in (group.get("alpha_selection") or {}).get("used", [])),
+            "worst_error": max((abs(v - h) / h for v in given), default=float("nan")),
+            "consensus_error": abs(group["consensus"] - h) / h if group["consensus"] else float("nan"),
+            "runs": len(done), "converged": float(done["converged"].astype(bool).mean()) if "converged" in done else None,
+            "samples_M": float(done["samples"].sum()) / 1e6, "train_min": float(done["wall_time_s"].sum()) / 60}
+
+
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return f"{v:.0f}" if isinstance(v, float) else str(v)
+
+
+def main(names: list[str]) -> None:
+    rows = [r for r in (_row(n) for n in names) if r is not None]
+    if not rows:
+        sys.exit("generalization_table: no outputs/gen_<x>/estimates.json yet")
+    print("| setting | half | n | h | h/n | decay | corr | active | other | dead_latents | loss_basin | agreement | "
+          "consensus | error | verdict | working alphas | runs | converged | samples | run time |")
+    print("|" + "---|" * 20)
+    for r in rows:
+        print(f"| {r['setting']} | {r['half']} | {r['n']} | {r['h']} | {r['h'] / r['n']:.2g} | {r['decay']} | "
+              f"{r['corr']:g} | {r['active']:g} | {r['extra'] or '-'} | {_fmt(r['dead_latents'])} | "
+              f"{_fmt(r['loss_basin'])} | {_fmt(r['dictionary_agreement'])} | {_fmt(r['consensus'])} | "
+              f"{r['consensus_error']:.0%} | {r['verdict']} | {r['alphas']} | {r['runs']} | "
+              f"{r['converged']:.0%} | {r['samples_M']:.0f} M | {r['train_min']:.0f} min |")
+    print()
+    for r in rows:
+        if r["verdict"] != "TRUSTED":
+            print(f"- {r['setting']}: {r['verdict']}: {r['reasons']}")
+    for half in ("tuning", "held-back"):
+        part = [r for r in rows if r["half"] == half]
+        if not part:
+            continue
+        trusted = [r for r in part if r["verdict"] == "TRUSTED"]
+        wrong = [r["setting"] for r in trusted if not r["worst_error"] <= 0.1]
+        print(f"{half}: {len(trusted)} of {len(part)} TRUSTED; TRUSTED with a signal off by more than 10 %: "
+              f"{', '.join(wrong) or 'none'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or [*TUNING, *HELD_BACK])

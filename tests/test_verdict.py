@@ -1,0 +1,158 @@
+"""Working alphas and the verdict on planted cells; the plateau rules of the estimators."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sae_sweep.analysis.estimate import agreement_h, estimate_dead_latents, plateau_start
+from sae_sweep.analysis.verdict import AlphaSelection, select_alphas, verdict
+
+GRID = [16, 32, 64, 128, 256]
+FINE = [32, 38, 45, 54, 64, 76, 91]
+SELECT = {"min_converged_share": 0.5, "min_reproduced_share": 0.7, "alpha_share_margin": 0.1}
+TRUST = {"min_converged_share": 0.5, "min_reproduced_share": 0.7, "max_spread": 0.1}
+
+
+def build_cells(peaks: dict[float, tuple[int, float]], *, grid: list[int] = GRID, seeds: tuple[int, ...] = (0, 1),
+                converged: dict[float, float] | None = None) -> pd.DataFrame:
+    """Per alpha, a reproduced share that peaks at ``peaks[alpha] = (J, share)`` and falls by 0.2 per grid
+    step on either side; ``converged[alpha]`` the share of the alpha's runs flagged converged."""
+    rows = []
+    for alpha, (j_peak, top) in peaks.items():
+        k_peak = grid.index(j_peak)
+        runs = [(j, s) for j in grid for s in seeds]
+        n_conv = round((converged or {}).get(alpha, 1.0) * len(runs))
+        for i, (j, seed) in enumerate(runs):
+            share = max(top - 0.2 * abs(grid.index(j) - k_peak), 0.05)
+            rows.append({"alpha": alpha, "dict_size": j, "seed": seed, "reproduced": share * j,
+                         "converged": i < n_conv, "fvu": 0.1 * alpha})
+    return pd.DataFrame(rows)
+
+
+# --- working alphas ------------------------------------------------------------------------------
+def test_select_alphas__all_in_band_are_used_and_the_most_reproducible_is_best():
+    s = select_alphas(build_cells({0.1: (64, 0.9), 0.3: (64, 0.95), 1.0: (64, 0.88)}), **SELECT)
+    assert s.used == [0.1, 0.3, 1.0] and s.excluded == {} and s.best == 0.3
+
+
+def test_select_alphas__an_unconverged_alpha_is_excluded_with_its_share():
+    s = select_alphas(build_cells({0.1: (64, 0.9), 0.3: (64, 0.95)}, converged={0.1: 0.3}), **SELECT)
+    assert s.used == [0.3]
+    assert s.excluded[0.1].startswith("unconverged: 30% of its runs")
+
+
+def test_select_alphas__an_alpha_no_seed_reproduces_is_excluded():
+    s = select_alphas(build_cells({0.1: (64, 0.41), 0.3: (64, 0.95)}), **SELECT)
+    assert s.used == [0.3] and "not reproducible: at most 41%" in s.excluded[0.1]
+
+
+def test_select_alphas__an_alpha_well_below_the_most_reproducible_is_out_of_band():
+    # a large alpha that merged features: reproducible, peaking at h/2, but less so than the working band
+    s = select_alphas(build_cells({0.1: (64, 0.93), 0.3: (64, 0.95), 1.0: (32, 0.8)}), **SELECT)
+    assert s.used == [0.1, 0.3] and s.best == 0.3
+    assert "out of band: best reproduced share 80% against 95% at alpha 0.3" in s.excluded[1.0]
+    assert list(s.evidence["used"]) == [True, True, False]
+
+
+def test_select_alphas__without_seeds_or_convergence_records_every_alpha_is_used():
+    cells = build_cells({0.1: (64, 0.9), 0.3: (64, 0.9)}, seeds=(0,)).drop(columns=["reproduced", "converged"])
+    s = select_alphas(cells, **SELECT)
+    assert s.used == [0.1, 0.3] and s.best is None
+    assert s.evidence["converged_share"].isna().all()
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+def _selected(cells: pd.DataFrame) -> AlphaSelection:
+    return select_alphas(cells, **SELECT)
+
+
+def test_verdict__trusted_when_signals_agree_on_a_fine_grid_near_h():
+    cells = build_cells({0.1: (54, 0.92), 0.3: (54, 0.95)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 50}, **TRUST)
+    assert v.trusted and v.reasons == [] and v.line() == "TRUSTED"
+    assert v.checks["consensus"] == 54 and v.checks["grid_step_at_h"] == pytest.approx(54 / 45)
+
+
+def test_verdict__a_factor_2_grid_is_too_coarse_and_names_the_refine_command():
+    cells = build_cells({0.1: (64, 0.92), 0.3: (64, 0.95)})
+    v = verdict(cells, _selected(cells), {"dead_latents": 64, "loss_basin": 64, "dictionary_agreement": 64}, **TRUST)
+    assert not v.trusted and len(v.reasons) == 1
+    assert "too coarse at h-hat 64 (neighbours 32 and 128" in v.reasons[0] and "sae_sweep.refine" in v.reasons[0]
+    assert v.line().startswith("NOT TRUSTED: ")
+
+
+def test_verdict__signals_that_disagree_are_not_trusted():
+    cells = build_cells({0.1: (54, 0.92), 0.3: (54, 0.95)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 76, "dictionary_agreement": 45}, **TRUST)
+    assert not v.trusted and any("signals disagree" in r for r in v.reasons)
+
+
+def test_verdict__unconverged_runs_say_train_longer():
+    cells = build_cells({0.1: (54, 0.92), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: 0.55, 0.3: 0.1})
+    sel = _selected(cells)
+    assert sel.used == [0.1]
+    cells.loc[cells["alpha"] == 0.1, "converged"] = [True] * 6 + [False] * 8  # 43 % of the working alpha's runs
+    v = verdict(cells, sel, {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 54}, **TRUST)
+    assert not v.trusted and any("converged (remedy: raise train.num_samples)" in r for r in v.reasons)
+
+
+def test_verdict__no_working_alpha_names_each_exclusion():
+    cells = build_cells({0.1: (64, 0.4), 0.3: (64, 0.5)})
+    v = verdict(cells, _selected(cells), {"dead_latents": None, "loss_basin": 64, "dictionary_agreement": 64}, **TRUST)
+    assert not v.trusted and v.reasons[0].startswith("no working alpha (alpha 0.1 not reproducible")
+
+
+def test_verdict__an_estimate_at_the_largest_j_says_widen_the_grid():
+    cells = build_cells({0.3: (91, 0.9)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": None, "loss_basin": 91, "dictionary_agreement": 91}, **TRUST)
+    assert not v.trusted and any("largest J 91 (remedy: widen the J grid upwards)" in r for r in v.reasons)
+
+
+def test_verdict__one_signal_is_not_enough():
+    cells = build_cells({0.3: (54, 0.9)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": None, "loss_basin": 54, "dictionary_agreement": None}, **TRUST)
+    assert not v.trusted and "fewer than two signals" in v.reasons[0]
+
+
+def test_verdict__one_seed_is_not_trusted():
+    cells = build_cells({0.3: (54, 0.9)}, grid=FINE, seeds=(0,))
+    v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 54}, **TRUST)
+    assert not v.trusted and "one seed" in v.reasons[0]
+
+
+def test_verdict__low_reproducibility_at_h_hat_is_not_trusted():
+    cells = build_cells({0.3: (54, 0.9)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": 76, "loss_basin": 76, "dictionary_agreement": 76}, **TRUST)
+    assert v.checks["reproduced_share_at_h"] == pytest.approx(0.5)
+    assert not v.trusted and any("at J near h-hat only 50%" in r for r in v.reasons)
+
+
+# --- plateau rules -------------------------------------------------------------------------------
+def test_plateau_start__is_the_first_value_within_the_tolerance_of_the_largest():
+    v = np.array([0.5, 0.9, 0.997, 0.9997, 0.999])
+    assert plateau_start(v, 0.0) == 3  # the argmax
+    assert plateau_start(v, 0.01) == 2  # the start of the plateau
+    assert plateau_start(v, 0.5) == 0
+
+
+def test_agreement_h__takes_the_start_of_the_plateau_not_a_noisy_argmax():
+    sizes = [32, 64, 128, 256, 512]
+    worst = {32: 0.85, 64: 0.997, 128: 0.9997, 256: 0.999}  # h = 64; 128 wins the argmax by 0.003
+    m = pd.DataFrame(np.nan, index=sizes, columns=sizes)
+    for j, w in worst.items():
+        for k in sizes:
+            if k > j:
+                m.loc[j, k] = w
+    assert agreement_h(m, 0.9)[0] == 128
+    assert agreement_h(m, 0.9, plateau=0.01)[0] == 64
+
+
+def test_estimate_dead_latents__plateau_takes_the_smallest_j_of_near_equal_shares():
+    cells = build_cells({0.3: (64, 0.9)})
+    cells.loc[cells["dict_size"] == 128, "reproduced"] = 0.91 * 128  # beats J = 64 by 0.01
+    assert estimate_dead_latents(cells.assign(alive=cells["dict_size"])).value == 128
+    assert estimate_dead_latents(cells.assign(alive=cells["dict_size"]), plateau=0.03).value == 64
