@@ -32,7 +32,7 @@ from tests.sweep_helpers import cli_env, ok, table
 
 GRID = ["experiment=quickstart", "train.num_samples=60000", "train.eval_every=30000", "dict_size=16,32,64",
         "alpha=0.3", "seed=0,1", "logger.wandb.mode=disabled", "train.threads=1", "train.progress=false",
-        "data.eval_size=1024"]
+        "data.eval_size=1024", "hydra.callbacks.report.refine_rounds=0"]
 
 
 # --- the proposal rule ---------------------------------------------------------------------------
@@ -379,3 +379,33 @@ def test_plan_round__a_trusted_dataset_is_not_refined():
     estimates["groups"][0]["verdict"]["verdict"] = "NOT TRUSTED"
     (plan,) = plan_round(estimates, cells)
     assert plan.added_dict_sizes == [23, 45]
+
+
+def test_multirun__refine_rounds_refines_an_untrusted_sweep_by_itself(tmp_path):
+    """hydra.callbacks.report.refine_rounds (the quickstart sets 2): the sweep's own end refines it."""
+    sweep_dir = tmp_path / "auto"
+    grid = [g for g in GRID if not g.startswith(("hydra.callbacks.report.refine_rounds", "dict_size"))]
+    proc = ok(subprocess.run([sys.executable, "-m", "sae_sweep", "-m", *grid, "dict_size=16,32,64,128",
+                              "hydra.callbacks.report.refine_rounds=1",
+                              # seconds-long runs neither converge nor reproduce: the mechanism is under test here
+                              "hydra.callbacks.report.min_converged_share=0", "hydra.callbacks.report.min_reproduced_share=0",
+                              f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=cli_env(), capture_output=True,
+                             text=True, timeout=300))
+    record = json.loads((sweep_dir / RECORD_FILE).read_text())
+    assert [r["status"] for r in record["rounds"]] == ["finished"]  # one round, and its multiruns did not refine again
+    assert all("hydra.callbacks.report.refine_rounds=0" in c for c in record["rounds"][0]["commands"])
+    added = record["rounds"][0]["datasets"][0]["added_dict_sizes"]
+    runs = pd.read_parquet(sweep_dir / "runs.parquet")
+    assert set(added) <= set(runs["dict_size"]) and len(runs) == runs["cell_key"].nunique()
+    assert "refining the grid" in proc.stderr + proc.stdout
+    report = (sweep_dir / "report.md").read_text()
+    assert "Cells added by refinement" in report and "python -m sae_sweep -m experiment=quickstart" in report
+
+
+def test_plan_round__a_dataset_whose_alphas_were_extended_once_is_not_extended_again():
+    cells = pd.DataFrame({"alpha": [0.1, 0.3, 1.0] * 3, "dict_size": [16] * 3 + [32] * 3 + [64] * 3, "seed": [0] * 9})
+    estimates = {"groups": [{"label": {}, "alpha_selection": {"used": [0.1, 0.3, 1.0], "best": 0.1},
+                             "estimates": [{"signal": "loss_basin", "value": 32.0}]}]}
+    assert plan_round(estimates, cells)[0].added_alphas == [0.0333]
+    (plan,) = plan_round(estimates, cells, extended={"all"})
+    assert plan.added_alphas == [] and plan.added_dict_sizes == [23, 45]

@@ -82,13 +82,13 @@ def test_verdict__a_factor_2_grid_is_too_coarse_and_names_the_refine_command():
     v = verdict(cells, _selected(cells), {"dead_latents": 64, "loss_basin": 64, "dictionary_agreement": 64}, **TRUST)
     assert not v.trusted and len(v.reasons) == 1
     assert "too coarse at h-hat 64 (neighbours 32 and 128" in v.reasons[0] and "sae_sweep.refine" in v.reasons[0]
-    assert v.line().startswith("NOT TRUSTED: ")
+    assert v.line().startswith("NOT TRUSTED: ") and v.wants_refinement
 
 
 def test_verdict__signals_that_disagree_are_not_trusted():
     cells = build_cells({0.1: (54, 0.92), 0.3: (54, 0.95)}, grid=FINE)
     v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 76, "dictionary_agreement": 45}, **TRUST)
-    assert not v.trusted and any("signals disagree" in r for r in v.reasons)
+    assert not v.trusted and any("signals disagree" in r for r in v.reasons) and not v.wants_refinement
 
 
 def test_verdict__unconverged_runs_say_train_longer():

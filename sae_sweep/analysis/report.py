@@ -63,13 +63,13 @@ class AnalysisSettings:
     """h is the smallest J in the basin for at least this share of the alphas."""
     min_agreement: float = 0.9
     """The agreement estimate needs a J whose worst MMCS against every larger dictionary reaches this."""
-    agreement_plateau: float = 0.01
+    agreement_plateau: float = 0.005
     """Agreement: h is the smallest J whose worst agreement is within this of the best J's (not the argmax)."""
-    share_plateau: float = 0.03
+    share_plateau: float = 0.02
     """Dead latents: h is the smallest J whose reproduced share is within this of the highest share."""
     min_converged_share: float = 0.5
     """A working alpha needs this share of its runs converged; the verdict needs it over the working alphas."""
-    alpha_share_margin: float = 0.1
+    alpha_share_margin: float = 0.05
     """A working alpha's best reproduced share is within this of the most reproducible alpha's."""
     max_spread: float = 0.1
     """TRUSTED needs every signal's value within this relative distance of their median."""

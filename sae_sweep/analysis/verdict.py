@@ -104,6 +104,11 @@ class Verdict:
     checks: dict[str, Any] = field(default_factory=dict)  # the measured numbers behind it
 
     @property
+    def wants_refinement(self) -> bool:
+        """NOT TRUSTED for a reason more J would answer: a coarse grid at h-hat or h-hat at its edge."""
+        return bool(self.checks.get("refine"))
+
+    @property
     def label(self) -> str:
         return TRUSTED if self.trusted else NOT_TRUSTED
 
@@ -173,6 +178,7 @@ def verdict(cells: pd.DataFrame, selection: AlphaSelection, values: dict[str, fl
         step = max(mid / below, above / mid)
         checks["grid_step_at_h"] = step
         if step > 1 + 2 * max_spread:
+            checks["refine"] = True
             reasons.append(f"the J grid is too coarse at h-hat {mid:.0f} (neighbours {below:.0f} and {above:.0f}: "
                            f"a factor {step:.2g}, allowed {1 + 2 * max_spread:.2g}) (remedy: python -m sae_sweep.refine "
                            "<sweep dir> --rounds 2)")

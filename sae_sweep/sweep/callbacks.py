@@ -55,17 +55,17 @@ class SweepReport(Callback):
             log.warning(f"report: analysis failed ({type(exc).__name__}: {exc}); re-run it with "
                         f"python -m sae_sweep.analyze {sweep_dir}")
             return
-        if self.refine_rounds > 0 and any(r.verdict is not None and not r.verdict.trusted for r in reports):
+        if self.refine_rounds > 0 and any(r.verdict is not None and r.verdict.wants_refinement for r in reports):
             self._refine(config, sweep_dir)
 
     def _refine(self, config: DictConfig, sweep_dir: Path) -> None:
         """``python -m sae_sweep.refine`` on this sweep (report.refine_rounds rounds). Its multiruns get
         refine_rounds=0, so they never refine again, and this process's launcher."""
-        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
 
         from sae_sweep.sweep.refine import RefineError, refine
 
-        launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
+        launcher = OmegaConf.select(config, "hydra.runtime.choices", default={}).get("hydra/launcher")
         extra = ["hydra.callbacks.report.refine_rounds=0"]
         if launcher and launcher != "basic":
             extra.append(f"hydra/launcher={launcher}")

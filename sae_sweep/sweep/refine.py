@@ -138,9 +138,11 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def plan_round(estimates: dict[str, Any], cells: pd.DataFrame) -> list[DatasetPlan]:
+def plan_round(estimates: dict[str, Any], cells: pd.DataFrame, extended: set[str] = frozenset()) -> list[DatasetPlan]:
     """One plan per dataset found both in ``estimates.json`` and among the completed ``cells``, except
-    datasets whose verdict is already TRUSTED."""
+    datasets whose verdict is already TRUSTED. Datasets in ``extended`` had their alpha grid extended in an
+    earlier round and get no second extension (the most reproducible alpha can move from one edge to the
+    other as cells are added: extending after it would sweep alphas without end)."""
     from sae_sweep.analysis.sweep_data import group_slug, split_groups
 
     by_slug = {group_slug(g.get("label") or {}): g for g in estimates.get("groups", [])}
@@ -163,7 +165,7 @@ def plan_round(estimates: dict[str, Any], cells: pd.DataFrame) -> list[DatasetPl
             estimates={k: (None if v is None else float(v)) for k, v in values.items()},
             best_alpha=None if best is None else float(best),
             added_dict_sizes=propose_dict_sizes(grid_j, list(values.values())),
-            added_alphas=propose_alpha(grid_a, None if best is None else float(best)),
+            added_alphas=[] if slug in extended else propose_alpha(grid_a, None if best is None else float(best)),
             used_alphas=[a for a in used if any(math.isclose(a, g, rel_tol=1e-6) for g in grid_a)])
         plans.append(plan)
     return plans
@@ -404,7 +406,8 @@ def refine(sweep_dir: Path, rounds: int = 1, extra_args: Sequence[str] = (), dry
             cells = load_cells(sweep_dir)
             if cells.empty:
                 raise RefineError("sweep_dir", sweep_dir, "holds no completed cells to refine")
-            plans = [p for p in plan_round(estimates, cells) if not p.empty]
+            extended = {d["dataset"] for r in record["rounds"] for d in r.get("datasets", []) if d.get("added_alphas")}
+            plans = [p for p in plan_round(estimates, cells, extended) if not p.empty]
             if not plans:
                 log(f"refine: round {done + 1}: nothing new to propose (no estimate, or its midpoints are on the grid already)")
                 return 0
