@@ -17,7 +17,7 @@ for s in "${SETTINGS[@]}"; do
 done
 if [ "${SAE_SWEEP_REFINE:-1}" = 1 ]; then
   for s in "${SETTINGS[@]}"; do
-    "$PY" -m sae_sweep.refine "outputs/gen_$s" --rounds 1 -- "${LAUNCH[@]}"
+    "$PY" -m sae_sweep.refine "outputs/gen_$s" --rounds 3 -- "${LAUNCH[@]}"
   done
 fi
 "$PY" scripts/generalization_table.py "${SETTINGS[@]}"
