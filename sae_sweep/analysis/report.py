@@ -330,12 +330,14 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
     md += ["", "Thresholds: " + ", ".join(f"`{k}={v}`" for k, v in asdict(settings).items()) + ".", "",
            "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: a latent is alive when it fires and "
            "(with two or more seeds) another seed's dictionary at the same (alpha, J) has an alive atom within the "
-           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the J with the highest share of such latents (one seed: a hinge in "
+           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the smallest J whose share of such latents is within the share "
+           "plateau of the highest (one seed: a hinge in "
            "log-log coordinates through the firing-only count, an upper bound); median over alphas. "
            "**loss_basin**: a cell is in the basin when its total loss is within the tolerance of the best "
            "dictionary size at that alpha; ĥ is the smallest J in the basin for at least the minimum share of "
            "alphas. **dictionary_agreement**: frequency-weighted MMCS of dictionary J's atoms against each larger "
-           "dictionary at the same alpha; ĥ is the J whose worst agreement is highest. No estimator uses the "
+           "dictionary at the same alpha; ĥ is the smallest J whose worst agreement is within the agreement plateau of the "
+           "highest. Every signal pools only the working alphas. No estimator uses the "
            "ground truth; the MMCS heatmap and the recovery plot do.", ""]
     md += ["**Verdict**: TRUSTED needs, with no ground truth: a working alpha and two or more seeds; at least "
            f"{settings.min_converged_share:.0%} of the working alphas' runs converged; two or more signals within "
