@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The generalization study of the feature-count estimate (README, "Estimates you can trust"): eight
-# toy settings the estimators were not calibrated on, each a coarse sweep (gen_<x> recipes), then one
-# round of refinement, then the table of estimates and verdicts against the true h.
+# toy settings the estimators were not calibrated on, each a coarse sweep (gen_<x> recipes), then up to three
+# rounds of refinement, then the table of estimates and verdicts against the true h.
 #   bash scripts/generalization.sh            all eight (tuning half a-d, held-back half e-h)
 #   bash scripts/generalization.sh a b c d    only these settings
 # Two jobs at a time on one torch thread each (on a 2-core machine two 2-thread runs slow each other
@@ -12,12 +12,10 @@ PY=${PYTHON:-.venv/bin/python}
 SETTINGS=("$@")
 [ ${#SETTINGS[@]} -gt 0 ] || SETTINGS=(a b c d e f g h)
 LAUNCH=(hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1 train.progress=false logger.wandb.mode=disabled)
-for s in "${SETTINGS[@]}"; do
+for s in "${SETTINGS[@]}"; do  # each setting whole (coarse, then refinement) before the next
   "$PY" -m sae_sweep -m "experiment=gen_$s" "${LAUNCH[@]}"
-done
-if [ "${SAE_SWEEP_REFINE:-1}" = 1 ]; then
-  for s in "${SETTINGS[@]}"; do
+  if [ "${SAE_SWEEP_REFINE:-1}" = 1 ]; then
     "$PY" -m sae_sweep.refine "outputs/gen_$s" --rounds 3 -- "${LAUNCH[@]}"
-  done
-fi
+  fi
+done
 "$PY" scripts/generalization_table.py "${SETTINGS[@]}"
