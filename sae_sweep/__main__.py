@@ -74,8 +74,9 @@ def one_line(exc: BaseException) -> str:
             m = re.match(r"full_key:\s*(\S+)", line)
             if m:
                 line = f"(field {m.group(1)})"
-            elif not line or line.startswith("object_type=") or line.startswith("reference_type="):
+            elif not line or line.startswith(("object_type=", "reference_type=")):
                 continue
+            line = line.split(" Config search path:")[0]  # Hydra's list of search paths helps no user
             if line not in seen:
                 seen.add(line)
                 parts.append(line)
@@ -90,17 +91,16 @@ def multirun_job(cfg) -> Job:
     summary.json in the run dir before the error propagates, so the sweeper records the job.
     """
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
     from sae_sweep.run import Job
-    from sae_sweep.sweep.job import record_failure, start_job
+    from sae_sweep.sweep.job import record_failure, start_job, to_run_config
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
         # Record the cell (for grid resume) and reach the Optuna trial, if any, for pruning.
         should_stop = start_job(cfg, run_dir, list(hc.overrides.task))
-        run_cfg = OmegaConf.to_object(cfg)
+        run_cfg = to_run_config(cfg)
     except Exception as exc:
         record_failure(run_dir, exc)
         raise
@@ -121,10 +121,10 @@ def job_objective(summary: dict, run_dir: Path) -> float | None:
 def _task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
     from sae_sweep.config import ConfigError
     from sae_sweep.run import RunFailed, format_summary, run
+    from sae_sweep.sweep.job import to_run_config
 
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
@@ -133,8 +133,9 @@ def _task(cfg) -> float | None:
         return job_objective(summary, job.run_dir)
     run_dir = Path(hc.runtime.output_dir)
     try:
-        run_cfg = OmegaConf.to_object(cfg)
+        run_cfg = to_run_config(cfg)
     except ConfigError as exc:
+        _remove_fresh_run_dir(run_dir)
         _die(str(exc), EXIT_BAD_CONFIG)
     summary = run(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name)
     print(format_summary(summary, run_dir))
@@ -142,6 +143,20 @@ def _task(cfg) -> float | None:
         return job_objective(summary, run_dir)
     except RunFailed as exc:
         _die(str(exc), EXIT_RUN_FAILED)
+
+
+def _remove_fresh_run_dir(run_dir: Path) -> None:
+    """A rejected single run leaves nothing: Hydra made its dir (.hydra/ and the job's log) just now."""
+    import shutil
+
+    if not run_dir.is_dir() or any(p.name not in (".hydra", "__main__.log") for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:  # outputs/<name>/runs/, outputs/<name>/, outputs/ when now empty
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def main() -> None:

@@ -23,6 +23,12 @@ L1_NORMS = ("latents", "inputs")
 WANDB_MODES = ("offline", "online", "disabled")
 SCALES = ("none", "unit_norm")
 ACTIVATION_DTYPES = ("float16", "float32")
+MAX_SEED = 2**63 - 1  # every seed fits a signed 64-bit column of the results table (and torch's generator)
+NPY_MAGIC = b"\x93NUMPY"
+# The final metrics every summary.json holds (null where a run has none, e.g. mmcs without ground truth):
+# what an Optuna study may optimise.
+SUMMARY_METRICS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu",
+                   "l0", "dead", "alive")
 
 
 class ConfigError(ValueError):
@@ -115,7 +121,7 @@ class ToyDataConfig:
             "in (0, 1]",
         )
         _check(_is_num(self.noise_std) and self.noise_std >= 0.0, f"{path}.noise_std", self.noise_std, ">= 0")
-        _check(_is_int(self.seed) and self.seed >= 0, f"{path}.seed", self.seed, "an integer >= 0")
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, f"{path}.seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _check(
             _is_int(self.eval_size) and self.eval_size >= 1,
             f"{path}.eval_size",
@@ -189,6 +195,9 @@ class ActivationsDataConfig:
             "an integer >= 1",
         )
         rows, width = activation_file_shape(self.path, path)
+        if rows < 2:
+            raise ConfigError(f"{path}.path: {self.path} has {rows} rows; it needs at least 2 (the last "
+                              f"{path}.eval_size rows are held out, the rest train)")
         _check(
             self.eval_size < rows,
             f"{path}.eval_size",
@@ -206,6 +215,7 @@ class ActivationsDataConfig:
                 raise ConfigError(
                     f"{path}.path: the \"mean\" in {self.path}.json must be a list of {width} finite numbers"
                 )
+        check_finite_rows(self.path, path)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -218,6 +228,13 @@ def _one_line(text: str) -> str:
 def activation_file_shape(file: str, path: str = "data") -> tuple[int, int]:
     """(rows, n) of a 2-D float16/float32 .npy file, from its header (nothing but the header is read)."""
     prefix = f"{path}.path: {file} is not a readable 2-D float .npy file"
+    try:
+        with open(file, "rb") as fh:
+            magic = fh.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise ConfigError(f"{prefix} ({_one_line(exc) or type(exc).__name__})") from None
+    if magic != NPY_MAGIC:  # np.load would take any other file for a pickle
+        raise ConfigError(f"{prefix} (no .npy header: the file does not start with {NPY_MAGIC!r})")
     try:
         arr = np.load(file, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -232,6 +249,29 @@ def activation_file_shape(file: str, path: str = "data") -> tuple[int, int]:
     if arr.dtype.name not in ACTIVATION_DTYPES:
         raise ConfigError(f"{prefix} (dtype {arr.dtype}; allowed {', '.join(ACTIVATION_DTYPES)})")
     return int(arr.shape[0]), int(arr.shape[1])
+
+
+_FINITE_CHECKED: dict[tuple[str, int, int], None] = {}
+
+
+def check_finite_rows(file: str, path: str = "data", chunk_rows: int = 1 << 16) -> None:
+    """Every value of the activation file is finite (NaN or inf would only surface as a diverged run).
+
+    Reads the whole file once per process (memoised by path, size and modification time): about a
+    second per GB."""
+    st = Path(file).stat()
+    key = (str(file), st.st_size, st.st_mtime_ns)
+    if key in _FINITE_CHECKED:
+        return
+    arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    for lo in range(0, arr.shape[0], chunk_rows):
+        block = np.asarray(arr[lo : lo + chunk_rows])
+        finite = np.isfinite(block)
+        if not finite.all():
+            row, col = (int(i) for i in np.argwhere(~finite)[0])
+            raise ConfigError(f"{path}.path: {file} must hold finite numbers only, got {block[row, col]} at row "
+                              f"{lo + row}, column {col}")
+    _FINITE_CHECKED[key] = None
 
 
 def read_activation_metadata(file: str, path: str = "data") -> dict[str, Any]:
@@ -325,8 +365,8 @@ class TrainConfig:
 
     def validate(self, path: str = "train") -> None:
         _check(_is_num(self.lr) and self.lr > 0, f"{path}.lr", self.lr, "a number > 0")
-        _check(self.batch_seed is None or (_is_int(self.batch_seed) and self.batch_seed >= 0),
-               f"{path}.batch_seed", self.batch_seed, "null or an integer >= 0")
+        _check(self.batch_seed is None or (_is_int(self.batch_seed) and 0 <= self.batch_seed <= MAX_SEED),
+               f"{path}.batch_seed", self.batch_seed, f"null or an integer in [0, {MAX_SEED}]")
         _check(_is_int(self.lanes) and self.lanes >= 0, f"{path}.lanes", self.lanes, "an integer >= 0")
         _check(self.sparse_below is None or (_is_num(self.sparse_below) and 0.0 <= self.sparse_below <= 1.0),
                f"{path}.sparse_below", self.sparse_below, "null or a number in [0, 1]")
@@ -432,7 +472,7 @@ class RunConfig:
             self.dict_size,
             "a positive integer",
         )
-        _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _check(
             isinstance(self.name, str) and len(self.name) > 0 and "/" not in self.name,
             "name",

@@ -23,7 +23,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sae_sweep.config import RunConfig, loss_normalisation, trainer_alpha
+from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.sae import SAE
@@ -31,8 +31,6 @@ from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
 from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
-SUMMARY_KEYS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu",
-                "l0", "dead", "alive")
 LATENTS_FILE = "latents.safetensors"
 
 
@@ -159,7 +157,7 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
     if error is not None:
         summary["status"], summary["message"] = FAILED, f"{type(error).__name__}: {error}"
     final = outcome.final if outcome is not None else {}
-    summary.update({k: _finite_or_none(final.get(k)) for k in SUMMARY_KEYS})
+    summary.update({k: _finite_or_none(final.get(k)) for k in SUMMARY_METRICS})
     # The convergence rule's verdict and the last window's two numbers (convergence.py).
     summary.update({"converged": outcome.converged if outcome is not None else False,
                     "loss_change": _finite_or_none(final.get("loss_change")),

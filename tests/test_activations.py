@@ -82,7 +82,7 @@ def _bad_file(tmp_path: Path, kind: str) -> Path:
 
 
 BAD_FILES = {"truncated": "mmap length is greater than file size", "1-D": "shape (5000,)", "int": "dtype int32",
-             "pickle": "Python objects", "text": "pickled"}
+             "pickle": "Python objects", "text": "no .npy header"}
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)

@@ -34,21 +34,21 @@ def test_grid__one_run_dir_per_cell_one_wandb_run_each_and_a_results_table(tmp_p
 
 def test_grid_resume__skips_cells_finished_under_any_spelling_and_reruns_only_failed_ones(tmp_path: Path) -> None:
     sweep = tmp_path / "grid"
-    first = ok(run_sweep(sweep, "alpha=0.1,-1"))  # alpha=-1 fails validation in its job
+    first = ok(run_sweep(sweep, "train.lr=0.001,1e30"))  # lr=1e30 diverges in its job
     assert "1 of 2 runs failed" in first.stderr + first.stdout
     df = table(sweep)
-    assert sorted(df["status"]) == ["completed", "failed"]
-    assert "alpha must be" in df.loc[df["status"] == "failed", "message"].item()
+    assert sorted(df["status"]) == ["completed", "diverged"]
+    assert "loss became" in df.loc[df["status"] == "diverged", "message"].item()
     done = sweep / df.loc[df["status"] == "completed", "run"].item() / "summary.json"
     mtime = done.stat().st_mtime_ns
 
     # The same cells, alpha=0.1 spelled differently (another directory name) and a field that only
     # changes logging: a cell is recognised by its resolved config, not by its directory.
-    again = ok(run_sweep(sweep, "alpha=0.10,-1", "train.progress=true"))
+    again = ok(run_sweep(sweep, "train.lr=0.0010,1e30", "train.progress=true"))
     assert "resume: 1 of 2 cells already finished" in again.stderr + again.stdout
     assert done.stat().st_mtime_ns == mtime  # the finished cell did not run again
     df = table(sweep)
-    assert len(df) == 2 and sorted(df["status"]) == ["completed", "failed"]
+    assert len(df) == 2 and sorted(df["status"]) == ["completed", "diverged"]
 
 
 def test_grid_resume__a_grid_killed_mid_run_finishes_on_rerun_with_every_cell_once(tmp_path: Path) -> None:
@@ -76,13 +76,13 @@ def test_grid_resume__a_grid_killed_mid_run_finishes_on_rerun_with_every_cell_on
 
 def test_grid__stops_with_a_one_line_error_when_failures_exceed_the_rate_and_keeps_the_table(tmp_path: Path) -> None:
     sweep = tmp_path / "grid"
-    proc = run_sweep(sweep, "alpha=-1,0.1,0.2", "hydra.sweeper.max_batch_size=1",
+    proc = run_sweep(sweep, "train.lr=1e30,0.001,0.002", "hydra.sweeper.max_batch_size=1",
                      "hydra.sweeper.max_failure_rate=0")
     assert proc.returncode == 3
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("sae_sweep: error: 1 of 1 runs failed") and "max_failure_rate" in last
     df = table(sweep)
-    assert list(df["status"]) == ["failed"]
+    assert list(df["status"]) == ["diverged"]
 
 
 @pytest.mark.parametrize("bad", ["hydra.sweeper.max_failure_rate=2", "hydra.sweeper.nope=1"])

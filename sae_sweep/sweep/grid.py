@@ -20,6 +20,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from sae_sweep.sweep.cells import cell_key, finished_cells, own_subdir, subdir_override
+from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_summary
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,18 @@ class SaeGridSweeper(BasicSweeper):
         return [job for batch in self.split_arguments(overrides, None) for job in batch]
 
     def _todo(self, cells: list[list[str]], sweep_dir: Path) -> list[list[str]]:
-        """Cells still to run; composing each one here also rejects a bad cell before any run starts."""
+        """Cells still to run. Every cell is composed and checked here (sweep.job.to_run_config), so a bad
+        cell stops the sweep with one line before any run starts or anything is written."""
         assert self.hydra_context is not None and self.config is not None
-        done = finished_cells(sweep_dir) if self.resume else {}
+        done = finished_cells(sweep_dir) if self.resume and sweep_dir.is_dir() else {}
         todo, seen = [], set()
+        composed = []
         for overrides in cells:
             cfg = self.hydra_context.config_loader.load_sweep_config(
                 master_config=self.config, sweep_overrides=list(overrides))
+            to_run_config(cfg)
+            composed.append((overrides, cfg))
+        for overrides, cfg in composed:
             key = cell_key(cfg)
             if key in done or key in seen:
                 continue
@@ -83,9 +89,9 @@ class SaeGridSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        todo = self._todo(self._cells(arguments), sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        todo = self._todo(self._cells(arguments), sweep_dir)
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size)) if todo else []
         returns = []
         job_idx = 0

@@ -25,9 +25,28 @@ from sae_sweep.sweep.cells import CELL_FILE, SUMMARY_FILE, TRIAL_FILE, cell_key,
 from sae_sweep.sweep.kill import kill_point
 
 if TYPE_CHECKING:  # Hydra imports the sweepers (and so this module) on every start: keep torch out
+    from sae_sweep.config import RunConfig
     from sae_sweep.train import StopFn
 
-__all__ = ["TRIAL_FILE", "RunDirTaken", "record_failure", "start_job", "trial_cell", "trial_reporter"]
+__all__ = ["TRIAL_FILE", "RunDirTaken", "record_failure", "start_job", "to_run_config", "trial_cell",
+           "trial_reporter"]
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """The composed config as a RunConfig, every check passed (ranges, unknown keys, device, memory).
+
+    Takes a job's config or a sweeper's composition of a cell (whose ``hydra`` node is dropped first);
+    raises ConfigError with one line."""
+    from omegaconf import OmegaConf, open_dict
+
+    from sae_sweep.checks import check_run
+
+    if "hydra" in cfg:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+    run_cfg = OmegaConf.to_object(cfg)
+    return check_run(run_cfg, OmegaConf.to_container(cfg, resolve=True))
 
 
 class RunDirTaken(RuntimeError):

@@ -44,6 +44,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -55,6 +56,8 @@ from sae_sweep.sweep.cells import (
     read_json,
     subdir_override,
 )
+from sae_sweep.config import SUMMARY_METRICS
+from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.kill import kill_point
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_run_dir, job_summary
 from sae_sweep.sweep.space import as_override, grid_of, parse_space
@@ -127,6 +130,13 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, directions: list
         raise SweepConfigError(f"hydra.sweeper.objectives: study {name!r} optimises {have}, the config asks for "
                                f"{directions}; use another study_name")
     return study
+
+
+def _ends(d: BaseDistribution) -> list[Any]:
+    """The values a search-space check composes: every choice, or both bounds of a range."""
+    if isinstance(d, CategoricalDistribution):
+        return list(d.choices)
+    return [d.low, d.high]  # Int- and FloatDistribution
 
 
 HOST = os.uname().nodename
@@ -247,17 +257,36 @@ class SaeOptunaSweeper(Sweeper):
         metrics = list(self.conf.objectives) or list(default_objectives(self.config))
         directions = list(self.conf.directions) or [
             "maximize" if m.startswith(("mmcs", "recovered")) else "minimize" for m in metrics]
+        unknown = [m for m in metrics if m not in SUMMARY_METRICS]
+        if unknown:
+            raise SweepConfigError(f"hydra.sweeper.objectives must name metrics of summary.json "
+                                   f"({', '.join(SUMMARY_METRICS)}), got {metrics}")
+        truthless = [m for m in metrics if m.startswith(("mmcs", "recovered"))
+                     and OmegaConf.select(self.config, "data.kind", default=None) != "toy"]
+        if truthless:
+            raise SweepConfigError(f"hydra.sweeper.objectives must not use {truthless} without ground truth "
+                                   f"(data.kind=toy): real activations give fvu, l0, loss, mse, dead and alive")
         if len(directions) != len(metrics) or any(d not in DIRECTIONS for d in directions):
             raise SweepConfigError(f"hydra.sweeper.directions must give maximize or minimize for each of "
                                    f"{metrics}, got {directions}")
         return dict(zip(metrics, directions, strict=True))
 
+    def _check_space(self, space: dict[str, BaseDistribution], fixed: list[str]) -> None:
+        """Compose and check (sweep.job.to_run_config) a trial at each end of every axis, the other axes
+        at their low end, so a bad fixed override or an out-of-range bound stops the sweep in one line
+        before any trial exists."""
+        assert self.hydra_context is not None and self.config is not None
+        low = {k: _ends(d)[0] for k, d in space.items()}
+        for key, d in space.items():
+            for value in _ends(d):
+                trial = [*fixed, *(as_override(k, value if k == key else v) for k, v in low.items())]
+                to_run_config(self.hydra_context.config_loader.load_sweep_config(
+                    master_config=self.config, sweep_overrides=trial))
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         c = self.conf
         sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         objectives = self._objectives()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = [f"{k}={v}" for k, v in (c.params or {}).items()]
@@ -265,6 +294,9 @@ class SaeOptunaSweeper(Sweeper):
         grid = grid_of(space) if c.sampler == "grid" else None
         make_sampler(c.sampler, c.seed, grid, c.sampler_kwargs)  # reject a bad sampler before any trial
         make_pruner(c.pruner, c.pruner_kwargs)
+        self._check_space(space, fixed)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         n_total = c.n_trials if c.n_trials is not None else (math.prod(len(v) for v in grid.values())
                                                            if grid is not None else None)
         if n_total is None or n_total < 0 or c.n_jobs < 1:

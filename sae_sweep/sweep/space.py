@@ -25,6 +25,14 @@ from sae_sweep.sweep.storage import SweepConfigError
 
 
 def _distribution(o: Override) -> BaseDistribution:
+    try:
+        return _make_distribution(o)
+    except ValueError as exc:  # Optuna's own checks: low <= high, low > 0 on a log scale, ...
+        raise SweepConfigError(f"{o.get_key_element()}: search space {o.input_line.split('=', 1)[1]!r} must be a "
+                               f"valid range ({' '.join(str(exc).split())})") from None
+
+
+def _make_distribution(o: Override) -> BaseDistribution:
     key, value = o.get_key_element(), o.value()
     log = "log" in getattr(value, "tags", set())
     if isinstance(value, ChoiceSweep):

@@ -84,28 +84,32 @@ def derived_seed(seed: int | None, n_trials_so_far: int) -> int | None:
 def make_sampler(name: str, seed: int | None, grid: dict[str, list[Any]] | None,
                  kwargs: dict[str, Any] | None = None) -> optuna.samplers.BaseSampler:
     kwargs = dict(kwargs or {})
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **kwargs)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
-    if name == "grid":
-        if grid is None:
-            raise SweepConfigError("hydra.sweeper.sampler=grid needs every parameter to be choice(...) or "
-                                   "range(...), not interval(...)")
-        return AskTellGridSampler(grid, seed=seed)
-    raise SweepConfigError(f"hydra.sweeper.sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    if name == "grid" and grid is None:
+        raise SweepConfigError("hydra.sweeper.sampler=grid needs every parameter to be choice(...) or "
+                               "range(...), not interval(...)")
+    makers: dict[str, Any] = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                              "nsgaii": optuna.samplers.NSGAIISampler,
+                              "grid": lambda seed, **kw: AskTellGridSampler(grid, seed=seed, **kw)}
+    if name not in makers:
+        raise SweepConfigError(f"hydra.sweeper.sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    return _construct("sampler", name, lambda: makers[name](seed=seed, **kwargs), kwargs)
+
+
+def _construct(what: str, name: str, make: Any, kwargs: dict[str, Any]) -> Any:
+    """Build an Optuna sampler or pruner; a keyword or value it refuses becomes one line naming the field."""
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        raise SweepConfigError(f"hydra.sweeper.{what}_kwargs must be keyword arguments the {name} {what} takes, "
+                               f"got {kwargs} ({' '.join(str(exc).split())})") from None
 
 
 def make_pruner(name: str | None, kwargs: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:
     kwargs = dict(kwargs or {})
-    if name in (None, "none"):
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(**kwargs)
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**kwargs)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(**kwargs)
-    raise SweepConfigError(f"hydra.sweeper.pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
+    makers: dict[str, Any] = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+                              "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+                              "hyperband": optuna.pruners.HyperbandPruner}
+    key = "none" if name is None else name
+    if key not in makers:
+        raise SweepConfigError(f"hydra.sweeper.pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
+    return _construct("pruner", key, lambda: makers[key](**kwargs), kwargs)
