@@ -26,12 +26,21 @@ from safetensors.torch import save_file
 from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
+from sae_sweep.record import (
+    GROUND_TRUTH_FILE,
+    LATENTS_FILE,
+    SAE_CFG_FILE,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    file_digest,
+    write_json_atomic,
+)
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
 from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
-LATENTS_FILE = "latents.safetensors"
+RECORDED_FILES = (WEIGHTS_FILE, SAE_CFG_FILE, LATENTS_FILE, GROUND_TRUTH_FILE)
 
 
 class RunDiverged(RuntimeError):
@@ -125,7 +134,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
     cfg_dict = dataclasses.asdict(cfg)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     if isinstance(data, ToyFeatures):
-        save_file(data.ground_truth.tensors(), str(run_dir / "ground_truth.safetensors"))
+        save_file(data.ground_truth.tensors(), str(run_dir / GROUND_TRUTH_FILE))
     init = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SAE_INIT))
     sae = SAE(cfg.data.n, cfg.dict_size, 1, decoder_bias=cfg.sae.decoder_bias,
               init_scale=cfg.sae.init_scale, generator=init, device=device)
@@ -177,7 +186,9 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
     if outcome is not None and outcome.latent_frequency_J is not None:
         save_file({"frequency": outcome.latent_frequency_J, "mean_activation": outcome.latent_mean_J},
                   str(run_dir / LATENTS_FILE))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    # The digests let resume and the analysis tell a whole record from a damaged one (record.py).
+    summary["files"] = {name: file_digest(run_dir / name) for name in RECORDED_FILES if (run_dir / name).is_file()}
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
     for sink in p.sinks:
         sink.finish(summary)
     return summary

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sae_sweep.record import MAX_DIM, SAE_CFG_FILE, WEIGHTS_FILE, RecordError, load_json_object, tensor_header
+
 
 class SAE(nn.Module):
     def __init__(
@@ -114,18 +116,37 @@ class SAE(nn.Module):
             "W_dec": self.W_dec_KJN[i].detach().T.contiguous().cpu(),  # (N, J): D, unit-norm columns
             "b_dec": self.b_dec_KN[i].detach().contiguous().cpu(),
         }
-        save_file(tensors, str(directory / "sae.safetensors"))
+        save_file(tensors, str(directory / WEIGHTS_FILE))
         cfg = {"n": self.n, "dict_size": self.dict_size, "decoder_bias": self.decoder_bias,
                "layout": "W_enc (J, N), W_dec (N, J), columns of W_dec are the unit-norm atoms",
                "forward": "z = W_dec @ relu(W_enc @ (y - b_dec) + b_enc) + b_dec"}
-        (directory / "cfg.json").write_text(json.dumps({**cfg, **(extra or {})}, indent=2))
+        (directory / SAE_CFG_FILE).write_text(json.dumps({**cfg, **(extra or {})}, indent=2))
 
     @classmethod
-    def load(cls, directory: Path, device: torch.device | str = "cpu") -> SAE:
-        """Read an SAE written by :meth:`save` (a single member)."""
-        cfg = json.loads((directory / "cfg.json").read_text())
-        t = load_file(str(directory / "sae.safetensors"), device=str(device))
-        sae = cls(cfg["n"], cfg["dict_size"], 1, decoder_bias=cfg["decoder_bias"], device=device)
+    def load(cls, directory: Path | str, device: torch.device | str = "cpu") -> SAE:
+        """Read an SAE written by :meth:`save` (a single member). ``cfg.json`` is checked against the
+        tensors' header before anything is allocated; a bad record raises record.RecordError."""
+        directory = Path(directory)
+        cfg = load_json_object(directory / SAE_CFG_FILE)
+        n, j, bias = cfg.get("n"), cfg.get("dict_size"), cfg.get("decoder_bias", True)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in (n, j)):
+            raise RecordError(directory / SAE_CFG_FILE, f"n and dict_size must be integers in [1, {MAX_DIM}], "
+                                                        f"got {n!r} and {j!r}")
+        if not isinstance(bias, bool):
+            raise RecordError(directory / SAE_CFG_FILE, f"decoder_bias must be true or false, got {bias!r}")
+        path = directory / WEIGHTS_FILE
+        expected = {"W_enc": (j, n), "W_dec": (n, j), "b_enc": (j,), "b_dec": (n,)}
+        header = tensor_header(path)
+        for name, shape in expected.items():
+            if name not in header or header[name][1] != shape or header[name][0] != "F32":
+                got = header.get(name)
+                raise RecordError(path, f"{name} must be F32 of shape {list(shape)} (cfg.json: n={n}, dict_size={j}), "
+                                        f"got {'none' if got is None else f'{got[0]} {list(got[1])}'}")
+        try:
+            t = load_file(str(path), device=str(device))
+        except Exception as exc:  # safetensors' own error types for a damaged body
+            raise RecordError(path, f"not readable ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+        sae = cls(n, j, 1, decoder_bias=bias, device=device)
         with torch.no_grad():
             sae.W_enc_KNJ.copy_(t["W_enc"].T[None])
             sae.b_enc_KJ.copy_(t["b_enc"][None])

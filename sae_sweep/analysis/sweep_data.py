@@ -8,12 +8,13 @@ No pickles are read.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors.numpy import load_file
 
+from sae_sweep.record import CORRUPT, GROUND_TRUTH_FILE, LATENTS_FILE, WEIGHTS_FILE, read_tensors
 from sae_sweep.sweep.table import collect_runs
 
 # Columns of the results table that describe a run's outcome, not its configuration.
@@ -27,6 +28,8 @@ def load_cells(sweep_dir: Path) -> pd.DataFrame:
     table = collect_runs(sweep_dir)
     if table.empty:
         return table
+    for run, message in table.loc[table["status"] == CORRUPT, ["run", "message"]].itertuples(index=False):
+        print(f"analysis: skipped {run}: {message}", file=sys.stderr)
     cells = table[table["status"] == "completed"].copy()
     cells["run_dir"] = [str(sweep_dir / r) for r in cells["run"]]
     for col in ("dict_size", "seed"):
@@ -57,28 +60,28 @@ def split_groups(cells: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFr
 
 def read_latents(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Per-latent firing frequency and mean activation on the eval set (latents.safetensors)."""
-    return load_file(str(Path(run_dir) / "latents.safetensors"))
+    return read_tensors(Path(run_dir) / LATENTS_FILE)
 
 
 def read_dictionary(run_dir: str | Path) -> np.ndarray:
     """The learned atoms as unit-norm rows, (J, N)."""
-    w_dec_NJ = load_file(str(Path(run_dir) / "sae.safetensors"))["W_dec"]
+    w_dec_NJ = read_tensors(Path(run_dir) / WEIGHTS_FILE, {})["W_dec"]
     atoms = w_dec_NJ.T.astype(np.float64)
     return atoms / np.maximum(np.linalg.norm(atoms, axis=1, keepdims=True), 1e-12)
 
 
 def read_ground_truth(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(true features as unit rows (h, N), firing probabilities (h,)), or None without ground truth."""
-    path = Path(run_dir) / "ground_truth.safetensors"
+    path = Path(run_dir) / GROUND_TRUTH_FILE
     if not path.exists():
         return None
-    t = load_file(str(path))
+    t = read_tensors(path)
     return t["F"].T.astype(np.float64), t["probabilities"].astype(np.float64)
 
 
 def has_weights(run_dir: str | Path) -> bool:
     """Whether a run saved its dictionary and latent statistics (train.save_weights=true)."""
-    return (Path(run_dir) / "sae.safetensors").exists() and (Path(run_dir) / "latents.safetensors").exists()
+    return (Path(run_dir) / WEIGHTS_FILE).exists() and (Path(run_dir) / LATENTS_FILE).exists()
 
 
 def with_alive(cells: pd.DataFrame, min_frequency: float) -> pd.DataFrame:
@@ -102,7 +105,7 @@ def true_h(cells: pd.DataFrame) -> int | None:
     """The number of true features when the data is toy and every cell agrees on it."""
     if "h" not in cells.columns or cells["h"].isna().any() or cells["h"].nunique() != 1:
         return None
-    if not Path(cells["run_dir"].iloc[0], "ground_truth.safetensors").exists():
+    if not Path(cells["run_dir"].iloc[0], GROUND_TRUTH_FILE).exists():
         return None
     return int(cells["h"].iloc[0])
 

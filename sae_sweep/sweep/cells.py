@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -25,8 +26,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sae_sweep.record import SUMMARY_FILE, RecordError, check_finished
+
+log = logging.getLogger(__name__)
+
 CELL_FILE = "cell.json"
-SUMMARY_FILE = "summary.json"
 TRIAL_FILE = "trial.json"  # left by the Optuna sweeper: how the job reaches its trial
 # Dotted paths that do not change what a run computes (lanes and sparse_below change only its speed).
 IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads", "train.lanes", "train.sparse_below")
@@ -95,12 +99,19 @@ def run_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def finished_cells(sweep_dir: Path) -> dict[str, Path]:
-    """Cell key -> run dir for every cell whose run completed."""
+    """Cell key -> run dir for every cell whose run completed and whose record is whole
+    (record.check_finished); a damaged one is logged in one line and so runs again."""
     done: dict[str, Path] = {}
     for d in run_dirs(sweep_dir):
         cell, summary = read_json(d / CELL_FILE), read_json(d / SUMMARY_FILE)
-        if cell and summary and summary.get("status") == "completed":
-            done.setdefault(str(cell.get("cell_key")), d)
+        if not (cell and summary and summary.get("status") == "completed"):
+            continue
+        try:
+            check_finished(d)
+        except RecordError as exc:
+            log.warning(f"resume: {exc}; the cell runs again")
+            continue
+        done.setdefault(str(cell.get("cell_key")), d)
     return done
 
 

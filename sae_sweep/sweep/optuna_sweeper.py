@@ -48,6 +48,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from sae_sweep.config import SUMMARY_METRICS
+from sae_sweep.record import RecordError, check_finished
 from sae_sweep.sweep.cells import (
     CELL_FILE,
     SUMMARY_FILE,
@@ -56,7 +58,6 @@ from sae_sweep.sweep.cells import (
     read_json,
     subdir_override,
 )
-from sae_sweep.config import SUMMARY_METRICS
 from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.kill import kill_point
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_run_dir, job_summary
@@ -392,6 +393,12 @@ class SaeOptunaSweeper(Sweeper):
         if not (info and info.get("uid") == uid and cell and cell.get("trial") == trial.number
                 and summary and summary.get("status") in FINAL):
             return False
+        if summary.get("status") == "completed":
+            try:
+                check_finished(run_dir)
+            except RecordError as exc:
+                log.warning(f"resume: {exc}; trial {trial.number} runs again")
+                return False
         try:
             study._storage.set_trial_user_attr(trial._trial_id, "recovered", True)
             self._tell(study, trial._trial_id, trial.number, summary, run_dir, objectives, trial.params)

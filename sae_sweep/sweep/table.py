@@ -8,21 +8,35 @@ else its latest attempt.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
 
+from sae_sweep.record import CORRUPT, RecordError, check_finished
 from sae_sweep.sweep.cells import CELL_FILE, IGNORED_KEYS, SUMMARY_FILE, read_json, run_dirs
+
+log = logging.getLogger(__name__)
 
 METRICS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu", "l0",
            "dead", "alive", "l1_norm", "h", "n", "converged", "loss_change", "atom_drift")
 TIMINGS = ("samples", "train_time_s", "samples_per_s", "setup_time_s", "wall_time_s")
 BASE = ("run", "cell_key", "trial", "status", "message", "alpha", "dict_size", "seed")
-STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3, "interrupted": 4, "incomplete": 5}
+STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3, "interrupted": 4, CORRUPT: 5, "incomplete": 6}
+
+
+def _typed(text: str) -> Any:
+    """An override's value typed as YAML would type it (``16`` -> 16), else the text itself."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
 
 
 def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
@@ -31,7 +45,11 @@ def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     keys = [k for k in keys if not k.startswith("hydra.") and k != "experiment"
             and not any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS)]
     cfg_path = run_dir / ".hydra" / "config.yaml"
-    cfg = OmegaConf.load(cfg_path) if cfg_path.exists() else None
+    try:
+        cfg = OmegaConf.load(cfg_path) if cfg_path.exists() else None
+    except Exception as exc:  # any YAML damage: the values come from the overrides' text instead
+        log.warning(f"results table: {cfg_path}: not readable YAML ({type(exc).__name__}); values from cell.json")
+        cfg = None
     # The base axes come from the config too, so a run that failed before training still has them.
     out: dict[str, Any] = {k: OmegaConf.select(cfg, k, default=None) for k in ("alpha", "dict_size", "seed")
                            if cfg is not None}
@@ -40,7 +58,7 @@ def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
         if OmegaConf.is_config(value):  # a config group choice (data=activations): keep the option's name
             value = None
         if value is None:
-            value = next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == k)
+            value = _typed(next(o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == k))
         out[k] = value
     return out
 
@@ -52,9 +70,15 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
         cell = read_json(d / CELL_FILE) or {}
         summary = read_json(d / SUMMARY_FILE)
         status = summary.get("status", "failed") if summary else "incomplete"
+        message = (summary or {}).get("message", "")
+        if status == "completed":
+            try:
+                check_finished(d)
+            except RecordError as exc:  # the analysis skips it; a resumed sweep trains it again
+                status, message = CORRUPT, str(exc)
+                log.warning(f"results table: {exc}; the cell is marked {CORRUPT}")
         row: dict[str, Any] = {"run": str(d.relative_to(sweep_dir)), "cell_key": cell.get("cell_key"),
-                               "trial": cell.get("trial"), "status": status,
-                               "message": (summary or {}).get("message", "")}
+                               "trial": cell.get("trial"), "status": status, "message": message}
         row.update(_swept(list(cell.get("overrides") or []), d))
         for k in ("alpha", "dict_size", "seed", *METRICS, *TIMINGS):
             if summary and k in summary:
@@ -68,7 +92,10 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in ("trial", "dict_size", "seed", "samples", "dead", "alive"):
         if col in df.columns:  # stay integers even where a failed run leaves a gap
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+            try:
+                df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+            except (TypeError, ValueError, OverflowError):  # a record from before seeds were bounded
+                df[col] = df[col].astype(str)
     df["_rank"] = df["status"].map(STATUS_RANK).fillna(9)
     df = df.sort_values(["_rank", "started_at"], ascending=[True, False])
     df = df.drop_duplicates("cell_key", keep="first").drop(columns="_rank")
