@@ -119,3 +119,27 @@ def test_trials_that_repeat_parameters__each_keep_their_own_row(tmp_path: Path) 
     df = table(sweep)
     assert list(df["trial"]) == [0, 1, 2] and df["cell_key"].nunique() == 3
     assert list(df["alpha"]) == [t.params["alpha"] for t in trials]
+
+
+@pytest.mark.parametrize("age_s, reclaimed", [(10_000.0, True), (5.0, False)])
+def test_kill_on_another_host__a_stale_heartbeat_is_reclaimed_and_a_fresh_one_left_alone(
+        tmp_path: Path, age_s: float, reclaimed: bool) -> None:
+    import time
+
+    sweep = tmp_path / "hosts"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1)")
+    killed_at("job_started", sweep, *args)  # the only trial dies while training
+    (running,) = trials_of(sweep)
+    assert running.state == TrialState.RUNNING and running.user_attrs["heartbeat"] > 0  # stamped on launch
+    # As if its sweeper had run on another machine (no pid to check here), last seen age_s ago.
+    storage = open_storage(storage_spec(None, sweep))
+    storage.set_trial_user_attr(running._trial_id, "worker", "elsewhere.example:4242:1")
+    storage.set_trial_user_attr(running._trial_id, "heartbeat", time.time() - age_s)
+
+    ok(run_sweep(sweep, *args, "hydra.sweeper.stale_after_s=600"))
+    trials = trials_of(sweep)
+    if reclaimed:
+        assert states(trials) == ["FAIL", "COMPLETE"] and trials[0].user_attrs["orphaned"]
+        assert trials[1].user_attrs["retry_of"] == 0 and set(table(sweep)["status"]) == {"completed"}
+    else:  # a live sweeper elsewhere still owns it: the grid point is taken, nothing runs
+        assert states(trials) == ["RUNNING"]

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -105,6 +106,12 @@ class OptunaSweeperConf:
     """Stop asking new trials once this share of this call's runs failed (checked after 4 runs)."""
     params: dict[str, str] | None = None
     """The search space in Hydra's override grammar (see sae_sweep/sweep/space.py)."""
+    heartbeat_s: float = 60.0
+    """While its trials run, the sweeper stamps each with the time (user attr ``heartbeat``) this often."""
+    stale_after_s: float = 900.0
+    """A running trial of a sweeper on another host whose stamp is older than this is reclaimed (its
+    sweeper is taken for dead; on this host the process itself is checked). Keep it well above
+    heartbeat_s plus the clock skew between hosts."""
 
 
 def default_objectives(config: DictConfig) -> dict[str, str]:
@@ -169,12 +176,16 @@ def _worker_id() -> str:
 WORKER = _worker_id()  # the sweeper process that owns a running trial: host, pid and the pid's start time
 
 
-def worker_alive(worker: str) -> bool | None:
-    """Whether the sweeper ``worker`` still runs: True/False on this host, None elsewhere or when unknown."""
+def worker_alive(worker: str, heartbeat: float | None = None, stale_after_s: float = 900.0,
+                 now: float | None = None) -> bool | None:
+    """Whether the sweeper ``worker`` still runs: on this host from its process; elsewhere from its last
+    ``heartbeat`` (seconds since the epoch), alive while younger than ``stale_after_s``; None when unknown."""
     host, _, rest = worker.partition(":")
     pid, _, start = rest.partition(":")
     if host != HOST or not pid.isdigit():
-        return None
+        if host == HOST or heartbeat is None:
+            return None
+        return (time.time() if now is None else now) - float(heartbeat) < stale_after_s
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -187,6 +198,40 @@ def worker_alive(worker: str) -> bool | None:
     state, started = seen
     # A zombie is dead; a pid that started at another time is another process that reuses the number.
     return state != "Z" and (not start or started == start)
+
+
+class Heartbeat:
+    """Stamps the given running trials with the time every ``interval_s`` from a thread, so sweepers on
+    other hosts can tell this one is alive (``worker_alive``); the first stamp is made on entry."""
+
+    def __init__(self, study: optuna.Study, trial_ids: Sequence[int], interval_s: float) -> None:
+        self.study, self.trial_ids, self.interval_s = study, list(trial_ids), interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sae_sweep-heartbeat", daemon=True)
+
+    def _stamp(self) -> None:
+        now = time.time()
+        for trial_id in self.trial_ids:
+            try:
+                self.study._storage.set_trial_user_attr(trial_id, "heartbeat", now)
+            except (UpdateFinishedTrialError, RuntimeError):
+                pass  # finished meanwhile (told by another sweeper, or by this one just now)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._stamp()
+            except Exception as exc:  # a storage hiccup must not end the sweep; the next beat retries
+                log.warning(f"heartbeat: {type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> Heartbeat:
+        self._stamp()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def counted(trials: optuna.Study | Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -296,6 +341,9 @@ class SaeOptunaSweeper(Sweeper):
         make_sampler(c.sampler, c.seed, grid, c.sampler_kwargs)  # reject a bad sampler before any trial
         make_pruner(c.pruner, c.pruner_kwargs)
         self._check_space(space, fixed)
+        if not (c.heartbeat_s > 0 and c.stale_after_s > c.heartbeat_s):
+            raise SweepConfigError(f"hydra.sweeper.heartbeat_s must be > 0 and stale_after_s greater than it, got "
+                                   f"heartbeat_s={c.heartbeat_s}, stale_after_s={c.stale_after_s}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         n_total = c.n_trials if c.n_trials is not None else (math.prod(len(v) for v in grid.values())
@@ -324,7 +372,8 @@ class SaeOptunaSweeper(Sweeper):
                 batch = [t for t in claimed if t is not None]  # None: another sweeper took that retry first
                 if batch:
                     overrides = [self._prepare(t, fixed, sweep_dir, spec, name, objectives) for t in batch]
-                    results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
+                    with Heartbeat(study, [t._trial_id for t in batch], c.heartbeat_s):
+                        results = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
                     kill_point("before_tell")
                     for trial, ret in zip(batch, results, strict=True):
                         summary = own_summary(ret, trial.number)
@@ -350,7 +399,8 @@ class SaeOptunaSweeper(Sweeper):
         second retry of one trial (two sweepers retried it at once) is failed as ``duplicate``. A WAITING
         trial (a queue entry) is failed as ``queued`` and re-run as a new trial the same way: a trial is
         only ever run by a trial created with its sweeper in one storage call, so no moment leaves a
-        running trial without an owner. A trial of a live sweeper, or of one on another host, is left alone.
+        running trial without an owner. A trial of a live sweeper is left alone: on another host, one whose
+        heartbeat stamp is younger than ``stale_after_s`` (or that has none, from before stamps existed).
         """
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         retries: dict[int, list[int]] = {}
@@ -366,7 +416,8 @@ class SaeOptunaSweeper(Sweeper):
             if t.state == TrialState.WAITING:
                 if _supersede(study, t, "queued"):
                     note("queued trials taken over")
-            elif t.state == TrialState.RUNNING and worker_alive(str(t.user_attrs.get("worker", ""))) is False:
+            elif t.state == TrialState.RUNNING and worker_alive(
+                    str(t.user_attrs.get("worker", "")), t.user_attrs.get("heartbeat"), self.conf.stale_after_s) is False:
                 retry_of = t.user_attrs.get("retry_of")
                 if retry_of is not None and t.number != min(retries[int(retry_of)]):
                     _supersede(study, t, "duplicate")
