@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,33 +83,33 @@ def step_cases(y_SBN: torch.Tensor) -> tuple[dict, float]:
     return cases, flops
 
 
-def gemm_rate(min_time: float) -> float:
-    """FLOP/s of one large fp32 GEMM on the current threads (the floor's rate)."""
+def big_gemm() -> tuple[object, float]:
+    """One large fp32 GEMM and its flops: timed in every round, it gives that round's GEMM rate."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     c = torch.empty(1024, 1024)
-    t = interleaved({"mm": lambda: torch.mm(a, b, out=c)}, rounds=3, min_time=min_time)["mm"]
-    return 2.0 * 1024**3 / min(t)
+    return (lambda: torch.mm(a, b, out=c)), 2.0 * 1024**3
 
 
 def bench_steps(rounds: int, min_time: float) -> None:
     torch.set_num_threads(1)
     y_SBN = torch.randn(len(SEEDS), B, N, generator=torch.Generator().manual_seed(0))
     cases, flops = step_cases(y_SBN)
-    rate = gemm_rate(min_time)
-    t = interleaved(cases, rounds=rounds, min_time=min_time)
-    floor = flops / rate
+    mm, mm_flops = big_gemm()
+    t = interleaved({**cases, "GEMM": mm}, rounds=rounds, min_time=min_time)
+    floor_R = [flops * x / mm_flops for x in t.pop("GEMM")]  # the members' own GEMMs at each round's rate
     plan = packing.plan([m[0] for m in members()], [m[2] for m in members()], N, B, 1, "cpu")
+    rate = statistics.median(flops / f for f in floor_R)
     print(f"\n(a) one step of the quickstart's 24 members (n={N}, B={B}), one torch thread, median of {rounds} rounds")
     print(f"    planned pack: {len(plan)} stacked groups, J buckets "
           f"{[sorted({members()[i][0] for i in p.members}) for p in plan]}")
-    print(f"    GEMM floor: {flops / 1e6:.0f} MFLOP per step at {rate / 1e9:.0f} GFLOP/s = {floor * 1e3:.2f} ms")
+    print(f"    GEMM floor: {flops / 1e6:.0f} MFLOP per step (unpadded) at {rate / 1e9:.0f} GFLOP/s "
+          f"(1024^3 GEMM, same rounds) = {flops / rate * 1e3:.2f} ms")
     print(f"{'case':>14} {'ms/step':>9} {'x solo':>8} {'x per-J':>8} {'per-J / case (IQR)':>20} {'x floor':>8}")
     for name, times in t.items():
-        med = sorted(times)[len(times) // 2]
         lo, hi = spread(t["per-J packs"], times)
-        print(f"{name:>14} {med * 1e3:>9.2f} {median_ratio(times, t['solo']):>8.2f} "
+        print(f"{name:>14} {statistics.median(times) * 1e3:>9.2f} {median_ratio(times, t['solo']):>8.2f} "
               f"{median_ratio(times, t['per-J packs']):>8.2f} {median_ratio(t['per-J packs'], times):>9.2f}"
-              f" ({lo:.2f}-{hi:.2f}) {med / floor:>8.2f}")
+              f" ({lo:.2f}-{hi:.2f}) {median_ratio(times, floor_R):>8.2f}")
 
 
 def sweep_cmd(sweep_dir: Path, packed: bool, samples: int | None, threads: int) -> list[str]:

@@ -149,7 +149,7 @@ class _Group:
         old, old_opt = self.sae, self.opt
         new = SAE.stack([old.member(k) for k in ks], pad=True)
         self.opt = self._adam(new)
-        for (name, p_old), p_new in zip(old.named_parameters(), new.parameters(), strict=True):
+        for p_old, p_new in zip(old.parameters(), new.parameters(), strict=True):
             state = old_opt.state.get(p_old)
             if not state:
                 continue
