@@ -338,8 +338,8 @@ class TrainConfig:
     """Write sae.safetensors and cfg.json into the run dir at the end."""
     batch_seed: int | None = None
     """Seed of the training batch stream; null = the run's seed (every seed sees its own stream). Setting
-    it (e.g. 0) gives every run of a sweep the same batches, which lets the packed launcher train runs
-    with different seeds as one group."""
+    it (e.g. 0) gives every run of a sweep the same batches (the packed launcher packs runs of different
+    streams together either way: each member reads its own)."""
     lanes: int = 0
     """When several SAEs train as a pack: how many step concurrently, each lane on one core with one torch
     thread (0 = one lane per torch thread). On CPU this beats multi-threaded GEMMs of small SAEs; 1 = the
@@ -357,6 +357,11 @@ class TrainConfig:
     samples, at most this."""
     converge_patience: int = 2
     """Consecutive evaluations both criteria must hold for."""
+    stacked: str = "auto"
+    """How a pack's members step (``sae_sweep/packing.py``): ``auto`` steps small SAEs (B n J <= 2^21) as
+    stacked batched computations, members of different J padded to their bucket's largest with latents
+    that never fire, seeds and alphas mixed; large ones member by member (with the sparse path);
+    ``always`` / ``never`` force either. Same records to float tolerance either way."""
     sparse_below: float | None = None
     """A member whose measured L0 / J is below this takes the sparse-aware step (step.py); 0 = always dense;
     null = the measured crossover for where the step runs (``step.auto_sparse_below``: 0.15 on one torch
@@ -368,6 +373,8 @@ class TrainConfig:
         _check(self.batch_seed is None or (_is_int(self.batch_seed) and 0 <= self.batch_seed <= MAX_SEED),
                f"{path}.batch_seed", self.batch_seed, f"null or an integer in [0, {MAX_SEED}]")
         _check(_is_int(self.lanes) and self.lanes >= 0, f"{path}.lanes", self.lanes, "an integer >= 0")
+        _check(self.stacked in ("auto", "always", "never"), f"{path}.stacked", self.stacked,
+               "one of auto, always, never")
         _check(self.sparse_below is None or (_is_num(self.sparse_below) and 0.0 <= self.sparse_below <= 1.0),
                f"{path}.sparse_below", self.sparse_below, "null or a number in [0, 1]")
         _check(

@@ -12,6 +12,12 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 
+def stack_streams(streams: Sequence[Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
+    """One (S, B, N) batch per step from S streams of (B, N) batches (each stream drawn in its own order)."""
+    while True:
+        yield torch.stack([next(s) for s in streams])
+
+
 class BatchFeed:
     """The shared batch stream, read step by step by readers (a pack's groups) that run ahead of each other.
 
@@ -38,8 +44,14 @@ class BatchFeed:
             if self.abort:
                 return None
             while self.drawn < step:
+                try:
+                    y = next(self.batches)
+                except BaseException:  # e.g. Ctrl-C while drawing: every other reader stops too, under the lock
+                    self.abort = True
+                    self.cond.notify_all()
+                    raise
                 self.drawn += 1
-                self.held[self.drawn] = next(self.batches).to(self.device, non_blocking=True)
+                self.held[self.drawn] = y.to(self.device, non_blocking=True)
                 self.on_draw()
             y_BN = self.held[step]
             self.at[reader] = step

@@ -23,9 +23,11 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from sae_sweep import packing
 from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
+from sae_sweep.feed import stack_streams
 from sae_sweep.record import (
     GROUND_TRUTH_FILE,
     LATENTS_FILE,
@@ -79,15 +81,15 @@ def batch_seed(cfg: RunConfig) -> int:
 
 
 def pack_key(cfg: RunConfig) -> str:
-    """Runs with equal keys can train as one pack: same data, same batches, same schedule and device.
+    """Runs with equal keys can train as one pack: same data, same schedule and device.
 
-    alpha, dict_size, seed (when ``train.batch_seed`` is set), ``sae.l1_norm``, the logger and the
-    name may differ; everything that changes the batches or the optimiser may not.
+    alpha, dict_size, seed and batch stream, ``sae.l1_norm``, the logger and the name may differ
+    (each member reads its own stream); everything that changes the data or the optimiser may not.
     """
     train_cfg = dataclasses.asdict(cfg.train)
     for k in ("progress", "save_weights", "batch_seed"):
         train_cfg.pop(k)
-    return json.dumps({"data": dataclasses.asdict(cfg.data), "train": train_cfg, "batch_seed": batch_seed(cfg),
+    return json.dumps({"data": dataclasses.asdict(cfg.data), "train": train_cfg,
                        "decoder_bias": cfg.sae.decoder_bias}, sort_keys=True, default=str)
 
 
@@ -213,13 +215,16 @@ def run(
 
 
 def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
-    """Train several runs as one pack on one stream of batches; one summary per job, in order.
+    """Train several runs as one pack; one summary per job, in order.
 
-    Every job must have the same :func:`pack_key`. Members are grouped by dictionary size (each
-    size split in one group per lane), each group one K-member SAE; every member is initialised from its own run seed and sees exactly the
-    batches its solo run would, so its record equals the solo run's to float tolerance. Each job
-    keeps its own run dir, sinks and status (a diverged or pruned member stops alone). Ctrl-C is
-    re-raised after every record is written.
+    Every job must have the same :func:`pack_key`. Each distinct batch seed is one stream, drawn once
+    per step for every member that reads it. Members are grouped by ``packing.plan``: small SAEs
+    into stacked groups (padded to a bucket's largest J, any mix of alpha, seed and stream, one
+    batched computation each), large ones by dictionary size and stream (each split in one group
+    per lane), each group one K-member SAE. Every member is initialised from its own run seed and
+    sees exactly the batches its solo run would, so its record equals the solo run's to float
+    tolerance. Each job keeps its own run dir, sinks and status (a diverged or pruned member stops
+    alone). Ctrl-C is re-raised after every record is written.
     """
     if not jobs:
         return []
@@ -227,8 +232,8 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
     cfg = jobs[0].cfg
     keys = {pack_key(j.cfg) for j in jobs}
     if len(keys) > 1:
-        raise ValueError("run_packed: jobs differ in data, training schedule, device or batch stream; "
-                         "only alpha, dict_size, seed (with train.batch_seed set), sae.l1_norm and the logger may differ")
+        raise ValueError("run_packed: jobs differ in data, training schedule or device; "
+                         "only alpha, dict_size, seed, train.batch_seed, sae.l1_norm and the logger may differ")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -242,31 +247,26 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
         setup_s = time.perf_counter() - wall0
         for p in prepared:
             p.setup_s = setup_s
-        # One SAE per dictionary size and lane: no group outweighs the rest, so the lanes can share the work.
         lanes = 1 if device.type != "cpu" else (cfg.train.lanes or torch.get_num_threads())
-        parts: list[list[int]] = []
-        for size in sorted({j.cfg.dict_size for j in jobs}):
-            same = [i for i, j in enumerate(jobs) if j.cfg.dict_size == size]
-            n_parts = min(lanes, len(same))
-            parts += [same[r::n_parts] for r in range(n_parts)]
-        packs = [SAE.stack([prepared[i].sae for i in part]) for part in parts]
-        order = [i for part in parts for i in part]  # train() numbers members pack by pack
+        seeds = sorted({batch_seed(j.cfg) for j in jobs})
+        stream = [seeds.index(batch_seed(j.cfg)) for j in jobs]
+        parts = packing.plan([j.cfg.dict_size for j in jobs], stream, cfg.data.n, cfg.train.batch_size, lanes,
+                             device.type, cfg.train.stacked)
+        packs = [SAE.stack([prepared[i].sae for i in part.members], pad=part.stacked) for part in parts]
+        order = [i for part in parts for i in part.members]  # train() numbers members pack by pack
         hooks = [jobs[i].should_stop for i in order]
 
         def should_stop(m: int, samples: int, row: dict[str, float]) -> bool:
             hook = hooks[m]
             return hook is not None and hook(0, samples, row)
 
-        results = train(packs, [trainer_alpha(jobs[i].cfg) for i in order],
-                        data.batches(cfg.train.batch_size, batch_seed(cfg)), cfg.train, eval_set,
-                        [prepared[i].sinks for i in order], should_stop)
-        m = 0
-        for g, part in enumerate(parts):
-            for k, i in enumerate(part):
-                outcomes[i] = results[m]
-                if results[m].weights is None:  # completed or interrupted: the pack's final weights
-                    results[m].weights = packs[g].member(k)
-                m += 1
+        streams = [data.batches(cfg.train.batch_size, s) for s in seeds]
+        batches = streams[0] if len(streams) == 1 else stack_streams(streams)
+        results = train(packs, [trainer_alpha(jobs[i].cfg) for i in order], batches, cfg.train, eval_set,
+                        [prepared[i].sinks for i in order], should_stop, streams=[stream[i] for i in order],
+                        stacked=[part.stacked for part in parts])
+        for m, i in enumerate(order):
+            outcomes[i] = results[m]
     except Exception as exc:
         error = exc
         raise

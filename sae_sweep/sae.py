@@ -3,6 +3,14 @@
 Every parameter carries a leading member axis K, so K SAEs with the same (n, J) are one module
 and can train as one group on shared batches; K = 1 is a single SAE. Decoder atoms (the columns
 of D in the paper's notation) are stored as rows of ``W_dec_KJN`` and kept at unit norm.
+
+A *padded* stack holds members of different sizes J_k <= J (``sizes_K``): member k's latents
+J_k..J-1 are padding, their encoder columns, encoder biases and decoder rows exactly zero. Their
+pre-activation is then exactly 0, so the ReLU never fires them; their gradients are exactly zero
+(the ReLU's derivative is 0 there, and c = 0 multiplies their decoder rows), Adam's moments stay
+zero and so does its update, and unit-norm rescaling leaves a zero row zero: the padding stays
+zero through training without any masking pass. Every view that leaves the module (``member``,
+``dictionary``, ``save``) cuts member k back to its own J_k.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ class SAE(nn.Module):
     ):
         super().__init__()
         self.n, self.dict_size, self.k = n, dict_size, k
+        self.sizes_K = [dict_size] * k  # each member's own J (a padded stack: see the module doc)
         self.decoder_bias = decoder_bias
         w_dec = torch.randn(k, dict_size, n, generator=generator)
         w_dec /= w_dec.norm(dim=-1, keepdim=True)
@@ -79,45 +88,66 @@ class SAE(nn.Module):
         g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze_(-1), w, value=-1.0)
 
     # --- views ------------------------------------------------------------------------------------
+    @property
+    def padded(self) -> bool:
+        """Some member is smaller than the stack's J (its last latents are padding)."""
+        return any(j != self.dict_size for j in self.sizes_K)
+
+    def latent_mask_KJ(self) -> torch.Tensor:
+        """(K, J) bool: True on each member's own latents, False on its padding."""
+        j_K = torch.tensor(self.sizes_K, device=self.W_dec_KJN.device)
+        return torch.arange(self.dict_size, device=j_K.device)[None, :] < j_K[:, None]
+
     def member(self, i: int) -> SAE:
-        """A detached single-member copy of member i."""
-        out = SAE(self.n, self.dict_size, 1, decoder_bias=self.decoder_bias, device=self.W_dec_KJN.device)
-        with torch.no_grad():
-            for name, t in out.state_dict().items():
-                t.copy_(self.state_dict()[name][i : i + 1])
+        """A detached single-member copy of member i, at its own size."""
+        out = SAE(self.n, self.sizes_K[i], 1, decoder_bias=self.decoder_bias, device=self.W_dec_KJN.device)
+        copy_members_(out, self, [i])
         return out
 
     @classmethod
-    def stack(cls, members: list[SAE]) -> SAE:
-        """One K-member SAE whose member i is a copy of ``members[i]`` (all of one shape and device)."""
+    def stack(cls, members: list[SAE], pad: bool = False) -> SAE:
+        """One K-member SAE whose member i is a copy of ``members[i]`` (all on one device).
+
+        Without ``pad`` all must have one shape; with it they may differ in J and are padded to the
+        largest (zero padding, ``sizes_K``: see the module doc).
+        """
         first = members[0]
         for m in members:
-            if (m.n, m.dict_size, m.decoder_bias) != (first.n, first.dict_size, first.decoder_bias):
+            if m.n != first.n or m.decoder_bias != first.decoder_bias or (
+                    not pad and m.dict_size != first.dict_size):
                 raise ValueError(f"cannot stack SAEs of shapes (n={m.n}, J={m.dict_size}) and "
-                                 f"(n={first.n}, J={first.dict_size}) or with different decoder_bias")
-        out = cls(first.n, first.dict_size, sum(m.k for m in members), decoder_bias=first.decoder_bias,
+                                 f"(n={first.n}, J={first.dict_size}) or with different decoder_bias"
+                                 + ("" if pad else " (pad=True stacks different J)"))
+        sizes = [j for m in members for j in m.sizes_K]
+        out = cls(first.n, max(m.dict_size for m in members), len(sizes), decoder_bias=first.decoder_bias,
                   device=first.W_dec_KJN.device)
         with torch.no_grad():
-            for name, t in out.state_dict().items():
-                t.copy_(torch.cat([m.state_dict()[name] for m in members]))
+            for t in out.state_dict().values():
+                t.zero_()
+        out.sizes_K = sizes
+        k = 0
+        for m in members:
+            copy_members_(out, m, list(range(m.k)), at=k)
+            k += m.k
         return out
 
     def dictionary(self, i: int = 0) -> torch.Tensor:
-        """Member i's decoder atoms, (J, N), unit norm."""
-        return self.W_dec_KJN[i].detach()
+        """Member i's decoder atoms, (J_i, N), unit norm."""
+        return self.W_dec_KJN[i, : self.sizes_K[i]].detach()
 
     # --- persistence (safetensors + cfg.json; never pickle) ---------------------------------------
     def save(self, directory: Path, i: int = 0, extra: dict | None = None) -> None:
-        """Write member i to ``directory/sae.safetensors`` and its shape to ``directory/cfg.json``."""
+        """Write member i (at its own J) to ``directory/sae.safetensors`` and its shape to ``directory/cfg.json``."""
         directory.mkdir(parents=True, exist_ok=True)
+        j = self.sizes_K[i]
         tensors = {
-            "W_enc": self.W_enc_KNJ[i].detach().T.contiguous().cpu(),  # (J, N): W in c = ReLU(W y + b)
-            "b_enc": self.b_enc_KJ[i].detach().contiguous().cpu(),
-            "W_dec": self.W_dec_KJN[i].detach().T.contiguous().cpu(),  # (N, J): D, unit-norm columns
+            "W_enc": self.W_enc_KNJ[i, :, :j].detach().T.contiguous().cpu(),  # (J, N): W in c = ReLU(W y + b)
+            "b_enc": self.b_enc_KJ[i, :j].detach().contiguous().cpu(),
+            "W_dec": self.W_dec_KJN[i, :j].detach().T.contiguous().cpu(),  # (N, J): D, unit-norm columns
             "b_dec": self.b_dec_KN[i].detach().contiguous().cpu(),
         }
         save_file(tensors, str(directory / WEIGHTS_FILE))
-        cfg = {"n": self.n, "dict_size": self.dict_size, "decoder_bias": self.decoder_bias,
+        cfg = {"n": self.n, "dict_size": j, "decoder_bias": self.decoder_bias,
                "layout": "W_enc (J, N), W_dec (N, J), columns of W_dec are the unit-norm atoms",
                "forward": "z = W_dec @ relu(W_enc @ (y - b_dec) + b_enc) + b_dec"}
         (directory / SAE_CFG_FILE).write_text(json.dumps({**cfg, **(extra or {})}, indent=2))
@@ -153,3 +183,24 @@ class SAE(nn.Module):
             sae.W_dec_KJN.copy_(t["W_dec"].T[None])
             sae.b_dec_KN.copy_(t["b_dec"][None])
         return sae
+
+
+@torch.no_grad()
+def copy_members_(dst: SAE, src: SAE, members: list[int], at: int = 0) -> None:
+    """dst's members at, at + 1, ... become copies of src's ``members`` (each member's common latents;
+    dst's other latents keep their values, zero in a fresh padded stack)."""
+    copy_member_tensors_(dict(dst.named_buffers()) | dict(dst.named_parameters()),
+                         dict(src.named_buffers()) | dict(src.named_parameters()), members, at)
+    for i, k in enumerate(members):
+        dst.sizes_K[at + i] = src.sizes_K[k]
+
+
+def copy_member_tensors_(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], members: list[int],
+                         at: int = 0) -> None:
+    """For tensors with a leading member axis (parameters, or Adam's moments of them): dst[name][at + i]
+    takes src[name][members[i]] on their common region (J cut to the smaller of the two)."""
+    for name, t in dst.items():
+        s = src[name]
+        region = tuple(slice(0, min(a, b)) for a, b in zip(t.shape[1:], s.shape[1:], strict=True))
+        for i, k in enumerate(members):
+            t[(at + i, *region)] = s[(k, *region)]

@@ -23,9 +23,9 @@ from sae_sweep import metrics
 from sae_sweep.config import TrainConfig
 from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
 from sae_sweep.feed import BatchFeed, StepQueue
-from sae_sweep.sae import SAE
+from sae_sweep.sae import SAE, copy_member_tensors_
 from sae_sweep.sinks import MetricSink
-from sae_sweep.step import auto_sparse_below, loss_and_grads
+from sae_sweep.step import auto_sparse_below, loss_and_grads, loss_and_grads_stacked
 
 # Statuses a member can end in. "completed" is the only success.
 COMPLETED, DIVERGED, PRUNED, INTERRUPTED, FAILED = "completed", "diverged", "pruned", "interrupted", "failed"
@@ -61,12 +61,12 @@ class MemberOutcome:
 def eval_stats(sae: SAE, eval_set: EvalSet) -> list[metrics.CodeStats]:
     """Every member's CodeStats over the held-out set."""
     device = sae.W_dec_KJN.device
-    stats = [metrics.CodeStats(sae.n, sae.dict_size, device) for _ in range(sae.k)]
+    stats = [metrics.CodeStats(sae.n, j, device) for j in sae.sizes_K]  # a padded member: its own J only
     for start in range(0, eval_set.y_BN.shape[0], eval_set.chunk):
         y_BN = eval_set.y_BN[start : start + eval_set.chunk].to(device)
         z_KBN, c_KBJ = sae(y_BN)
-        for k in range(sae.k):
-            stats[k].update(y_BN, z_KBN[k], c_KBJ[k])
+        for k, j in enumerate(sae.sizes_K):
+            stats[k].update(y_BN, z_KBN[k], c_KBJ[k, :, :j])
     return stats
 
 
@@ -95,7 +95,8 @@ def _eval_steps(cfg: TrainConfig) -> tuple[int, int]:
 
 @dataclass
 class _Member:
-    """Where global member m lives: group g of the pack, member k of that group's SAE."""
+    """Where global member m lives: group g of the pack, member k of that group's SAE (k = -1 once
+    it has left a stacked group)."""
 
     g: int
     k: int
@@ -108,26 +109,57 @@ def _members(saes: Sequence[SAE]) -> list[_Member]:
 class _Group:
     """One SAE of the pack (its members stacked) with its own Adam (Adam is elementwise: no coupling).
 
+    ``stacked``: the group steps as one batched computation (``loss_and_grads_stacked``; its members
+    may differ in J and stream), else member by member (``loss_and_grads``, one stream).
     Any lane may take its next step (``StepQueue``), one lane at a time, so its steps stay in order.
     """
 
     def __init__(self, sae: SAE, alpha_K: list[float], member_ids: list[int], lr: float,
-                 sparse_below: float):
+                 sparse_below: float, stream_K: list[int], stacked: bool):
         self.sae, self.alpha_K, self.member_ids = sae, alpha_K, member_ids
-        self.sparse_below = sparse_below
+        self.sparse_below, self.stream_K, self.stacked = sparse_below, stream_K, stacked
+        if not stacked and (sae.padded or len(set(stream_K)) > 1):
+            raise ValueError("a group of members with different J or batch streams must be stacked")
+        self.lr = lr
+        self.opt = self._adam(sae)
+
+    def _adam(self, sae: SAE) -> torch.optim.Adam:
         device = sae.W_dec_KJN.device
         fused = device.type == "cpu" or device.type == "cuda"
-        self.opt = torch.optim.Adam(list(sae.parameters()), lr=lr, fused=fused)
+        return torch.optim.Adam(list(sae.parameters()), lr=self.lr, fused=fused)
 
-    def step(self, y_BN: torch.Tensor, with_l1: bool, running: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def step(self, y_SBN: torch.Tensor, with_l1: bool, running: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimiser step; (mse_K, l1_K). Members not ``running`` (by global member number) are
-        skipped: their results are kept already."""
-        skip = {k for k, m in enumerate(self.member_ids) if not running[m]}
-        out = loss_and_grads(self.sae, y_BN, self.alpha_K, with_l1=with_l1, sparse_below=self.sparse_below, skip=skip)
+        skipped (per-member groups) or computed and discarded (stacked groups, until :meth:`keep`)."""
+        if self.stacked:
+            out = loss_and_grads_stacked(self.sae, y_SBN, self.stream_K, self.alpha_K, with_l1=with_l1)
+        else:
+            skip = {k for k, m in enumerate(self.member_ids) if not running[m]}
+            out = loss_and_grads(self.sae, y_SBN[self.stream_K[0]], self.alpha_K, with_l1=with_l1,
+                                 sparse_below=self.sparse_below, skip=skip)
         self.sae.project_decoder_grad_()
         self.opt.step()
         self.sae.normalise_decoder_()
         return out
+
+    @torch.no_grad()
+    def keep(self, ks: list[int]) -> None:
+        """Rebuild the group from its members ``ks`` alone (stopped ones leave the stacked computation):
+        parameters and Adam's moments copied exactly, padded to the kept members' largest J."""
+        old, old_opt = self.sae, self.opt
+        new = SAE.stack([old.member(k) for k in ks], pad=True)
+        self.opt = self._adam(new)
+        for p_old, p_new in zip(old.parameters(), new.parameters(), strict=True):
+            state = old_opt.state.get(p_old)
+            if not state:
+                continue
+            moments = {key: torch.zeros_like(p_new) for key, v in state.items() if v.shape == p_old.shape}
+            copy_member_tensors_(moments, {key: state[key] for key in moments}, ks)
+            self.opt.state[p_new] = {key: (moments[key] if key in moments else v.clone()) for key, v in state.items()}
+        self.sae = new
+        self.alpha_K = [self.alpha_K[k] for k in ks]
+        self.member_ids = [self.member_ids[k] for k in ks]
+        self.stream_K = [self.stream_K[k] for k in ks]
 
 
 def _lane(groups: Sequence[_Group], queue: StepQueue, feed: BatchFeed, state: _State, window_start: int) -> None:
@@ -139,12 +171,14 @@ def _lane(groups: Sequence[_Group], queue: StepQueue, feed: BatchFeed, state: _S
     try:
         while (job := queue.take()) is not None:
             g, step = job
-            y_BN = feed.get(g, step)
-            if y_BN is None:  # aborted
+            y_SBN = feed.get(g, step)
+            if y_SBN is None:  # aborted
                 queue.done(g)
                 return
+            if y_SBN.dim() == 2:  # one stream
+                y_SBN = y_SBN[None]
             with_l1 = (step - window_start) % L1_EVERY == 0
-            state.account(groups[g], step, groups[g].step(y_BN, with_l1, state.running), with_l1)
+            state.account(groups[g], step, groups[g].step(y_SBN, with_l1, state.running), with_l1)
             if queue.done(g):
                 feed.leave(g)
     except BaseException:
@@ -159,7 +193,7 @@ class _State:
 
     members: list[_Member]
     outcomes: list[MemberOutcome]
-    saes: list[SAE]
+    groups: list[_Group]
     alpha_K: list[float]
     batch_size: int
     queue: StepQueue
@@ -199,7 +233,7 @@ class _State:
             self.running[m] = False
             self.outcomes[m].status, self.outcomes[m].message = status, message
             g = self.members[m].g
-            self.outcomes[m].weights = self.saes[g].member(self.members[m].k)
+            self.outcomes[m].weights = self.groups[g].sae.member(self.members[m].k)
             # A stopped member's step is skipped from now on (its result is already kept; Adam only
             # decays its moments); a group whose members have all stopped takes no more steps.
             if not any(self.running[i] for i, mem in enumerate(self.members) if mem.g == g):
@@ -222,6 +256,9 @@ def train(
     eval_set: EvalSet,
     sinks: Sequence[Sequence[MetricSink]] = (),
     should_stop: StopFn | None = None,
+    *,
+    streams: Sequence[int] | None = None,
+    stacked: Sequence[bool] | None = None,
 ) -> list[MemberOutcome]:
     """Train every member of ``saes`` for ``cfg.num_samples`` samples; one outcome per member.
 
@@ -229,7 +266,15 @@ def train(
     the same batches; members are numbered group by group, and ``alpha_K``, ``sinks`` and the
     member index given to ``should_stop`` follow that numbering. Every member gets exactly the
     updates it would get trained alone on the same batches (Adam is elementwise, the step runs member
-    by member), so a packed member equals its solo run to float tolerance.
+    by member, or as batched GEMMs that compute each member's own), so a packed member equals its
+    solo run to float tolerance.
+
+    ``batches`` yields (B, N) batches of one stream, or (S, B, N) with one batch per stream, member m
+    reading stream ``streams[m]`` (members of different seeds each see their own stream). Group g
+    steps stacked (one batched computation; its members may differ in J and stream: ``SAE.stack``
+    with ``pad=True``) when ``stacked[g]``, always when its SAE is padded or mixes streams, else
+    member by member (the default). A stacked group's stopped members leave it at the evaluation
+    that stopped them (the group is rebuilt without them, so it gets cheaper as members converge).
 
     On CPU, groups step in ``cfg.lanes`` concurrent lanes (threads), each with one torch thread:
     small SAEs use a core far better one per core than split over cores. A free lane takes the group
@@ -250,11 +295,18 @@ def train(
     steps, every = _eval_steps(cfg)
     alpha_G = [[float(alpha_K[m]) for m, mem in enumerate(members) if mem.g == g] for g in range(len(saes))]
     member_ids = [[m for m, mem in enumerate(members) if mem.g == g] for g in range(len(saes))]
+    stream_M = [0] * len(members) if streams is None else [int(s) for s in streams]
+    if len(stream_M) != len(members):
+        raise ValueError(f"streams has {len(stream_M)} entries for {len(members)} members")
+    stacked_G = [bool(stacked[g]) if stacked is not None else False for g in range(len(saes))]
+    stacked_G = [st or sae.padded or len({stream_M[m] for m in member_ids[g]}) > 1
+                 for g, (st, sae) in enumerate(zip(stacked_G, saes, strict=True))]
     threads = torch.get_num_threads()
     n_lanes = 1 if device.type != "cpu" else max(1, min(cfg.lanes or threads, len(saes)))
     sparse_below = (cfg.sparse_below if cfg.sparse_below is not None
                     else auto_sparse_below(device, 1 if n_lanes > 1 else threads))
-    groups = [_Group(sae, alpha_G[g], member_ids[g], cfg.lr, sparse_below) for g, sae in enumerate(saes)]
+    groups = [_Group(sae, alpha_G[g], member_ids[g], cfg.lr, sparse_below, [stream_M[m] for m in member_ids[g]],
+                     stacked_G[g]) for g, sae in enumerate(saes)]
     queue = StepQueue([sae.k * sae.dict_size for sae in saes])
     pool = ThreadPoolExecutor(n_lanes, thread_name_prefix="sae-lane") if n_lanes > 1 else None
     outcomes = [MemberOutcome() for _ in members]
@@ -262,7 +314,7 @@ def train(
                                  len(members))
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
-    state = _State(members, outcomes, saes, [float(a) for a in alpha_K], cfg.batch_size, queue)
+    state = _State(members, outcomes, groups, [float(a) for a in alpha_K], cfg.batch_size, queue)
     feed = BatchFeed(batches, device, len(groups), on_draw=lambda: bar.update(cfg.batch_size))
     train_time = 0.0
 
@@ -301,33 +353,48 @@ def train(
             if not any(state.running):
                 break
 
-            stats_G = in_lanes([functools.partial(eval_stats, sae, eval_set) for sae in saes])
-            rows = [row for g, sae in enumerate(saes) for row in evaluate(sae, alpha_G[g], eval_set, stats_G[g])]
-            stats = [st for stats_K in stats_G for st in stats_K]
-            for m, row in enumerate(rows):
-                if not state.running[m]:
-                    continue
-                outcomes[m].latent_frequency_J = stats[m].frequency().float().cpu()
-                outcomes[m].latent_mean_J = stats[m].mean_activation().float().cpu()
-                conv = tracker.update(m, samples, row["loss"], saes[members[m].g].dictionary(members[m].k),
-                                      stats[m].frequency())
-                outcomes[m].converged = bool(conv.pop("converged"))
-                row = {"samples": samples, "train_loss": state.train_loss(m),
-                       **row, **conv, "train_time_s": train_time,
-                       "samples_per_s": samples / max(train_time, 1e-9)}
-                outcomes[m].final, outcomes[m].samples = row, samples
-                if not math.isfinite(row["loss"]):
-                    state.stop(m, DIVERGED, f"eval loss {row['loss']} at sample {samples}")
-                for sink in sinks[m] if m < len(sinks) else ():
-                    sink.log(row, step=samples)
-                if state.running[m] and should_stop is not None and should_stop(m, samples, row):
-                    state.stop(m, PRUNED, f"stopped at sample {samples}")
-                if state.running[m] and cfg.converge and outcomes[m].converged and last < steps:
-                    state.stop(m, COMPLETED, f"converged at sample {samples}")
+            live = [g for g, group in enumerate(groups) if any(state.running[m] for m in group.member_ids)]
+            stats_G = dict(zip(live, in_lanes([functools.partial(eval_stats, groups[g].sae, eval_set) for g in live]),
+                               strict=True))
+            rows: dict[int, dict[str, float]] = {}
+            for g in live:
+                group = groups[g]
+                for k, row in enumerate(evaluate(group.sae, group.alpha_K, eval_set, stats_G[g])):
+                    m = group.member_ids[k]
+                    if not state.running[m]:
+                        continue
+                    st = stats_G[g][k]
+                    outcomes[m].latent_frequency_J = st.frequency().float().cpu()
+                    outcomes[m].latent_mean_J = st.mean_activation().float().cpu()
+                    conv = tracker.update(m, samples, row["loss"], group.sae.dictionary(k), st.frequency())
+                    outcomes[m].converged = bool(conv.pop("converged"))
+                    row = {"samples": samples, "train_loss": state.train_loss(m),
+                           **row, **conv, "train_time_s": train_time,
+                           "samples_per_s": samples / max(train_time, 1e-9)}
+                    rows[m] = row
+                    outcomes[m].final, outcomes[m].samples = row, samples
+                    if not math.isfinite(row["loss"]):
+                        state.stop(m, DIVERGED, f"eval loss {row['loss']} at sample {samples}")
+                    for sink in sinks[m] if m < len(sinks) else ():
+                        sink.log(row, step=samples)
+                    if state.running[m] and should_stop is not None and should_stop(m, samples, row):
+                        state.stop(m, PRUNED, f"stopped at sample {samples}")
+                    if state.running[m] and cfg.converge and outcomes[m].converged and last < steps:
+                        state.stop(m, COMPLETED, f"converged at sample {samples}")
+            for group in groups:  # stopped members leave a stacked group (a retired group stays as it is)
+                ks = [k for k, m in enumerate(group.member_ids) if state.running[m]]
+                if group.stacked and ks and len(ks) < group.sae.k:
+                    for k, m in enumerate(group.member_ids):
+                        if k not in ks:
+                            members[m].k = -1
+                    group.keep(ks)
+                    for k, m in enumerate(group.member_ids):
+                        members[m].k = k
             state.reset_windows()
-            head = next((r for m, r in enumerate(rows) if state.running[m]), rows[0])
-            bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
-                             **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
+            head = next((rows[m] for m in sorted(rows) if state.running[m]), next(iter(rows.values()), None))
+            if head is not None:
+                bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
+                                 **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
     except KeyboardInterrupt:
         feed.stop()
         queue.stop()
@@ -341,4 +408,7 @@ def train(
             queue.stop()
             pool.shutdown()
             torch.set_num_threads(threads)
+    for m, mem in enumerate(members):  # completed or interrupted: the group's final weights
+        if outcomes[m].weights is None and mem.k >= 0:
+            outcomes[m].weights = groups[mem.g].sae.member(mem.k)
     return outcomes

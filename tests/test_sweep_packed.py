@@ -92,3 +92,19 @@ def test_packed__every_job_keeps_its_own_wandb_run(tmp_path: Path) -> None:
         assert wb["name"] == r.run and wb["exit_code"] == 0
         assert wb["config"]["alpha"] == pytest.approx(r.alpha)
         assert wb["history"][-1]["loss"] == pytest.approx(r.loss, rel=1e-5)
+
+
+def test_packed__seeds_and_sizes_share_one_stacked_pack_with_the_records_of_job_by_job(tmp_path: Path) -> None:
+    grid = ("alpha=0.1,1", "dict_size=16,48", "seed=0,1")  # two batch streams, two J padded into one group
+    proc = ok(run_sweep(tmp_path / "packed", PACKED, *grid))
+    assert "pack 1/1: 8 jobs, dict sizes [16, 48]" in proc.stderr + proc.stdout
+    ok(run_sweep(tmp_path / "basic", *grid))
+    cells = lambda df: {(float(r.alpha), int(r.dict_size), int(r.seed)): r for r in df.itertuples()}  # noqa: E731
+    packed, basic = cells(table(tmp_path / "packed")), cells(table(tmp_path / "basic"))
+    assert sorted(packed) == sorted(basic) and len(packed) == 8
+    for cell, row in packed.items():
+        assert row.status == "completed", row.message
+        for metric in ("loss", "mse", "l1", "mmcs", "fvu", "l0", "dead", "alive"):
+            assert getattr(row, metric) == pytest.approx(getattr(basic[cell], metric), rel=1e-4, abs=1e-6), (cell, metric)
+        summary = json.loads((tmp_path / "packed" / row.run / "summary.json").read_text())
+        assert summary["dead"] + summary["alive"] == cell[1]

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 CELL_FILE = "cell.json"
 TRIAL_FILE = "trial.json"  # left by the Optuna sweeper: how the job reaches its trial
-# Dotted paths that do not change what a run computes (lanes and sparse_below change only its speed).
-IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads", "train.lanes", "train.sparse_below")
+# Dotted paths that do not change what a run computes (lanes, sparse_below and stacked change only its speed).
+IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads", "train.lanes", "train.sparse_below",
+                "train.stacked")
 # Fields added after sweeps already existed: at their default they are left out of the key, so a sweep
 # started before them still resumes.
 DEFAULT_WHEN_ABSENT = {"train.batch_seed": None}

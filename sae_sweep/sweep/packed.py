@@ -3,9 +3,9 @@
 A sweeper (the grid, or the Optuna sweeper with ``n_jobs=K``) hands the launcher a batch of jobs.
 The launcher sets up every job as Hydra's basic launcher would (its run dir, ``.hydra/`` record,
 cell.json and Optuna trial link, through the same job-side code as a solo job), then groups the
-jobs that can share batches (equal ``sae_sweep.run.pack_key``: same data, schedule, device and
-batch stream; alpha, dict_size and, with ``train.batch_seed`` set, the seed may differ) and
-trains each group with ``run_packed``. Every job keeps its own run dir, W&B run, trial, status and
+jobs that can train together (equal ``sae_sweep.run.pack_key``: same data, schedule and device;
+alpha, dict_size, seed and batch stream may differ, each member reading its own stream) and trains
+each group with ``run_packed`` (small SAEs as stacked batched computations: ``sae_sweep/packing.py``). Every job keeps its own run dir, W&B run, trial, status and
 row in the results table; a diverged or pruned member ends alone, and a job whose config is bad
 fails before any training without touching the others.
 
