@@ -1,7 +1,8 @@
 """One run, end to end: build data and SAE from a RunConfig, train, and write the run dir.
 
 Run dir contents: config.yaml (resolved), metrics.jsonl (a row per evaluation), summary.json
-(final metrics, status, timings, versions), sae.safetensors + cfg.json, latents.safetensors (each
+(final metrics, status, timings, versions), sae.safetensors + cfg.json, saelens/ (the same SAE for
+``sae_lens.SAE.load_from_disk``, on raw activations: export.py), latents.safetensors (each
 latent's firing frequency and mean activation on the eval set at the last evaluation),
 ground_truth.safetensors (toy data only: real activations have none), and wandb/ when W&B is on. Imports no hydra or optuna; wandb only through sinks.py.
 """
@@ -26,6 +27,7 @@ from safetensors.torch import save_file
 from sae_sweep.config import RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
+from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
 from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
@@ -104,6 +106,8 @@ class _Prepared:
     sinks: list[MetricSink]
     summary: dict[str, Any]
     setup_s: float = 0.0
+    input_mean_N: torch.Tensor | None = None  # the data's normalisation y -> (y - mean) / scale, for the export
+    input_scale: float = 1.0
 
 
 def _load_data(cfg: RunConfig, device: torch.device) -> tuple[ToyFeatures | ActivationShards, EvalSet]:
@@ -141,6 +145,8 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
         "device": str(device), "threads": torch.get_num_threads(),
     }
     prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / "metrics.jsonl")], summary)
+    if isinstance(data, ActivationShards) and (cfg.data.center or data.scale != 1.0):
+        prepared.input_mean_N, prepared.input_scale = torch.from_numpy(data.mean_N), data.scale
     if cfg.logger.wandb.mode != "disabled":
         w = cfg.logger.wandb
         prepared.sinks.append(WandbSink(run_dir=run_dir, mode=w.mode, project=w.project, entity=w.entity,
@@ -176,6 +182,9 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
         weights = outcome.weights if outcome.weights is not None else p.sae
         weights.save(run_dir, 0, extra={"alpha": cfg.alpha, "l1_norm": cfg.sae.l1_norm,
                                         "loss_normalisation": loss_normalisation(cfg)})
+        # The same SAE as SAELens loads it (export.py), acting on raw activations.
+        write_saelens(run_dir / SAELENS_DIR, weights, mean_N=p.input_mean_N, scale=p.input_scale,
+                      info=run_info(run_dir))
     if outcome is not None and outcome.latent_frequency_J is not None:
         save_file({"frequency": outcome.latent_frequency_J, "mean_activation": outcome.latent_mean_J},
                   str(run_dir / LATENTS_FILE))

@@ -105,8 +105,9 @@ class SAE(nn.Module):
         return self.W_dec_KJN[i].detach()
 
     # --- persistence (safetensors + cfg.json; never pickle) ---------------------------------------
-    def save(self, directory: Path, i: int = 0, extra: dict | None = None) -> None:
+    def save(self, directory: Path | str, i: int = 0, extra: dict | None = None) -> None:
         """Write member i to ``directory/sae.safetensors`` and its shape to ``directory/cfg.json``."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {
             "W_enc": self.W_enc_KNJ[i].detach().T.contiguous().cpu(),  # (J, N): W in c = ReLU(W y + b)
@@ -121,8 +122,9 @@ class SAE(nn.Module):
         (directory / "cfg.json").write_text(json.dumps({**cfg, **(extra or {})}, indent=2))
 
     @classmethod
-    def load(cls, directory: Path, device: torch.device | str = "cpu") -> SAE:
+    def load(cls, directory: Path | str, device: torch.device | str = "cpu") -> SAE:
         """Read an SAE written by :meth:`save` (a single member)."""
+        directory = Path(directory)
         cfg = json.loads((directory / "cfg.json").read_text())
         t = load_file(str(directory / "sae.safetensors"), device=str(device))
         sae = cls(cfg["n"], cfg["dict_size"], 1, decoder_bias=cfg["decoder_bias"], device=device)
