@@ -94,6 +94,7 @@ def multirun_job(cfg) -> Job:
 
     from sae_sweep.run import Job
     from sae_sweep.sweep.job import record_failure, start_job
+    from sae_sweep.threads import choose_threads, launcher_workers
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -104,6 +105,9 @@ def multirun_job(cfg) -> Job:
     except Exception as exc:
         record_failure(run_dir, exc)
         raise
+    workers = launcher_workers(OmegaConf.to_container(hc.launcher, resolve=True))
+    if run_cfg.train.threads == 0 and workers > 1:  # concurrent local workers share the cores
+        run_cfg.train.threads = choose_threads(0, workers=workers) or 0
     return Job(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name,
                should_stop=should_stop)
 
@@ -145,6 +149,9 @@ def _task(cfg) -> float | None:
 
 
 def main() -> None:
+    from sae_sweep.threads import set_wait_policy
+
+    set_wait_policy()  # OMP_WAIT_POLICY=PASSIVE before torch loads, here and in every worker (threads.py)
     # Let composition errors reach us instead of Hydra's multi-line report, so we can print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     import hydra

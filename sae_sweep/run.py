@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
+from sae_sweep.threads import choose_threads
 from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
@@ -143,6 +145,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
         "l1_norm": cfg.sae.l1_norm, "loss_normalisation": loss_normalisation(cfg),
         "trainer_alpha": trainer_alpha(cfg), "eval_size": cfg.data.eval_size,
         "device": str(device), "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / "metrics.jsonl")], summary)
     if isinstance(data, ActivationShards) and (cfg.data.center or data.scale != 1.0):
@@ -229,8 +232,9 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
     if len(keys) > 1:
         raise ValueError("run_packed: jobs differ in data, training schedule, device or batch stream; "
                          "only alpha, dict_size, seed (with train.batch_seed set), sae.l1_norm and the logger may differ")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    threads = choose_threads(cfg.train.threads)  # the thread policy (threads.py)
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = resolve_device(cfg.train.device)
     data, eval_set = _load_data(cfg, device)
     prepared: list[_Prepared] = []
