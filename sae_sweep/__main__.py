@@ -93,6 +93,7 @@ def multirun_job(cfg) -> Job:
     from omegaconf import OmegaConf
 
     from sae_sweep.run import Job
+    from sae_sweep.sweep.cells import TRIAL_FILE, read_json
     from sae_sweep.sweep.job import record_failure, start_job
     from sae_sweep.threads import choose_threads, launcher_workers
 
@@ -108,8 +109,9 @@ def multirun_job(cfg) -> Job:
     workers = launcher_workers(OmegaConf.to_container(hc.launcher, resolve=True))
     if run_cfg.train.threads == 0 and workers > 1:  # concurrent local workers share the cores
         run_cfg.train.threads = choose_threads(0, workers=workers) or 0
+    trial = read_json(run_dir / TRIAL_FILE)
     return Job(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name,
-               should_stop=should_stop)
+               should_stop=should_stop, trial=trial.get("number") if trial else None)
 
 
 def job_objective(summary: dict, run_dir: Path) -> float | None:
@@ -133,7 +135,8 @@ def _task(cfg) -> float | None:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         job = multirun_job(cfg)
-        summary = run(job.cfg, job.run_dir, run_name=job.run_name, group=job.group, should_stop=job.should_stop)
+        summary = run(job.cfg, job.run_dir, run_name=job.run_name, group=job.group, should_stop=job.should_stop,
+                      trial=job.trial)
         return job_objective(summary, job.run_dir)
     run_dir = Path(hc.runtime.output_dir)
     try:

@@ -98,6 +98,8 @@ class Job:
     group: str | None = None
     should_stop: StopFn | None = None
     extra_sinks: Callable[[], list[MetricSink]] | None = None
+    trial: int | None = None
+    """The Optuna trial number the run stands for (in summary.json and the W&B run's config and summary)."""
 
 
 @dataclass
@@ -139,7 +141,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
               init_scale=cfg.sae.init_scale, generator=init, device=device)
     run_name = job.run_name or cfg.name
     summary: dict[str, Any] = {
-        "status": FAILED, "message": "", "name": run_name, "group": job.group,
+        "status": FAILED, "message": "", "name": run_name, "group": job.group, "trial": job.trial,
         "alpha": cfg.alpha, "dict_size": cfg.dict_size, "seed": cfg.seed, "batch_seed": batch_seed(cfg),
         **_data_fields(cfg, data),
         "l1_norm": cfg.sae.l1_norm, "loss_normalisation": loss_normalisation(cfg),
@@ -154,7 +156,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
         w = cfg.logger.wandb
         prepared.sinks.append(WandbSink(run_dir=run_dir, mode=w.mode, project=w.project, entity=w.entity,
                                         name=run_name, group=w.group or job.group or cfg.name, tags=w.tags,
-                                        config=cfg_dict))
+                                        config={**cfg_dict, "trial": job.trial}))
     if job.extra_sinks is not None:
         prepared.sinks.extend(job.extra_sinks())
     return prepared
@@ -205,13 +207,14 @@ def run(
     group: str | None = None,
     should_stop: StopFn | None = None,
     extra_sinks: Callable[[], list[MetricSink]] | None = None,
+    trial: int | None = None,
 ) -> dict[str, Any]:
     """Train one SAE as configured and record it in ``run_dir``; returns the summary dict.
 
     The summary (also in summary.json) has ``status`` completed, diverged, pruned, interrupted or
     failed; sinks are finished in every case. Ctrl-C is re-raised after the record is written.
     """
-    job = Job(cfg, Path(run_dir), run_name, group, should_stop, extra_sinks)
+    job = Job(cfg, Path(run_dir), run_name, group, should_stop, extra_sinks, trial)
     return run_packed([job])[0]
 
 
