@@ -157,6 +157,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
         prepared.sinks.append(WandbSink(run_dir=run_dir, mode=w.mode, project=w.project, entity=w.entity,
                                         name=run_name, group=w.group or job.group or cfg.name, tags=w.tags,
                                         config={**cfg_dict, "trial": job.trial}))
+        summary["wandb_run_id"] = prepared.sinks[-1].run.id
     if job.extra_sinks is not None:
         prepared.sinks.extend(job.extra_sinks())
     return prepared
@@ -171,6 +172,7 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
         summary["status"], summary["message"] = FAILED, f"{type(error).__name__}: {error}"
     final = outcome.final if outcome is not None else {}
     summary.update({k: _finite_or_none(final.get(k)) for k in SUMMARY_KEYS})
+    summary["train_loss"] = _finite_or_none(final.get("train_loss"))  # the last logged training-batch loss
     # The convergence rule's verdict and the last window's two numbers (convergence.py).
     summary.update({"converged": outcome.converged if outcome is not None else False,
                     "loss_change": _finite_or_none(final.get("loss_change")),
