@@ -123,3 +123,13 @@ def test_grid__joblib_workers_run_cells_in_parallel_and_hydras_basic_sweeper_sti
     assert len(df) == 2 and set(df["status"]) == {"completed"}
     pids = {json.loads((sweep / run / "cell.json").read_text())["pid"] for run in df["run"]}
     assert len(pids) == 2  # two worker processes
+
+
+def test_grid__a_swept_config_field_still_splits_the_analysis_into_one_dataset_per_value(tmp_path: Path) -> None:
+    from sae_sweep.analysis.sweep_data import group_columns, load_cells, split_groups
+
+    sweep = tmp_path / "grid"
+    ok(run_sweep(sweep, "alpha=0.1", "data.h=24,32"))
+    cells = load_cells(sweep)
+    assert group_columns(cells) == ["data.h"]
+    assert [label for label, _ in split_groups(cells)] == [{"data.h": 24}, {"data.h": 32}]
