@@ -106,7 +106,7 @@ def multirun_job(cfg) -> Job:
     except Exception as exc:
         record_failure(run_dir, exc)
         raise
-    workers = launcher_workers(OmegaConf.to_container(hc.launcher, resolve=True))
+    workers = launcher_workers({k: OmegaConf.select(hc, f"launcher.{k}", default=None) for k in ("_target_", "n_jobs")})
     if run_cfg.train.threads == 0 and workers > 1:  # concurrent local workers share the cores
         run_cfg.train.threads = choose_threads(0, workers=workers) or 0
     trial = read_json(run_dir / TRIAL_FILE)
