@@ -31,7 +31,6 @@ from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
-from sae_sweep.threads import choose_threads
 from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
@@ -237,9 +236,8 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
     if len(keys) > 1:
         raise ValueError("run_packed: jobs differ in data, training schedule, device or batch stream; "
                          "only alpha, dict_size, seed (with train.batch_seed set), sae.l1_norm and the logger may differ")
-    threads = choose_threads(cfg.train.threads)  # the thread policy (threads.py)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if cfg.train.threads:  # 0: as the process has it (torch's default, or the packed launcher's; threads.py)
+        torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     data, eval_set = _load_data(cfg, device)
     prepared: list[_Prepared] = []

@@ -9,8 +9,10 @@ one thread each, and a quiet run keeps its speed. So by default:
 * ``OMP_WAIT_POLICY=PASSIVE`` is set before torch is imported (the entry points call
   :func:`set_wait_policy`; child processes, e.g. joblib workers, inherit it); a value the user set
   is kept;
-* ``train.threads=0`` means every core this process may use (``os.sched_getaffinity``), divided among
-  the launcher's concurrent workers: a joblib worker takes ``cores // n_jobs`` threads, at least one;
+* ``train.threads=0`` keeps torch's default (one thread per physical core) for a process that runs
+  alone (a single run, the basic launcher; the packed launcher sets its own), and gives each of a
+  joblib launcher's concurrent workers ``cores // n_jobs`` of the usable cores (``os.sched_getaffinity``),
+  at least one;
 * ``SAE_SWEEP_THREAD_POLICY=off`` restores torch's and OpenMP's own defaults (for comparison).
 
 Packed lanes already run one thread each (train.py). Imports no torch.
@@ -46,11 +48,12 @@ def usable_cores() -> int:
 
 def choose_threads(requested: int, *, cores: int | None = None, workers: int = 1,
                    environ: MutableMapping[str, str] | None = None) -> int | None:
-    """The torch thread count for a run: ``requested`` when > 0; else the usable cores shared among
-    ``workers`` concurrent worker processes (at least 1); None = leave torch's default (policy off)."""
+    """The torch thread count for a run: ``requested`` when > 0; else, for one of ``workers`` > 1 concurrent
+    worker processes, its share of the usable cores (at least 1); None = leave torch's default (a process
+    alone, or the policy off)."""
     if requested > 0:
         return requested
-    if not policy_on(environ):
+    if workers <= 1 or not policy_on(environ):
         return None
     cores = usable_cores() if cores is None else cores
     return max(1, cores // max(1, workers))

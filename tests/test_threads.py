@@ -14,8 +14,8 @@ from tests.sweep_helpers import ok, run_sweep
 @pytest.mark.parametrize("requested, cores, workers, expected", [
     (3, 2, 1, 3),   # an explicit train.threads always wins
     (1, 8, 4, 1),
-    (0, 2, 1, 2),   # alone: every usable core
-    (0, 8, 1, 8),
+    (0, 2, 1, None),  # alone: torch's default (one thread per physical core)
+    (0, 8, 1, None),
     (0, 2, 2, 1),   # joblib n_jobs=2 on 2 cores: one thread each
     (0, 8, 3, 2),
     (0, 2, 4, 1),   # more workers than cores: still one thread
@@ -25,7 +25,7 @@ def test_choose_threads__explicit_count_else_cores_shared_among_workers(requeste
 
 
 def test_choose_threads__policy_off_leaves_torchs_default():
-    assert choose_threads(0, cores=2, environ={POLICY_ENV: "off"}) is None
+    assert choose_threads(0, cores=2, workers=2, environ={POLICY_ENV: "off"}) is None
     assert choose_threads(2, cores=2, environ={POLICY_ENV: "off"}) == 2
 
 
