@@ -95,6 +95,7 @@ def multirun_job(cfg) -> Job:
     from sae_sweep.run import Job
     from sae_sweep.sweep.cells import TRIAL_FILE, read_json
     from sae_sweep.sweep.job import record_failure, start_job
+    from sae_sweep.sweep.progress import ProgressSink
     from sae_sweep.threads import choose_threads, launcher_workers
 
     hc = HydraConfig.get()
@@ -110,8 +111,10 @@ def multirun_job(cfg) -> Job:
     if run_cfg.train.threads == 0 and workers > 1:  # concurrent local workers share the cores
         run_cfg.train.threads = choose_threads(0, workers=workers) or 0
     trial = read_json(run_dir / TRIAL_FILE)
+    sweep_dir = Path(hc.sweep.dir)
     return Job(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name,
-               should_stop=should_stop, trial=trial.get("number") if trial else None)
+               should_stop=should_stop, trial=trial.get("number") if trial else None,
+               extra_sinks=lambda: [ProgressSink(sweep_dir)])  # the sweep's progress line as each run ends
 
 
 def job_objective(summary: dict, run_dir: Path) -> float | None:
@@ -136,7 +139,7 @@ def _task(cfg) -> float | None:
     if hc.mode == RunMode.MULTIRUN:
         job = multirun_job(cfg)
         summary = run(job.cfg, job.run_dir, run_name=job.run_name, group=job.group, should_stop=job.should_stop,
-                      trial=job.trial)
+                      extra_sinks=job.extra_sinks, trial=job.trial)
         return job_objective(summary, job.run_dir)
     run_dir = Path(hc.runtime.output_dir)
     try:

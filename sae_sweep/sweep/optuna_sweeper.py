@@ -58,6 +58,7 @@ from sae_sweep.sweep.cells import (
 )
 from sae_sweep.sweep.kill import kill_point
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_run_dir, job_summary
+from sae_sweep.sweep.progress import start_progress
 from sae_sweep.sweep.space import as_override, grid_of, parse_space
 from sae_sweep.sweep.storage import (
     AskTellGridSampler,
@@ -285,6 +286,7 @@ class SaeOptunaSweeper(Sweeper):
         trials, reclaimed = self._reclaim(study, sweep_dir, objectives)
         log.info(f"study {name!r} in {spec}: {len(counted(trials))} of {n_total} trials exist"
                  + "".join(f"; {what}: {n}" for what, n in reclaimed.items()))
+        start_progress(sweep_dir, max(n_total - len(counted(trials)), 0))
         try:
             while not budget.exceeded:
                 n_existing = len(counted(trials))
