@@ -91,9 +91,13 @@ def multirun_job(cfg) -> Job:
     summary.json in the run dir before the error propagates, so the sweeper records the job.
     """
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from sae_sweep.run import Job
+    from sae_sweep.sweep.cells import TRIAL_FILE, read_json
     from sae_sweep.sweep.job import record_failure, start_job, to_run_config
+    from sae_sweep.sweep.progress import ProgressSink
+    from sae_sweep.threads import choose_threads, launcher_workers
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -104,8 +108,14 @@ def multirun_job(cfg) -> Job:
     except Exception as exc:
         record_failure(run_dir, exc)
         raise
+    workers = launcher_workers({k: OmegaConf.select(hc, f"launcher.{k}", default=None) for k in ("_target_", "n_jobs")})
+    if run_cfg.train.threads == 0 and workers > 1:  # concurrent local workers share the cores
+        run_cfg.train.threads = choose_threads(0, workers=workers) or 0
+    trial = read_json(run_dir / TRIAL_FILE)
+    sweep_dir = Path(hc.sweep.dir)
     return Job(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name,
-               should_stop=should_stop)
+               should_stop=should_stop, trial=trial.get("number") if trial else None,
+               extra_sinks=lambda: [ProgressSink(sweep_dir)])  # the sweep's progress line as each run ends
 
 
 def job_objective(summary: dict, run_dir: Path) -> float | None:
@@ -129,7 +139,8 @@ def _task(cfg) -> float | None:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         job = multirun_job(cfg)
-        summary = run(job.cfg, job.run_dir, run_name=job.run_name, group=job.group, should_stop=job.should_stop)
+        summary = run(job.cfg, job.run_dir, run_name=job.run_name, group=job.group, should_stop=job.should_stop,
+                      extra_sinks=job.extra_sinks, trial=job.trial)
         return job_objective(summary, job.run_dir)
     run_dir = Path(hc.runtime.output_dir)
     try:
@@ -160,6 +171,9 @@ def _remove_fresh_run_dir(run_dir: Path) -> None:
 
 
 def main() -> None:
+    from sae_sweep.threads import set_wait_policy
+
+    set_wait_policy()  # OMP_WAIT_POLICY=PASSIVE before torch loads, here and in every worker (threads.py)
     # Let composition errors reach us instead of Hydra's multi-line report, so we can print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     import hydra

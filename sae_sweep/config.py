@@ -331,7 +331,9 @@ class TrainConfig:
     device: str = "cpu"
     """Torch device: cpu, cuda, cuda:N, or auto (cuda when available)."""
     threads: int = 0
-    """Torch intra-op threads on CPU; 0 keeps torch's default (one per physical core)."""
+    """Torch intra-op threads on CPU; 0 = the thread policy (sae_sweep/threads.py): torch's default (one per
+    physical core) for a process alone, the usable cores shared among a joblib launcher's concurrent
+    workers, and OpenMP threads that sleep while they wait (OMP_WAIT_POLICY=PASSIVE)."""
     progress: bool = True
     """Show a progress bar with live loss and MMCS (hidden when stderr is not a terminal)."""
     save_weights: bool = True

@@ -1,7 +1,8 @@
 """One run, end to end: build data and SAE from a RunConfig, train, and write the run dir.
 
 Run dir contents: config.yaml (resolved), metrics.jsonl (a row per evaluation), summary.json
-(final metrics, status, timings, versions), sae.safetensors + cfg.json, latents.safetensors (each
+(final metrics, status, timings, versions), sae.safetensors + cfg.json, saelens/ (the same SAE for
+``sae_lens.SAE.load_from_disk``, on raw activations: export.py), latents.safetensors (each
 latent's firing frequency and mean activation on the eval set at the last evaluation),
 ground_truth.safetensors (toy data only: real activations have none), and wandb/ when W&B is on. Imports no hydra or optuna; wandb only through sinks.py.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from sae_sweep import packing
 from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
+from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
 from sae_sweep.feed import stack_streams
 from sae_sweep.record import (
     GROUND_TRUTH_FILE,
@@ -103,6 +106,8 @@ class Job:
     group: str | None = None
     should_stop: StopFn | None = None
     extra_sinks: Callable[[], list[MetricSink]] | None = None
+    trial: int | None = None
+    """The Optuna trial number the run stands for (in summary.json and the W&B run's config and summary)."""
 
 
 @dataclass
@@ -113,6 +118,8 @@ class _Prepared:
     sinks: list[MetricSink]
     summary: dict[str, Any]
     setup_s: float = 0.0
+    input_mean_N: torch.Tensor | None = None  # the data's normalisation y -> (y - mean) / scale, for the export
+    input_scale: float = 1.0
 
 
 def _load_data(cfg: RunConfig, device: torch.device) -> tuple[ToyFeatures | ActivationShards, EvalSet]:
@@ -142,19 +149,23 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
               init_scale=cfg.sae.init_scale, generator=init, device=device)
     run_name = job.run_name or cfg.name
     summary: dict[str, Any] = {
-        "status": FAILED, "message": "", "name": run_name, "group": job.group,
+        "status": FAILED, "message": "", "name": run_name, "group": job.group, "trial": job.trial,
         "alpha": cfg.alpha, "dict_size": cfg.dict_size, "seed": cfg.seed, "batch_seed": batch_seed(cfg),
         **_data_fields(cfg, data),
         "l1_norm": cfg.sae.l1_norm, "loss_normalisation": loss_normalisation(cfg),
         "trainer_alpha": trainer_alpha(cfg), "eval_size": cfg.data.eval_size,
         "device": str(device), "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / "metrics.jsonl")], summary)
+    if isinstance(data, ActivationShards) and (cfg.data.center or data.scale != 1.0):
+        prepared.input_mean_N, prepared.input_scale = torch.from_numpy(data.mean_N), data.scale
     if cfg.logger.wandb.mode != "disabled":
         w = cfg.logger.wandb
         prepared.sinks.append(WandbSink(run_dir=run_dir, mode=w.mode, project=w.project, entity=w.entity,
                                         name=run_name, group=w.group or job.group or cfg.name, tags=w.tags,
-                                        config=cfg_dict))
+                                        config={**cfg_dict, "trial": job.trial}))
+        summary["wandb_run_id"] = prepared.sinks[-1].run.id
     if job.extra_sinks is not None:
         prepared.sinks.extend(job.extra_sinks())
     return prepared
@@ -169,6 +180,7 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
         summary["status"], summary["message"] = FAILED, f"{type(error).__name__}: {error}"
     final = outcome.final if outcome is not None else {}
     summary.update({k: _finite_or_none(final.get(k)) for k in SUMMARY_METRICS})
+    summary["train_loss"] = _finite_or_none(final.get("train_loss"))  # the last logged training-batch loss
     # The convergence rule's verdict and the last window's two numbers (convergence.py).
     summary.update({"converged": outcome.converged if outcome is not None else False,
                     "loss_change": _finite_or_none(final.get("loss_change")),
@@ -185,6 +197,9 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
         weights = outcome.weights if outcome.weights is not None else p.sae
         weights.save(run_dir, 0, extra={"alpha": cfg.alpha, "l1_norm": cfg.sae.l1_norm,
                                         "loss_normalisation": loss_normalisation(cfg)})
+        # The same SAE as SAELens loads it (export.py), acting on raw activations.
+        write_saelens(run_dir / SAELENS_DIR, weights, mean_N=p.input_mean_N, scale=p.input_scale,
+                      info=run_info(run_dir))
     if outcome is not None and outcome.latent_frequency_J is not None:
         save_file({"frequency": outcome.latent_frequency_J, "mean_activation": outcome.latent_mean_J},
                   str(run_dir / LATENTS_FILE))
@@ -204,13 +219,14 @@ def run(
     group: str | None = None,
     should_stop: StopFn | None = None,
     extra_sinks: Callable[[], list[MetricSink]] | None = None,
+    trial: int | None = None,
 ) -> dict[str, Any]:
     """Train one SAE as configured and record it in ``run_dir``; returns the summary dict.
 
     The summary (also in summary.json) has ``status`` completed, diverged, pruned, interrupted or
     failed; sinks are finished in every case. Ctrl-C is re-raised after the record is written.
     """
-    job = Job(cfg, Path(run_dir), run_name, group, should_stop, extra_sinks)
+    job = Job(cfg, Path(run_dir), run_name, group, should_stop, extra_sinks, trial)
     return run_packed([job])[0]
 
 
@@ -234,7 +250,7 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
     if len(keys) > 1:
         raise ValueError("run_packed: jobs differ in data, training schedule or device; "
                          "only alpha, dict_size, seed, train.batch_seed, sae.l1_norm and the logger may differ")
-    if cfg.train.threads:
+    if cfg.train.threads:  # 0: as the process has it (torch's default, or the packed launcher's; threads.py)
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     data, eval_set = _load_data(cfg, device)

@@ -136,8 +136,9 @@ class SAE(nn.Module):
         return self.W_dec_KJN[i, : self.sizes_K[i]].detach()
 
     # --- persistence (safetensors + cfg.json; never pickle) ---------------------------------------
-    def save(self, directory: Path, i: int = 0, extra: dict | None = None) -> None:
+    def save(self, directory: Path | str, i: int = 0, extra: dict | None = None) -> None:
         """Write member i (at its own J) to ``directory/sae.safetensors`` and its shape to ``directory/cfg.json``."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         j = self.sizes_K[i]
         tensors = {

@@ -6,8 +6,10 @@ A sink takes a flat dict of named metrics per evaluation (``log``) and the run's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 import struct
 import time
 from pathlib import Path
@@ -79,18 +81,30 @@ class WandbSink:
         for k, v in summary.items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 self.run.summary[k] = v
-        self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+        # A pruned trial ended as the study asked: finished, not failed, and marked so in summary and tags.
+        pruned = summary.get("status") == "pruned"
+        self.run.summary["pruned"] = pruned
+        if pruned:
+            self.run.tags = (*(self.run.tags or ()), "pruned")
+        self.run.finish(exit_code=0 if summary.get("status") in ("completed", "pruned") else 1)
 
 
 def log_report_run(
     *, run_dir: Path, mode: str, project: str, name: str, group: str | None, images: dict[str, Path],
     summary: dict[str, Any], entity: str | None = None,
 ) -> None:
-    """One W&B run holding a sweep's analysis: every figure as an image and the estimates as summary."""
+    """One W&B run holding a sweep's analysis: every figure as an image and the estimates as summary.
+
+    The run's id is the sweep dir's (:func:`analysis_run_id`), so analysing a sweep again resumes and
+    updates its one analysis run instead of adding another; offline, the superseded local copies are
+    removed (each new one holds the whole analysis, and ``wandb sync`` would upload it to the same run).
+    """
     import wandb
 
+    run_id = analysis_run_id(run_dir)
     run = wandb.init(dir=str(run_dir), mode=mode, project=project, entity=entity, name=name, group=group,
-                     job_type="analysis", reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+                     id=run_id, resume="allow", job_type="analysis", reinit="create_new",
+                     settings=wandb.Settings(silent=True, console="off"))
     try:
         run.log({key: wandb.Image(str(path)) for key, path in images.items()}, step=0)
         for k, v in summary.items():
@@ -98,6 +112,17 @@ def log_report_run(
                 run.summary[k] = v
     finally:
         run.finish()
+    if mode == "offline":
+        current = Path(run.dir).parent  # .../wandb/offline-run-<time>-<id>/files -> the run's own dir
+        for old in Path(run_dir).glob(f"wandb/offline-run-*-{run_id}"):
+            if old.resolve() != current.resolve():
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def analysis_run_id(sweep_dir: Path) -> str:
+    """The W&B id of a sweep's analysis run: fixed by the sweep dir's absolute path."""
+    digest = hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
+    return f"analysis-{digest}"
 
 
 # --- reading an offline W&B run back from disk -------------------------------------------------------
@@ -173,7 +198,7 @@ def _parse_run_file(path: Path) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     config: dict[str, Any] = {}
-    out: dict[str, Any] = {"exit_code": None, "name": None, "group": None}
+    out: dict[str, Any] = {"exit_code": None, "name": None, "group": None, "id": None, "tags": []}
 
     def key(item: Any) -> str:
         return item.key or "/".join(item.nested_key)
@@ -187,7 +212,8 @@ def _parse_run_file(path: Path) -> dict[str, Any]:
         elif which == "config":
             config.update({key(i): json.loads(i.value_json) for i in rec.config.update})
         elif which == "run":
-            out["name"], out["group"] = rec.run.display_name, rec.run.run_group
+            out["name"], out["group"], out["id"] = rec.run.display_name, rec.run.run_group, rec.run.run_id
+            out["tags"] = list(rec.run.tags)
             config.update({key(i): json.loads(i.value_json) for i in rec.run.config.update})
         elif which == "exit":
             out["exit_code"] = rec.exit.exit_code

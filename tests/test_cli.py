@@ -73,3 +73,28 @@ def test_cli__conflicting_hydra_flags_are_a_one_line_error():
     res = run_cli("-m", "alpha=0.1", "--cfg", "hydra", cwd=REPO)
     assert res.returncode == 2
     assert res.stderr.strip().startswith("sae_sweep: error: Only one of") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli__help_lists_recipes_groups_fields_and_examples_without_internal_names():
+    res = run_cli("--help", cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    page = res.stdout
+    assert "_schema" not in page and "cache:" not in page and "cache=" not in page
+    recipes = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+    for name in recipes:
+        if not name.startswith("gen_"):
+            assert f"  {name} " in page, name
+    assert "gen_a..gen_h" in page
+    for group in ("data", "sae", "train", "logger"):  # every option of every user-facing group
+        line = next(x for x in page.splitlines() if x.startswith(f"  {group} "))
+        for option in (p.stem for p in (REPO / "conf" / group).glob("*.yaml")):
+            assert option in line, (group, option)
+    for launcher in ("basic", "joblib", "packed", *(p.stem for p in (REPO / "conf/hydra/launcher").glob("*.yaml"))):
+        assert launcher in page, launcher
+    for field in ("alpha", "dict_size", "seed", "name"):
+        assert f"  {field} " in page, field
+    for command in ("python -m sae_sweep experiment=smoke", "python -m sae_sweep -m alpha=",
+                    "hydra/sweeper=sae_optuna", "hydra/launcher=packed", "experiment=quickstart",
+                    "python -m sae_sweep.analyze", "python -m sae_sweep.refine", "python -m sae_sweep.cache",
+                    "python -m sae_sweep.export", "python -m sae_sweep.upload"):
+        assert command in page, command

@@ -55,3 +55,17 @@ def test_run__wandb_run_of_a_diverged_job_is_finished_as_failed(tmp_path):
     run(build_cfg(wandb_mode="offline", train={"lr": 1e30}), tmp_path)
     wb = read_wandb_offline_run(tmp_path)
     assert wb["exit_code"] == 1 and wb["summary"]["status"] == "diverged"
+
+
+def test_run__wandb_run_of_a_pruned_trial_finishes_as_pruned_with_its_trial_number(tmp_path):
+    summary = run(build_cfg(wandb_mode="offline"), tmp_path, should_stop=lambda *_: True, trial=7)
+    assert summary["status"] == "pruned" and summary["trial"] == 7
+    wb = read_wandb_offline_run(tmp_path)
+    assert wb["exit_code"] == 0 and wb["summary"]["pruned"] is True and "pruned" in wb["tags"]
+    assert wb["summary"]["trial"] == 7 and wb["config"]["trial"] == 7
+
+
+def test_run__completed_wandb_run_is_not_marked_pruned(tmp_path):
+    run(build_cfg(wandb_mode="offline"), tmp_path)
+    wb = read_wandb_offline_run(tmp_path)
+    assert wb["exit_code"] == 0 and wb["summary"]["pruned"] is False and "pruned" not in wb["tags"]

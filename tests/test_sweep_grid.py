@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from sae_sweep.sinks import read_wandb_offline_run
@@ -30,6 +31,27 @@ def test_grid__one_run_dir_per_cell_one_wandb_run_each_and_a_results_table(tmp_p
         assert wb["group"] == "smoke"  # grouped by sweep
         assert "alpha=" in wb["name"] and "seed=" in wb["name"]  # named by its overrides
         assert wb["exit_code"] == 0
+        assert wb["id"] == df.loc[df["run"] == run, "wandb_run_id"].item()
+
+
+def test_grid__results_table_has_what_users_filter_by_and_one_dataset(tmp_path: Path) -> None:
+    from sae_sweep.analysis.sweep_data import group_columns, load_cells
+
+    sweep = tmp_path / "grid"
+    ok(run_sweep(sweep, "alpha=0.1,0.3", "logger.wandb.mode=offline"))
+    df = table(sweep)
+    for col in ("wandb_run_id", "trainer_alpha", "train.lr", "train.batch_size", "data.h", "sae.l1_norm",
+                "device", "threads", "objective", "train_loss", "sweep", "run_dir"):
+        assert col in df.columns and df[col].notna().all(), col
+    assert set(df["sweep"]) == {"smoke"} and set(df["objective"]) == {"mmcs"} and set(df["device"]) == {"cpu"}
+    assert all(Path(p).is_absolute() and (Path(p) / "summary.json").is_file() for p in df["run_dir"])
+    assert list(df["train.lr"]) == [0.001, 0.001] and list(df["train.batch_size"]) == [128, 128]
+    assert "train.threads" not in df.columns and "logger.wandb.mode" not in df.columns
+    ints = [c for c in df.columns if pd.api.types.is_integer_dtype(df[c])]
+    assert {"trial", "dict_size", "seed", "samples", "threads", "train.batch_size", "data.h"} <= set(ints)
+    assert all(str(df[c].dtype) == "Int64" for c in ints), {c: str(df[c].dtype) for c in ints}
+    # Config values that no command line swept do not split the analysis into datasets.
+    assert group_columns(load_cells(sweep)) == []
 
 
 def test_grid_resume__skips_cells_finished_under_any_spelling_and_reruns_only_failed_ones(tmp_path: Path) -> None:
@@ -101,3 +123,13 @@ def test_grid__joblib_workers_run_cells_in_parallel_and_hydras_basic_sweeper_sti
     assert len(df) == 2 and set(df["status"]) == {"completed"}
     pids = {json.loads((sweep / run / "cell.json").read_text())["pid"] for run in df["run"]}
     assert len(pids) == 2  # two worker processes
+
+
+def test_grid__a_swept_config_field_still_splits_the_analysis_into_one_dataset_per_value(tmp_path: Path) -> None:
+    from sae_sweep.analysis.sweep_data import group_columns, load_cells, split_groups
+
+    sweep = tmp_path / "grid"
+    ok(run_sweep(sweep, "alpha=0.1", "data.h=24,32"))
+    cells = load_cells(sweep)
+    assert group_columns(cells) == ["data.h"]
+    assert [label for label, _ in split_groups(cells)] == [{"data.h": 24}, {"data.h": 32}]

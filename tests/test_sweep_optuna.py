@@ -39,6 +39,7 @@ def test_optuna__tpe_search_over_log_float_choice_and_int_fills_study_and_table(
     assert list(df["trial"]) == [0, 1, 2] and list(df["run"]) == ["trial_00000", "trial_00001", "trial_00002"]
     assert list(df["mmcs"]) == pytest.approx([t.value for t in trials])
     assert list(df["train.batch_size"]) == [t.params["train.batch_size"] for t in trials]
+    assert study.metric_names == ["mmcs"] and set(df["objective"]) == {"mmcs"}
 
 
 def test_optuna_resume__n_trials_is_the_study_total_and_a_seeded_sampler_does_not_repeat_points(tmp_path: Path) -> None:

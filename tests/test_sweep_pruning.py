@@ -38,3 +38,17 @@ def test_pruning__hopeless_trials_stop_at_their_first_evaluation_in_process_and_
         summary = json.loads((sweep / f"trial_{t.number:05d}" / "summary.json").read_text())
         assert summary["status"] == "pruned" and summary["samples"] == 2560
     assert list(table(sweep)["status"]) == ["completed"] + ["pruned"] * 3
+
+
+def test_pruning__pruned_trials_finish_their_wandb_runs_as_pruned_with_the_trial_number(tmp_path: Path) -> None:
+    from sae_sweep.sinks import read_wandb_offline_run
+
+    sweep = tmp_path / "prune_wb"
+    common = ("hydra/sweeper=sae_optuna", "train.num_samples=10000", "logger.wandb.mode=offline", *MEDIAN)
+    ok(run_sweep(sweep, *common, "hydra.sweeper.n_trials=1", LEARNS))
+    ok(run_sweep(sweep, *common, "hydra.sweeper.n_trials=2", STUCK))
+    completed, pruned = (read_wandb_offline_run(sweep / f"trial_{i:05d}") for i in (0, 1))
+    assert completed["exit_code"] == 0 and completed["summary"]["pruned"] is False
+    assert pruned["exit_code"] == 0 and pruned["summary"]["pruned"] is True and "pruned" in pruned["tags"]
+    for number, wb in enumerate((completed, pruned)):
+        assert wb["config"]["trial"] == number and wb["summary"]["trial"] == number

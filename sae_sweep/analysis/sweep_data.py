@@ -39,8 +39,16 @@ def load_cells(sweep_dir: Path) -> pd.DataFrame:
 
 
 def group_columns(cells: pd.DataFrame) -> list[str]:
-    """Swept config fields other than alpha, dict_size and seed (e.g. ``data.h``): each value is one dataset."""
-    return [c for c in cells.columns if "." in c and c not in _NOT_CONFIG and cells[c].nunique(dropna=False) > 1]
+    """Swept config fields other than alpha, dict_size and seed (e.g. ``data.h``): each value is one dataset.
+
+    Only fields some cell's command line set (the table's ``swept`` column) count: the table has a column
+    for every config value, and one that merely differs between invocations does not make a dataset."""
+    if "swept" not in cells.columns:  # a table from before the column (or built by hand): every dotted column
+        swept = set(cells.columns)
+    else:
+        swept = {k for keys in cells["swept"].dropna() for k in str(keys).split(",") if k}
+    return [c for c in cells.columns if "." in c and c in swept and c not in _NOT_CONFIG
+            and cells[c].nunique(dropna=False) > 1]
 
 
 def group_slug(label: dict[str, object]) -> str:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from sae_sweep.sweep.cells import cell_key, finished_cells, own_subdir, subdir_override
 from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_summary
+from sae_sweep.sweep.progress import start_progress
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class SaeGridSweeper(BasicSweeper):
         todo = self._todo(self._cells(arguments), sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        start_progress(sweep_dir, len(todo))
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size)) if todo else []
         returns = []
         job_idx = 0

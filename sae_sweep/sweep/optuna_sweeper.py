@@ -34,6 +34,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ from sae_sweep.sweep.cells import (
 from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.kill import kill_point
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_run_dir, job_summary
+from sae_sweep.sweep.progress import start_progress
 from sae_sweep.sweep.space import as_override, grid_of, parse_space
 from sae_sweep.sweep.storage import (
     AskTellGridSampler,
@@ -119,8 +121,11 @@ def default_objectives(config: DictConfig) -> dict[str, str]:
     return {"mmcs": "maximize"} if has_truth else {"fvu": "minimize", "l0": "minimize"}
 
 
-def open_study(name: str, storage: optuna.storages.BaseStorage, directions: list[str]) -> optuna.Study:
-    """Create the study or load it; a concurrent first creation by another worker is tolerated."""
+def open_study(name: str, storage: optuna.storages.BaseStorage, directions: list[str],
+               metric_names: list[str] | None = None) -> optuna.Study:
+    """Create the study or load it; a concurrent first creation by another worker is tolerated.
+
+    With ``metric_names`` the study names its objectives (Optuna's dashboard and CLI show them)."""
     # Our own log line says which study and how many trials; Optuna's would precede a one-line error.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(5):
@@ -137,6 +142,10 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, directions: list
     if have != directions:
         raise SweepConfigError(f"hydra.sweeper.objectives: study {name!r} optimises {have}, the config asks for "
                                f"{directions}; use another study_name")
+    if metric_names and study.metric_names != list(metric_names):
+        with warnings.catch_warnings():  # experimental in Optuna 5: the warning says nothing to a user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(metric_names))
     return study
 
 
@@ -353,11 +362,12 @@ class SaeOptunaSweeper(Sweeper):
                                    f"and n_jobs >= 1, got n_trials={c.n_trials!r}, n_jobs={c.n_jobs!r}")
         spec = storage_spec(c.storage, sweep_dir)
         name = c.study_name or str(self.config.name)
-        study = open_study(name, open_storage(spec), list(objectives.values()))
+        study = open_study(name, open_storage(spec), list(objectives.values()), list(objectives))
         budget = FailureBudget(c.max_failure_rate)
         trials, reclaimed = self._reclaim(study, sweep_dir, objectives)
         log.info(f"study {name!r} in {spec}: {len(counted(trials))} of {n_total} trials exist"
                  + "".join(f"; {what}: {n}" for what, n in reclaimed.items()))
+        start_progress(sweep_dir, max(n_total - len(counted(trials)), 0))
         try:
             while not budget.exceeded:
                 n_existing = len(counted(trials))
@@ -513,7 +523,7 @@ class SaeOptunaSweeper(Sweeper):
         single = len(objectives) == 1  # Optuna prunes single-objective studies only
         info = {"storage": spec, "study_name": name, "trial_id": trial._trial_id, "number": trial.number,
                 "uid": attrs["uid"], "cell": attrs["cell"],
-                "metric": next(iter(objectives)) if single else None,
+                "metric": next(iter(objectives)) if single else None, "objectives": list(objectives),
                 "pruner": self.conf.pruner if single else "none", "pruner_kwargs": dict(self.conf.pruner_kwargs)}
         tmp = run_dir / f".{TRIAL_FILE}.tmp"
         tmp.write_text(json.dumps(info, indent=2))

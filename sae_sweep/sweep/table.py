@@ -1,9 +1,17 @@
 """The results table of a sweep: one row per cell, written as runs.parquet and runs.csv.
 
-Rows come from the run dirs' records (cell.json, summary.json, .hydra/config.yaml), so the table
-can be rebuilt at any time from disk, whichever sweeper or launcher produced the runs. A cell that
-ran more than once (a failed cell re-run by a resumed grid) appears once: its completed run if any,
-else its latest attempt.
+Rows come from the run dirs' records (cell.json, summary.json, trial.json, config.yaml or
+.hydra/config.yaml), so the table can be rebuilt at any time from disk, whichever sweeper or launcher
+produced the runs. A cell that ran more than once (a failed cell re-run by a resumed grid) appears
+once: its completed run if any, else its latest attempt.
+
+Columns: the base axes and status (``BASE``), then ``sweep`` (the sweep's name), ``run_dir`` (absolute),
+``wandb_run_id``, ``objective`` (what the sweeper optimised, comma-separated when several), every run
+config value as a dotted column (``train.lr``, ``data.h``, ...; not the ones that never change a
+result, ``IGNORED_KEYS``), ``swept`` (the config keys this cell's command line set: only those split a
+sweep into datasets, see analysis/sweep_data.py), ``trainer_alpha``, ``device``, ``threads``, the
+final metrics (``train_loss`` included), the timings and the start and end times. Integer columns are
+pandas' nullable ``Int64`` throughout, so a failed run's gap never turns them into floats.
 """
 
 from __future__ import annotations
@@ -19,14 +27,16 @@ import yaml
 from omegaconf import OmegaConf
 
 from sae_sweep.record import CORRUPT, RecordError, check_finished
-from sae_sweep.sweep.cells import CELL_FILE, IGNORED_KEYS, SUMMARY_FILE, read_json, run_dirs
+from sae_sweep.sweep.cells import CELL_FILE, IGNORED_KEYS, SUMMARY_FILE, TRIAL_FILE, read_json, run_dirs
 
 log = logging.getLogger(__name__)
 
-METRICS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu", "l0",
-           "dead", "alive", "l1_norm", "h", "n", "converged", "loss_change", "atom_drift")
+METRICS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "train_loss", "mse", "l1", "l1_sum",
+           "fvu", "l0", "dead", "alive", "l1_norm", "h", "n", "converged", "loss_change", "atom_drift")
+RUN_FIELDS = ("trainer_alpha", "device", "threads")
 TIMINGS = ("samples", "train_time_s", "samples_per_s", "setup_time_s", "wall_time_s")
 BASE = ("run", "cell_key", "trial", "status", "message", "alpha", "dict_size", "seed")
+_NEVER_CONFIG = ("alpha", "dict_size", "seed", "name")  # top-level fields with columns of their own
 STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3, "interrupted": 4, CORRUPT: 5, "incomplete": 6}
 
 
@@ -63,6 +73,81 @@ def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _ignored(key: str) -> bool:
+    return any(key == i or key.startswith(i + ".") for i in IGNORED_KEYS)
+
+
+def _config_values(run_dir: Path) -> dict[str, Any]:
+    """Every leaf of the run's config as a dotted key (lists as text), from config.yaml (as run) or Hydra's."""
+    tree: Any = None
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if not path.exists():
+            continue
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # any YAML damage: try the other copy, else no config columns
+            log.warning(f"results table: {path}: not readable YAML ({type(exc).__name__})")
+            continue
+        try:
+            tree = OmegaConf.to_container(loaded, resolve=True)
+        except Exception:  # an unresolvable interpolation: the table still gets the other columns
+            tree = OmegaConf.to_container(loaded, resolve=False)
+        break
+    if not isinstance(tree, dict):
+        return {}
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif prefix and prefix not in _NEVER_CONFIG and not prefix.startswith("hydra") and not _ignored(prefix):
+            out[prefix] = str(node) if isinstance(node, list) else node
+
+    walk(tree, "")
+    return out
+
+
+def _sweep_name(run_dir: Path, summary: dict[str, Any] | None, sweep_dir: Path) -> str:
+    """The sweep's name (the config's ``name``: outputs/<name>/), else the sweep dir's."""
+    path = run_dir / ".hydra" / "config.yaml"
+    name = OmegaConf.select(OmegaConf.load(path), "name", default=None) if path.exists() else None
+    return str(name or (summary or {}).get("group") or Path(sweep_dir).resolve().name)
+
+
+def _objective(run_dir: Path, summary: dict[str, Any] | None) -> str | None:
+    """What the sweeper optimised: the Optuna study's objectives, else the grid job's return value."""
+    trial = read_json(run_dir / TRIAL_FILE)
+    if trial and trial.get("objectives"):
+        return ",".join(trial["objectives"])
+    if trial and trial.get("metric"):
+        return str(trial["metric"])
+    if not summary:
+        return None
+    return "mmcs" if summary.get("mmcs") is not None or summary.get("h") is not None else "fvu"
+
+
+def _nullable_integers(df: pd.DataFrame) -> pd.DataFrame:
+    """Every column whose values are all integers (gaps allowed) as Int64."""
+    for col in df.columns:
+        values = df[col].dropna()
+        if col in _INTEGER_COLUMNS:
+            try:
+                df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+            except (TypeError, ValueError, OverflowError):  # a record from before seeds were bounded
+                df[col] = df[col].astype(str)
+        elif df[col].dtype == object and len(values) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values):
+            df[col] = df[col].astype("Int64")
+        elif pd.api.types.is_integer_dtype(df[col].dtype) and not pd.api.types.is_extension_array_dtype(df[col]):
+            df[col] = df[col].astype("Int64")
+    return df
+
+
+# Columns that are integers whenever they have a value (a float or empty column of them comes from gaps).
+_INTEGER_COLUMNS = ("trial", "dict_size", "seed", "samples", "dead", "alive", "h", "n", "threads")
+
+
 def collect_runs(sweep_dir: Path) -> pd.DataFrame:
     """One row per cell under ``sweep_dir`` (empty frame with the base columns when there is none)."""
     rows: list[dict[str, Any]] = []
@@ -79,8 +164,14 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
                 log.warning(f"results table: {exc}; the cell is marked {CORRUPT}")
         row: dict[str, Any] = {"run": str(d.relative_to(sweep_dir)), "cell_key": cell.get("cell_key"),
                                "trial": cell.get("trial"), "status": status, "message": message}
-        row.update(_swept(list(cell.get("overrides") or []), d))
-        for k in ("alpha", "dict_size", "seed", *METRICS, *TIMINGS):
+        swept = _swept(list(cell.get("overrides") or []), d)
+        config = _config_values(d)
+        row.update(swept)
+        row.update({"sweep": _sweep_name(d, summary, sweep_dir), "run_dir": str(d.resolve()),
+                    "wandb_run_id": (summary or {}).get("wandb_run_id"), "objective": _objective(d, summary)})
+        row.update({k: v for k, v in config.items() if k not in swept})
+        row["swept"] = ",".join(sorted(k for k in swept if k not in ("alpha", "dict_size", "seed")))
+        for k in ("alpha", "dict_size", "seed", *RUN_FIELDS, *METRICS, *TIMINGS):
             if summary and k in summary:
                 row[k] = summary[k]
         row["started_at"] = pd.to_datetime(cell.get("started_at"), unit="s", utc=True)
@@ -89,13 +180,7 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=list(BASE))
-    df = pd.DataFrame(rows)
-    for col in ("trial", "dict_size", "seed", "samples", "dead", "alive"):
-        if col in df.columns:  # stay integers even where a failed run leaves a gap
-            try:
-                df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-            except (TypeError, ValueError, OverflowError):  # a record from before seeds were bounded
-                df[col] = df[col].astype(str)
+    df = _nullable_integers(pd.DataFrame(rows))
     df["_rank"] = df["status"].map(STATUS_RANK).fillna(9)
     df = df.sort_values(["_rank", "started_at"], ascending=[True, False])
     df = df.drop_duplicates("cell_key", keep="first").drop(columns="_rank")

@@ -1,0 +1,69 @@
+"""The thread policy: how many torch threads a run takes, and how its OpenMP threads wait.
+
+Measured on a shared 2-core machine (benchmarks/bench_threads.py, README "Threads"): torch's OpenMP
+threads spin while they wait for a core another process holds, so two runs of two threads each slowed
+each other down 2.6-40x, and a busy neighbour made even one run many times slower. With
+``OMP_WAIT_POLICY=PASSIVE`` a waiting thread sleeps instead: concurrent runs then cost no more than
+one thread each, and a quiet run keeps its speed. So by default:
+
+* ``OMP_WAIT_POLICY=PASSIVE`` is set before torch is imported (the entry points call
+  :func:`set_wait_policy`; child processes, e.g. joblib workers, inherit it); a value the user set
+  is kept;
+* ``train.threads=0`` keeps torch's default (one thread per physical core) for a process that runs
+  alone (a single run, the basic launcher; the packed launcher sets its own), and gives each of a
+  joblib launcher's concurrent workers ``cores // n_jobs`` of the usable cores (``os.sched_getaffinity``),
+  at least one;
+* ``SAE_SWEEP_THREAD_POLICY=off`` restores torch's and OpenMP's own defaults (for comparison).
+
+Packed lanes already run one thread each (train.py). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+POLICY_ENV = "SAE_SWEEP_THREAD_POLICY"
+WAIT_POLICY = "PASSIVE"
+
+
+def policy_on(environ: MutableMapping[str, str] | None = None) -> bool:
+    environ = os.environ if environ is None else environ
+    return environ.get(POLICY_ENV, "").lower() != "off"
+
+
+def set_wait_policy(environ: MutableMapping[str, str] | None = None) -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set one or turned the policy off; before torch loads."""
+    environ = os.environ if environ is None else environ
+    if policy_on(environ):
+        environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
+def choose_threads(requested: int, *, cores: int | None = None, workers: int = 1,
+                   environ: MutableMapping[str, str] | None = None) -> int | None:
+    """The torch thread count for a run: ``requested`` when > 0; else, for one of ``workers`` > 1 concurrent
+    worker processes, its share of the usable cores (at least 1); None = leave torch's default (a process
+    alone, or the policy off)."""
+    if requested > 0:
+        return requested
+    if workers <= 1 or not policy_on(environ):
+        return None
+    cores = usable_cores() if cores is None else cores
+    return max(1, cores // max(1, workers))
+
+
+def launcher_workers(launcher: dict | None) -> int:
+    """How many jobs a Hydra launcher config runs at once on this machine (joblib: n_jobs; else 1)."""
+    if not launcher or "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = launcher.get("n_jobs", 1)
+    if not isinstance(n_jobs, int) or n_jobs < 1:  # joblib's -1 = all cores: one thread each
+        return usable_cores()
+    return n_jobs

@@ -1,0 +1,37 @@
+"""The sweep's progress line (sweep/progress.py): cells done / total, failures and an ETA, per launcher."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sae_sweep.sweep.progress import format_eta, progress_line, start_progress
+from tests.sweep_helpers import ok, run_sweep
+
+
+def test_progress_line__counts_records_written_since_the_start_and_extrapolates(tmp_path):
+    import json
+    import os
+
+    start_progress(tmp_path, 4)
+    t0 = json.loads((tmp_path / "progress.json").read_text())["started_at"]
+    for i, status in enumerate(("completed", "failed")):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "summary.json").write_text(json.dumps({"status": status}))
+    (tmp_path / "old").mkdir()  # a record from an earlier invocation does not count
+    (tmp_path / "old" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    os.utime(tmp_path / "old" / "summary.json", (t0 - 60, t0 - 60))
+    assert progress_line(tmp_path, now=t0 + 10) == (
+        f"{tmp_path.name}: 2/4 cells done (1 failed), 0:00:10 elapsed, ETA 0:00:10")
+    assert format_eta(3725) == "1:02:05"
+
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+                                      ("hydra/launcher=packed",)], ids=["basic", "joblib", "packed"])
+def test_multirun__prints_a_progress_line_per_finished_cell(tmp_path: Path, launcher: tuple[str, ...]) -> None:
+    proc = ok(run_sweep(tmp_path / "grid", *launcher, "alpha=0.1,0.2,0.3"))
+    lines = re.findall(r"\[progress\] grid: (\d)/3 cells done \((\d) failed\), [\d:]+ elapsed, ETA [\d:?]+",
+                       proc.stdout + proc.stderr)
+    assert sorted(lines) == [("1", "0"), ("2", "0"), ("3", "0")], proc.stderr[-3000:]
