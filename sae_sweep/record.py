@@ -138,10 +138,11 @@ def check_finished(run_dir: Path) -> dict[str, Any]:
             if file_digest(path) != digest:
                 raise RecordError(path, "changed or damaged since the run wrote it (SHA-256 differs from summary.json)")
         return summary
-    j, n = _dims(summary, run_dir / SUMMARY_FILE)
     if (run_dir / WEIGHTS_FILE).exists():
+        j, n = _dims(summary, run_dir / SUMMARY_FILE)
         read_tensors(run_dir / WEIGHTS_FILE, {"W_enc": (j, n), "W_dec": (n, j), "b_enc": (j,), "b_dec": (n,)})
     if (run_dir / LATENTS_FILE).exists():
+        j, _ = _dims(summary, run_dir / SUMMARY_FILE)
         read_tensors(run_dir / LATENTS_FILE, {"frequency": (j,), "mean_activation": (j,)})
     if (run_dir / GROUND_TRUTH_FILE).exists():
         read_tensors(run_dir / GROUND_TRUTH_FILE)

@@ -4,14 +4,14 @@
 # rounds of refinement, then the table of estimates and verdicts against the true h.
 #   bash scripts/generalization.sh            all eight (tuning half a-d, held-back half e-h)
 #   bash scripts/generalization.sh a b c d    only these settings
-# Two jobs at a time on one torch thread each (on a 2-core machine two 2-thread runs slow each other
-# several times over). Runtime: see the README's table. Resumable: re-run the same command.
+# Each setting trains packed (the recipes' launcher: one process, a lane per core, small SAEs stacked).
+# Runtime: see docs/generalization.md. Resumable: re-run the same command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 SETTINGS=("$@")
 [ ${#SETTINGS[@]} -gt 0 ] || SETTINGS=(a b c d e f g h)
-LAUNCH=(hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1 train.progress=false logger.wandb.mode=disabled)
+LAUNCH=(train.progress=false logger.wandb.mode=disabled)
 for s in "${SETTINGS[@]}"; do  # each setting whole (coarse, then refinement) before the next
   "$PY" -m sae_sweep -m "experiment=gen_$s" "${LAUNCH[@]}"
   if [ "${SAE_SWEEP_REFINE:-1}" = 1 ]; then

@@ -111,7 +111,10 @@ def _config_values(run_dir: Path) -> dict[str, Any]:
 def _sweep_name(run_dir: Path, summary: dict[str, Any] | None, sweep_dir: Path) -> str:
     """The sweep's name (the config's ``name``: outputs/<name>/), else the sweep dir's."""
     path = run_dir / ".hydra" / "config.yaml"
-    name = OmegaConf.select(OmegaConf.load(path), "name", default=None) if path.exists() else None
+    try:
+        name = OmegaConf.select(OmegaConf.load(path), "name", default=None) if path.exists() else None
+    except Exception:  # damaged YAML (logged where the config values are read): fall back below
+        name = None
     return str(name or (summary or {}).get("group") or Path(sweep_dir).resolve().name)
 
 
