@@ -46,7 +46,9 @@ def _row(name: str) -> dict | None:
             "worst_error": max((abs(v - h) / h for v in given), default=float("nan")),
             "consensus_error": abs(group["consensus"] - h) / h if group["consensus"] else float("nan"),
             "runs": len(done), "converged": float(done["converged"].astype(bool).mean()) if "converged" in done else None,
-            "samples_M": float(done["samples"].sum()) / 1e6, "train_min": float(done["wall_time_s"].sum()) / 60}
+            "samples_M": float(done["samples"].sum()) / 1e6,
+            # first start to last finish: packed members share their pack's wall time, so no sum of runs
+            "train_min": (done["finished_at"].max() - done["started_at"].min()).total_seconds() / 60}
 
 
 def _fmt(v: object) -> str:
@@ -60,7 +62,7 @@ def main(names: list[str]) -> None:
     if not rows:
         sys.exit("generalization_table: no outputs/gen_<x>/estimates.json yet")
     print("| setting | half | n | h | h/n | decay | corr | active | other | dead_latents | loss_basin | agreement | "
-          "consensus | error | verdict | working alphas | runs | converged | samples | run time |")
+          "consensus | error | verdict | working alphas | runs | converged | samples | wall span |")
     print("|" + "---|" * 20)
     for r in rows:
         print(f"| {r['setting']} | {r['half']} | {r['n']} | {r['h']} | {r['h'] / r['n']:.2g} | {r['decay']} | "
