@@ -515,7 +515,6 @@ LOSS_NORMALISATIONS = {
         "(the L1 term does not depend on J)"
     ),
 }
-LOSS_NORMALISATION = LOSS_NORMALISATIONS["latents"]
 
 
 def loss_normalisation(cfg: RunConfig) -> str:

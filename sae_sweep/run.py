@@ -42,14 +42,10 @@ from sae_sweep.record import (
 )
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
-from sae_sweep.train import COMPLETED, FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
+from sae_sweep.train import FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
 RECORDED_FILES = (WEIGHTS_FILE, SAE_CFG_FILE, LATENTS_FILE, GROUND_TRUTH_FILE)
-
-
-class RunDiverged(RuntimeError):
-    """The run's loss stopped being finite; its summary.json records status 'diverged'."""
 
 
 class RunFailed(RuntimeError):
@@ -314,7 +310,3 @@ def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:
     if run_dir is not None:
         lines.append(f"{'run dir'.ljust(width)}  {run_dir}")
     return "\n".join(lines)
-
-
-def is_success(summary: dict[str, Any]) -> bool:
-    return summary.get("status") == COMPLETED

@@ -68,7 +68,7 @@ class SAE(nn.Module):
         return self.decode(c_KBJ), c_KBJ
 
     def loss(self, y_BN: torch.Tensor, alpha_K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-member (loss, mse, l1), each (K,), with the project's normalisation (see config.LOSS_NORMALISATION)."""
+        """Per-member (loss, mse, l1), each (K,), with the project's normalisation (see config.LOSS_NORMALISATIONS)."""
         z_KBN, c_KBJ = self(y_BN)
         mse_K = (z_KBN - y_BN).pow(2).mean(dim=(1, 2))
         l1_K = c_KBJ.abs().mean(dim=(1, 2))

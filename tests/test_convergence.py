@@ -15,6 +15,8 @@ from tests.conftest import build_cfg
 RULE = ConvergenceRule(loss_rtol=0.01, drift=0.01, patience=2)
 
 
+pytestmark = pytest.mark.slow  # minutes of real CLI runs: pytest -n 2 -m slow
+
 def _atoms(j: int = 4, n: int = 3, seed: int = 0) -> torch.Tensor:
     a = torch.randn(j, n, generator=torch.Generator().manual_seed(seed))
     return a / a.norm(dim=1, keepdim=True)

@@ -23,6 +23,8 @@ OPTUNA = ("hydra/sweeper=sae_optuna",)
 KILLED = 9  # os._exit(9) at the kill point
 
 
+pytestmark = pytest.mark.slow  # minutes of real CLI runs: pytest -n 2 -m slow
+
 def killed_at(point: str, sweep_dir: Path, *args: str) -> None:
     """The sweep of ``args``, dying at kill point ``point`` (``name`` or ``name:n``, the n-th time)."""
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
