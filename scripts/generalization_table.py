@@ -1,8 +1,8 @@
 """The generalization study's table: per toy setting, the true h, each signal, the consensus and the verdict.
 
-    python scripts/generalization_table.py [a b c ...]     (reads outputs/gen_<x>/; default: all eight)
+    python scripts/generalization_table.py [a b c ...]     (reads outputs/gen_<x>/; default: all twelve)
 
-Settings a-d are the tuning half, e-h the held-back half (conf/experiment/gen_base.yaml). Prints a
+Settings a-h are the tuning set, i-l the held-back half (conf/experiment/gen_base.yaml). Prints a
 markdown table and the issue's targets checked on each half: every signal within 10 % of h on every
 TRUSTED setting, no TRUSTED verdict outside 10 %, and the share of settings TRUSTED.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-TUNING, HELD_BACK = ("a", "b", "c", "d"), ("e", "f", "g", "h")
+TUNING, HELD_BACK = tuple("abcdefgh"), tuple("ijkl")
 SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
 ROOT = Path(__file__).resolve().parent.parent
 

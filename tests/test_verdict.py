@@ -149,8 +149,17 @@ def test_agreement_h__takes_the_start_of_the_plateau_not_a_noisy_argmax():
     assert agreement_h(m, 0.9, plateau=0.01)[0] == 64
 
 
-def test_estimate_dead_latents__plateau_takes_the_smallest_j_of_near_equal_shares():
+def test_estimate_dead_latents__plateau_takes_the_largest_j_before_the_share_falls():
+    # Ordered features (frequency / magnitude decay): below h a small dictionary learns the strongest
+    # features cleanly, so the reproduced share is flat near 1 up to h = 128 and falls beyond it.
+    cells = build_cells({0.3: (128, 0.9)})
+    share = {16: 0.97, 32: 0.96, 64: 0.97, 128: 0.96, 256: 0.6, 512: 0.35}
+    cells["reproduced"] = [share[j] * j for j in cells["dict_size"]]
+    alive = cells.assign(alive=cells["dict_size"])
+    assert estimate_dead_latents(alive, plateau=0.02).value == 128  # the start of the plateau would say 16
+    assert estimate_dead_latents(alive, plateau=0.0).value == 64  # an argmax on a plateau: whichever is noisiest
+
+
+def test_estimate_dead_latents__a_share_that_only_peaks_is_unaffected_by_the_plateau():
     cells = build_cells({0.3: (64, 0.9)})
-    cells.loc[cells["dict_size"] == 128, "reproduced"] = 0.91 * 128  # beats J = 64 by 0.01
-    assert estimate_dead_latents(cells.assign(alive=cells["dict_size"])).value == 128
-    assert estimate_dead_latents(cells.assign(alive=cells["dict_size"]), plateau=0.03).value == 64
+    assert estimate_dead_latents(cells.assign(alive=cells["dict_size"]), plateau=0.02).value == 64

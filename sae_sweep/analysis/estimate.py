@@ -8,16 +8,17 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    latents that do no work appear. A latent counts as *alive* when it fires on more than
    ``min_frequency`` of the eval samples (default 0: the report's "never fires") and, with two or
    more seeds, only when it is also *reproduced*: another seed's dictionary at the same (alpha, J)
-   has an alive atom within cosine ``reproduce_cos`` of it. The share of the dictionary alive in
-   this sense is highest at J = h: below h, latents hold blends of features that differ from seed to
-   seed; beyond h, the surplus latents either die or settle as weak, seed-specific splits and blends
-   (on toy data they keep firing for as long as we trained, so the firing-only count alone bends
-   only at 1.3-4 h; README, calibration). Per alpha, h' = the smallest J whose reproduced share is
-   within ``plateau`` of the highest (the start of the plateau, see :func:`plateau_start`); an alpha whose best share is below ``min_reproduced_share``, or whose peak is the grid's largest
-   J, gives no estimate. With one seed (or no saved dictionaries) the firing-only count is used:
-   a least-squares hinge in log-log coordinates, ``log2 alive = log2 J`` for J <= h' and a line of
-   slope s in [0, 1] beyond; an alpha with fewer than ``min_dead_share`` dead latents at its largest
-   J gives no estimate. Pooled: the median over alphas. Each seed's count is its mean over the other
+   has an alive atom within cosine ``reproduce_cos`` of it. Beyond h the surplus latents either die or
+   settle as weak, seed-specific splits and blends (on toy data they keep firing for as long as we
+   trained, so the firing-only count alone bends only at 1.3-4 h; README, calibration), so the share of
+   the dictionary alive in this sense falls once J passes h. Below h it is low where latents hold blends
+   that differ from seed to seed (features of equal frequency and scale), but close to 1 where the
+   features have a clear order (frequency or magnitude decay): there a small dictionary learns the
+   strongest J features cleanly and every seed finds the same ones. Per alpha, h' = the *largest* J
+   whose reproduced share is within ``plateau`` of the highest (the end of the plateau before the
+   share falls, see :func:`plateau_end`; the start of that plateau is the grid's smallest J on ordered
+   features); an alpha whose best share is below ``min_reproduced_share``, or whose plateau reaches the
+   grid's largest J, gives no estimate. Pooled: the median over alphas. Each seed's count is its mean over the other
    seeds of the sweep (one comparison each), so the bootstrap resamples per-seed counts, not the pairing.
 2. **Loss basin** (:func:`estimate_loss_basin`). A dictionary at least as large as h represents the
    data as well as any larger one, so its loss stops changing with J: at each alpha let L*(alpha) be
@@ -169,14 +170,19 @@ def plateau_start(values: np.ndarray, tolerance: float) -> int:
     return int(np.flatnonzero(values >= values.max() - tolerance)[0])
 
 
+def plateau_end(values: np.ndarray, tolerance: float) -> int:
+    """Index of the last value within ``tolerance`` of the largest: where a plateau ends before the values fall."""
+    return int(np.flatnonzero(values >= values.max() - tolerance)[-1])
+
+
 def _share_per_alpha(cells: pd.DataFrame, min_share: float, plateau: float = 0.0) -> dict[float, float | None]:
-    """Reproduced latents: per alpha, the smallest J whose share is within ``plateau`` of the highest
+    """Reproduced latents: per alpha, the largest J whose share is within ``plateau`` of the highest
     (None: too low, or at the grid's end)."""
     out: dict[float, float | None] = {}
     for alpha, g in reproduced_share(cells).groupby("alpha"):
         g = g.sort_values("dict_size")
         share = g["reproduced_share"].to_numpy()
-        k = plateau_start(share, plateau)
+        k = plateau_end(share, plateau)
         ok = len(g) >= 3 and share.max() >= min_share and k < len(g) - 1
         out[float(alpha)] = float(g["dict_size"].iloc[k]) if ok else None
     return out

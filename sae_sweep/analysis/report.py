@@ -66,7 +66,7 @@ class AnalysisSettings:
     agreement_plateau: float = 0.005
     """Agreement: h is the smallest J whose worst agreement is within this of the best J's (not the argmax)."""
     share_plateau: float = 0.02
-    """Dead latents: h is the smallest J whose reproduced share is within this of the highest share."""
+    """Dead latents: h is the largest J whose reproduced share is within this of the highest share."""
     min_converged_share: float = 0.5
     """A working alpha needs this share of its runs converged; the verdict needs it over the working alphas."""
     alpha_share_margin: float = 0.05

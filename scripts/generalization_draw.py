@@ -1,0 +1,44 @@
+"""Draw toy settings for a held-back half of the generalization study at random (README, docs/generalization.md).
+
+    python scripts/generalization_draw.py            # the second held-back half, i-l (seed 20261202)
+    python scripts/generalization_draw.py --seed 7 --names m n o p
+
+Prints one line per setting over the ranges the study must span: n in {32, 48, 64, 96, 128}, h/n
+log-uniform in [1, 8] (h rounded to a multiple of 8, at least n), exponential / zipf / constant decay,
+correlation in [0, 0.8], mean active in [3, 8], magnitude decay 0.995 on a third and noise 0.01 on a
+third, and a factor-2 J grid whose smallest J is h/2, h/3 or h/4 rounded down to a power of two (so h
+sits wherever it falls, usually between grid points). Drawing, not choosing, keeps the settings from
+being picked to suit the rules; the recipes gen_<x>.yaml are written from its output before any runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+
+
+def draw(rng: random.Random) -> dict[str, object]:
+    n = rng.choice([32, 48, 64, 96, 128])
+    ratio = 2 ** rng.uniform(0, 3)
+    h = max(n, int(round(n * ratio / 8)) * 8)
+    setting = {"n": n, "h": h, "decay": rng.choice(["exponential", "zipf", "constant"]),
+               "correlation": round(rng.uniform(0, 0.8), 1), "mean_active": round(rng.uniform(3, 8), 1),
+               "magnitude_decay": rng.choice([1.0, 1.0, 0.995]), "noise_std": rng.choice([0.0, 0.0, 0.01])}
+    lo = 2 ** math.floor(math.log2(h / rng.choice([2, 3, 4])))
+    setting["grid"] = [lo * 2**k for k in range(5 if lo * 16 <= 1024 else 4)]
+    return setting
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=20261202)
+    ap.add_argument("--names", nargs="*", default=list("ijkl"))
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    for name in args.names:
+        print(name, draw(rng))
+
+
+if __name__ == "__main__":
+    main()
