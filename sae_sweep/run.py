@@ -42,6 +42,7 @@ from sae_sweep.record import (
 )
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
+from sae_sweep.threads import single_run_threads
 from sae_sweep.train import FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
@@ -246,8 +247,10 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
     if len(keys) > 1:
         raise ValueError("run_packed: jobs differ in data, training schedule or device; "
                          "only alpha, dict_size, seed, train.batch_seed, sae.l1_norm and the logger may differ")
-    if cfg.train.threads:  # 0: as the process has it (torch's default, or the packed launcher's; threads.py)
-        torch.set_num_threads(cfg.train.threads)
+    threads = (single_run_threads(cfg.train.threads, batch_size=cfg.train.batch_size, n=cfg.data.n,
+                                  dict_size=cfg.dict_size) if len(jobs) == 1 else cfg.train.threads or None)
+    if threads:  # None: as the process has it (torch's default, or a launcher's; threads.py)
+        torch.set_num_threads(threads)
     device = resolve_device(cfg.train.device)
     data, eval_set = _load_data(cfg, device)
     prepared: list[_Prepared] = []

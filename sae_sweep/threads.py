@@ -9,10 +9,13 @@ one thread each, and a quiet run keeps its speed. So by default:
 * ``OMP_WAIT_POLICY=PASSIVE`` is set before torch is imported (the entry points call
   :func:`set_wait_policy`; child processes, e.g. joblib workers, inherit it); a value the user set
   is kept;
-* ``train.threads=0`` keeps torch's default (one thread per physical core) for a process that runs
-  alone (a single run, the basic launcher; the packed launcher sets its own), and gives each of a
-  joblib launcher's concurrent workers ``cores // n_jobs`` of the usable cores (``os.sched_getaffinity``),
-  at least one;
+* ``train.threads=0`` gives a single run with a small step (``batch_size * n * J`` below
+  ``SMALL_STEP_MACS``) one thread: there a second thread buys nothing on a quiet machine (its kernels are
+  too short to split) and costs many times over on a busy one (it waits for a core another process
+  holds), and with one thread the wait policy no longer matters (benchmarks/bench_threads.py);
+* a larger single run keeps torch's default (one thread per physical core: the GEMMs are long enough to
+  split), and each of a joblib launcher's concurrent workers gets ``cores // n_jobs`` of the usable cores
+  (``os.sched_getaffinity``), at least one (the packed launcher sets its own);
 * ``SAE_SWEEP_THREAD_POLICY=off`` restores torch's and OpenMP's own defaults (for comparison).
 
 Packed lanes already run one thread each (train.py). Imports no torch.
@@ -25,6 +28,7 @@ from collections.abc import MutableMapping
 
 POLICY_ENV = "SAE_SWEEP_THREAD_POLICY"
 WAIT_POLICY = "PASSIVE"
+SMALL_STEP_MACS = 1 << 24  # batch x n x J of one GEMM below which one thread is as fast as two (bench_threads.py)
 
 
 def policy_on(environ: MutableMapping[str, str] | None = None) -> bool:
@@ -67,3 +71,14 @@ def launcher_workers(launcher: dict | None) -> int:
     if not isinstance(n_jobs, int) or n_jobs < 1:  # joblib's -1 = all cores: one thread each
         return usable_cores()
     return n_jobs
+
+
+def single_run_threads(requested: int, *, batch_size: int, n: int, dict_size: int,
+                       environ: MutableMapping[str, str] | None = None) -> int | None:
+    """The torch thread count for one SAE trained alone: ``requested`` when > 0; 1 for a small step (module
+    docstring); None = leave the process's count (torch's default, or what a launcher chose)."""
+    if requested > 0:
+        return requested
+    if policy_on(environ) and batch_size * n * dict_size < SMALL_STEP_MACS:
+        return 1
+    return None

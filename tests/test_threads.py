@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from sae_sweep.threads import POLICY_ENV, choose_threads, launcher_workers, set_wait_policy, usable_cores
+from sae_sweep.threads import (
+    POLICY_ENV,
+    SMALL_STEP_MACS,
+    choose_threads,
+    launcher_workers,
+    set_wait_policy,
+    single_run_threads,
+    usable_cores,
+)
 from tests.conftest import REPO, SMOKE, run_cli
 from tests.sweep_helpers import ok, run_sweep
 
@@ -27,6 +35,15 @@ def test_choose_threads__explicit_count_else_cores_shared_among_workers(requeste
 def test_choose_threads__policy_off_leaves_torchs_default():
     assert choose_threads(0, cores=2, workers=2, environ={POLICY_ENV: "off"}) is None
     assert choose_threads(2, cores=2, environ={POLICY_ENV: "off"}) == 2
+
+
+def test_single_run_threads__one_for_a_small_step_else_as_requested_or_the_process_default():
+    assert single_run_threads(0, batch_size=256, n=32, dict_size=128, environ={}) == 1  # the smoke run
+    assert single_run_threads(0, batch_size=256, n=256, dict_size=1024, environ={}) is None
+    assert SMALL_STEP_MACS == 1 << 24
+    assert single_run_threads(0, batch_size=256, n=64, dict_size=(1 << 24) // (256 * 64), environ={}) is None
+    assert single_run_threads(2, batch_size=256, n=32, dict_size=128, environ={}) == 2  # explicit wins
+    assert single_run_threads(0, batch_size=256, n=32, dict_size=128, environ={POLICY_ENV: "off"}) is None
 
 
 def test_set_wait_policy__passive_unless_set_or_off():
@@ -56,7 +73,20 @@ def test_cli__a_run_gets_the_passive_wait_policy_and_records_it(tmp_path, monkey
     res = run_cli(*SMOKE, f"hydra.run.dir={tmp_path}/run", cwd=REPO)
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["omp_wait_policy"] == "PASSIVE" and summary["threads"] >= 1
+    assert summary["omp_wait_policy"] == "PASSIVE" and summary["threads"] == 1  # a small step: one thread
+
+
+def test_cli__a_large_step_keeps_the_process_thread_count_and_an_explicit_count_wins(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.delenv(POLICY_ENV, raising=False)
+    large = ("data.n=256", "dict_size=1024", "train.num_samples=2560", "train.eval_every=2560", "data.eval_size=256")
+    res = run_cli(*SMOKE, *large, f"hydra.run.dir={tmp_path}/large", cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "large" / "summary.json").read_text())["threads"] == torch.get_num_threads()
+    res = run_cli(*SMOKE, "train.threads=2", f"hydra.run.dir={tmp_path}/two", cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["threads"] == 2
 
 
 def test_multirun__joblib_workers_take_one_thread_each_unless_told(tmp_path, monkeypatch):
