@@ -38,7 +38,7 @@ class CodeStats:
 
     def update(self, y_BN: torch.Tensor, z_BN: torch.Tensor, c_BJ: torch.Tensor) -> None:
         # Per chunk in float32, across chunks in float64. The (B, J) passes are the cost here: a
-        # float64 reduction over a float32 (B, J) chunk runs ~25x slower than the float32 one, and a
+        # float64 reduction over a float32 (B, J) chunk is many times slower than the float32 one, and a
         # fresh (B, J) mask pays page faults on every chunk, so the firing mask reuses one buffer.
         # Firing counts are exact (float32 counts integers exactly up to 2^24 rows per chunk).
         f64 = torch.float64

@@ -5,8 +5,8 @@ A group is one SAE whose members step together (train.py). Two kinds:
 
 * **stacked** (``step.loss_and_grads_stacked``): the group's members, of any J and batch stream, run as
   one set of batched GEMMs, each member padded to the group's largest J. Its step costs a fixed
-  per-step overhead (kernel calls, Python, Adam and the decoder constraint: about 15 + 10 calls,
-  each ~10 us on CPU) plus the padded GEMMs: ``OVERHEAD_S + 10 B N K J_max / rate``.
+  per-step overhead (kernel calls, Python, Adam and the decoder constraint: about 15 + 10 calls)
+  plus the padded GEMMs: ``OVERHEAD_S + 10 B N K J_max / rate``.
 * **per member** (``step.loss_and_grads``): today's loop over members of one J and one stream, with
   the sparse path. Used for large SAEs, where each member's GEMMs dwarf the overhead and the sparse
   path pays off (n = 256, J >= 512: tables in benchmarks/README.md).
@@ -14,8 +14,8 @@ A group is one SAE whose members step together (train.py). Two kinds:
 A member is *small* when B N J <= ``SMALL_BNJ`` (its step is mostly overhead). Small members are
 sorted by J and cut into contiguous buckets by dynamic programming on the cost model: padding J=16
 members to 32 costs a few GEMM microseconds and saves a whole group's overhead; padding 64 to 128
-would double the GEMMs of the larger bucket. On CPU the rate is one core's measured batched-GEMM
-rate at these shapes (~60-70 GFLOP/s, benchmarks/bench_small_packs.py); on CUDA the overhead
+would double the GEMMs of the larger bucket. On CPU the rate is one core's batched-GEMM rate at
+these shapes as benchmarks/bench_small_packs.py measures it (``COST`` below); on CUDA the overhead
 dominates and everything small pads into one group. Buckets are then split by members until each
 lane has a group (lanes step groups concurrently, one core each).
 """

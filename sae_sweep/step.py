@@ -1,8 +1,9 @@
 """Hand-written forward and backward of the SAE loss: five GEMMs and two elementwise passes.
 
 Autograd keeps every intermediate and runs separate elementwise kernels for ReLU, its mask, the
-L1 term and the bias reductions; at B=4096 those memory-bound passes cost a quarter of the step
-(more at large J). Here each member's step is
+L1 term and the bias reductions: memory-bound passes that cost a large share of the step at B=4096
+(how large: the autograd rows of benchmarks/bench_train_step.py, benchmarks/README.md). Here each
+member's step is
 
     x    = y - b_dec                               (B, N)   the only pass over (B, N)
     c    = relu(1 b_enc^T + x @ W_enc)             (B, J)   GEMM 1 on a rank-1 bias fill, ReLU in place
@@ -15,9 +16,10 @@ L1 term and the bias reductions; at B=4096 those memory-bound passes cost a quar
     db_enc = 1^T dpre;  db_dec = 1^T dz - W_enc db_enc      column sums as GEMMs with a ones row
 
 Why this shape: on this project's 2-core machines every torch elementwise kernel is an OpenMP
-region, and when another process holds a core each region waits out a scheduler slice (~12 ms),
-whatever its size. Bias fills, column sums and the rank-1 correction therefore go through BLAS
-(which does not pay that wait), only ReLU, its mask and ``y - b_dec`` remain elementwise, the
+region, and when another process holds a core each region waits out a scheduler slice, whatever
+its size (benchmarks/bench_threads.py; the busy-machine tables in benchmarks/HISTORY.md). Bias
+fills, column sums and the rank-1 correction therefore go through BLAS (which does not pay that
+wait), only ReLU, its mask and ``y - b_dec`` remain elementwise, the
 full reductions (L1, MSE) use torch's reduction kernels, and every (B, J) and (B, N) buffer is
 allocated once and reused across steps (fresh 64 MB tensors cost page faults on every step).
 
@@ -43,11 +45,9 @@ latent) in latent-major order:
 as the same products with a CSR matrix; the sampled product is ``sampled_addmm`` on the codes as
 CSR. Indices are int32 (half the bytes to sort and gather). A sparse member's step costs GEMM 1,
 three passes over the (B, J) codes (the ReLU, the count, the nonzero) and O(|A| (N + log |A|)) for
-the rest, against five GEMMs for the dense path. Measured at n=256 on a 2-core machine
-(benchmarks/bench_sparse_step.py, tables in benchmarks/README.md): the whole training step at
-B=4096, J=4096, L0=15 is 3.45x the dense step's speed (7.4x SAELens's standard step); the sparse
-step wins below L0/J of 7-12% with two threads, and of 15-22% on one thread (B=256), which is how
-packed lanes run.
+the rest, against five GEMMs for the dense path. How much faster it is than the dense step and
+SAELens's standard step, and below which L0/J it wins on one thread (how packed lanes run) and on
+more: benchmarks/bench_sparse_step.py, results in benchmarks/README.md.
 
 Details that matter for that speed:
 
@@ -57,24 +57,25 @@ Details that matter for that speed:
 * The O(|A|) part runs with torch on one thread (GEMM 1 and the (B, J) passes keep all threads).
   It is a dozen short kernels (sort, gathers, the sparse products); on a shared 2-core machine
   every parallel one can wait out a scheduler slice (above), and a parallel stable sort is many
-  parallel regions: with two threads the sort alone took up to 160 ms on a busy machine, against
-  1.4 ms on one thread.
+  parallel regions, so on a busy machine the sort alone was far slower on two threads than on one.
 * A member that took the sparse path last step skips the count: the nonzero's length is the count.
 
 ``loss_and_grads(..., sparse_below=f)`` chooses per member and per step: after GEMM 1 it counts
 that member's active codes and finishes with the sparse path when their share nnz / (B J) is
-below f, with the dense path otherwise (early in training, when half the codes fire). The count
-costs a dense member about 1% of its step. With f = 0 (the default) nothing is counted and every
-member runs the dense path. The trainer passes ``TrainConfig.sparse_below``, or when that is null
+below f, with the dense path otherwise (early in training, when half the codes fire). What the
+count costs a dense member: the "dense step, counted" case of benchmarks/bench_sparse_step.py.
+With f = 0 nothing is counted and every member runs the dense path. The trainer passes
+``TrainConfig.sparse_below``, or when that is null
 :func:`auto_sparse_below` (the measured crossover for its device and threads). Both paths give the
 same loss and gradients to float rounding (tests/test_sparse_step.py). The shares of the last call
 are kept for :func:`last_active_share`.
 
 The stacked step
 ----------------
-For small SAEs (n = 32, J <= 128, B = 256) a member's five GEMMs take ~0.1 ms and the dozen kernel
-calls around them, each with its Python and dispatch cost, take most of the step: looping over
-members multiplies that by K. :func:`loss_and_grads_stacked` runs the same algebra once for all K
+For small SAEs (n = 32, J <= 128, B = 256) a member's five GEMMs are tiny and the dozen kernel
+calls around them, each with its Python and dispatch cost, take most of the step
+(benchmarks/bench_small_packs.py): looping over members multiplies that by K.
+:func:`loss_and_grads_stacked` runs the same algebra once for all K
 members as batched GEMMs (``bmm`` over the leading member axis), so a pack's step is ~15 kernel
 calls whatever K is. Members may differ in J (a padded stack, ``SAE.sizes_K``: the padding is zero
 and stays zero, see sae.py) and in their batch stream: the batch is (S, B, N), one slice per stream,
@@ -162,9 +163,8 @@ def last_active_share(sae: SAE) -> list[float] | None:
     return None if ws is None or ws.active_share is None else list(ws.active_share)
 
 
-# Where the sparse path starts to win, from benchmarks/bench_sparse_step.py part (c) on a 2-core
-# machine (n=256; tables in benchmarks/README.md): on one torch thread (a packed lane) at L0/J of
-# 15-22% (J=256..4096, B=256); with two threads at 7-12% (B=256) and 9-11% (B=4096). On CUDA the
+# Where the sparse path starts to win on one torch thread (a packed lane) and on more: the crossover
+# measured by benchmarks/bench_sparse_step.py part (c) (table in benchmarks/README.md). On CUDA the
 # sparse path is not measured yet: dense.
 SPARSE_BELOW_ONE_THREAD = 0.15
 SPARSE_BELOW_THREADS = 0.09

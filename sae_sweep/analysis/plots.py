@@ -248,7 +248,7 @@ def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | Non
     """Alive latents against dictionary size, one line per α, with the diagonal alive = J.
 
     Why: while J < h every latent finds a feature and the line hugs the diagonal; past h the extra
-    latents die, or (on toy data, README) keep firing as weak seed-specific splits and blends. With a
+    latents die, or (on toy data, docs/calibration.md) keep firing as weak seed-specific splits and blends. With a
     ``reproduced`` column (alive latents another seed's dictionary also has) a dashed line per α shows
     it, and a second panel its share of J, which peaks at h: that peak is the estimate ĥ.
     """

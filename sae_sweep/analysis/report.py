@@ -45,7 +45,7 @@ ESTIMATES_FILE = "estimates.json"
 
 @dataclass
 class AnalysisSettings:
-    """Estimator thresholds (defaults justified in estimate.py and the README's calibration)."""
+    """Estimator thresholds (defaults justified in estimate.py and docs/calibration.md)."""
 
     min_frequency: float = 0.0
     """A latent is alive when it fires on more than this share of the eval samples (0 = ever fires)."""

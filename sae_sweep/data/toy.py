@@ -210,8 +210,9 @@ class ToyFeatures:
     # depends on (g, B) alone, not on the thread count or the order in which chunks ran.
     # Inside a chunk only serial kernels run (torch's Gaussian draws, numpy's comparisons and
     # indexing, GEMMs below OpenBLAS's threading threshold), all releasing the GIL: on a shared
-    # 2-core machine every parallel (OpenMP) region can wait a whole scheduler slice (~10 ms) for
-    # its second thread. Outside the chunks, one embedding_bag per batch forms y.
+    # 2-core machine every parallel (OpenMP) region can wait a whole scheduler slice for its second
+    # thread (benchmarks/bench_toy.py; busy-machine tables in benchmarks/HISTORY.md). Outside the
+    # chunks, one embedding_bag per batch forms y.
 
     def _draw(
         self, batch_size: int, g: torch.Generator

@@ -10,7 +10,8 @@ row in the results table; a diverged or pruned member ends alone, and a job whos
 fails before any training without touching the others.
 
 Why: per-job runs each pay process start, imports, W&B start-up and, on toy data, the batch
-generator (as costly as a J=512 step at h=512); a pack pays them once. Threads are set explicitly
+generator; a pack pays them once (what that saves: benchmarks/bench_packed.py, benchmarks/README.md).
+Threads are set explicitly
 (``threads``): a pack is one process, so one torch thread per core and no oversubscription.
 """
 
