@@ -1,10 +1,10 @@
 """The thread policy: how many torch threads a run takes, and how its OpenMP threads wait.
 
-Measured on a shared 2-core machine (benchmarks/bench_threads.py, README "Threads"): torch's OpenMP
-threads spin while they wait for a core another process holds, so two runs of two threads each slowed
-each other down 2.6-40x, and a busy neighbour made even one run many times slower. With
-``OMP_WAIT_POLICY=PASSIVE`` a waiting thread sleeps instead: concurrent runs then cost no more than
-one thread each, and a quiet run keeps its speed. So by default:
+Torch's OpenMP threads spin while they wait for a core another process holds, so on a shared machine
+two threads can make a run many times slower than one; with ``OMP_WAIT_POLICY=PASSIVE`` a waiting
+thread sleeps instead, but wakes too slowly for a small step's short kernels. Measurements:
+benchmarks/bench_threads.py and benchmarks/README.md; the user's view: docs/runs.md. So by default:
+So by default:
 
 * ``OMP_WAIT_POLICY=PASSIVE`` is set before torch is imported (the entry points call
   :func:`set_wait_policy`; child processes, e.g. joblib workers, inherit it); a value the user set

@@ -10,7 +10,7 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    more seeds, only when it is also *reproduced*: another seed's dictionary at the same (alpha, J)
    has an alive atom within cosine ``reproduce_cos`` of it. Beyond h the surplus latents either die or
    settle as weak, seed-specific splits and blends (on toy data they keep firing for as long as we
-   trained, so the firing-only count alone bends only at 1.3-4 h; README, calibration), so the share of
+   trained, so the firing-only count alone bends only at 1.3-4 h; docs/calibration.md), so the share of
    the dictionary alive in this sense falls once J passes h. Below h it is low where latents hold blends
    that differ from seed to seed (features of equal frequency and scale), but close to 1 where the
    features have a clear order (frequency or magnitude decay): there a small dictionary learns the
