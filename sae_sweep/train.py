@@ -23,12 +23,10 @@ from sae_sweep import metrics
 from sae_sweep.config import TrainConfig
 from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
 from sae_sweep.feed import BatchFeed, StepQueue
+from sae_sweep.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED  # noqa: F401  (statuses: record.py)
 from sae_sweep.sae import SAE, copy_member_tensors_
 from sae_sweep.sinks import MetricSink
 from sae_sweep.step import auto_sparse_below, loss_and_grads, loss_and_grads_stacked
-
-# Statuses a member can end in. "completed" is the only success.
-COMPLETED, DIVERGED, PRUNED, INTERRUPTED, FAILED = "completed", "diverged", "pruned", "interrupted", "failed"
 
 # The L1 term of the training loss is measured every L1_EVERY steps (it costs a pass over the codes
 # and only feeds the logged train_loss); the reconstruction term, which catches divergence, every step.
