@@ -140,7 +140,6 @@ def pending_retries(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
             and t.state.is_finished() and t.number not in retried]
 
 
-
 def trial_subdir(sweep_dir: Path, number: int, uid: str) -> str:
     """A trial's run dir under the sweep dir: ``trial_NNNNN``, unless that holds another trial's record
     (another study in the same dir, or a study made anew): then ``trial_NNNNN~<uid[:8]>``."""
@@ -160,7 +159,6 @@ def supersede(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
     except UpdateFinishedTrialError:
         return False
     return True
-
 
 
 def reclaim(study: optuna.Study, sweep_dir: Path, stale_after_s: float,
