@@ -1,10 +1,11 @@
 """The job side of a sweep: what a multirun job does before and after training.
 
 ``__main__._task`` runs a multirun job as :func:`multirun_job`, ``run`` and :func:`job_objective`; the
-packed launcher (sweep/packed.py) calls the same two halves around its packed training. The job records which cell the run is (cell.json) and, when the run is an Optuna trial, reports each
-evaluation to that trial through the shared storage so the study's pruner can stop it. The sweeper
-leaves ``trial.json`` in the run dir before launching; reaching the trial through storage rather than
-through the sweeper's memory is what makes pruning work in joblib workers or on SLURM nodes too.
+packed launcher (sweep/packed.py) calls the same two halves around its packed training. The job
+records which cell the run is (cell.json) and, when the run is an Optuna trial, reports each evaluation
+to that trial through the shared storage so the study's pruner can stop it. The sweeper leaves
+``trial.json`` in the run dir before launching; reaching the trial through storage rather than through
+the sweeper's memory is what makes pruning work in joblib workers or on SLURM nodes too.
 
 A run dir belongs to one cell (sweep/cells.py): the sweepers give a cell whose dir name is taken a
 dir of its own, and a job that still finds another cell's completed record in its dir (two sweeps of
