@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sae_sweep.record import ESTIMATES_FILE, RESULTS_FILE  # noqa: E402
+
 RECIPES = {
     # The quickstart as it was until the convergence rule: six J, 2 M samples per run, no refinement.
     "fixed budget, full grid": ["experiment=quickstart", "dict_size=16,32,48,64,96,128", "train.converge=false",
@@ -39,8 +42,8 @@ def run(name: str, overrides: list[str], sweep_dir: Path, extra: list[str]) -> d
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"{name}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-    runs = pd.read_parquet(sweep_dir / "runs.parquet")
-    (group,) = json.loads((sweep_dir / "estimates.json").read_text())["groups"]
+    runs = pd.read_parquet(sweep_dir / RESULTS_FILE)
+    (group,) = json.loads((sweep_dir / ESTIMATES_FILE).read_text())["groups"]
     values = {e["signal"]: e["value"] for e in group["estimates"]}
     h = group["true_h"]
     return {"recipe": name, "runs": len(runs), "samples_M": runs["samples"].sum() / 1e6, "wall_s": wall,

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _timing import environment, interleaved, median_ratio, spread  # noqa: E402
 
 from sae_sweep import packing  # noqa: E402
+from sae_sweep.record import COMPLETED, RESULTS_FILE  # noqa: E402
 from sae_sweep.sae import SAE  # noqa: E402
 from sae_sweep.train import _Group  # noqa: E402
 
@@ -136,7 +137,7 @@ def bench_sweep(samples: int | None, threads: int, out: Path | None) -> None:
             wall[name] = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(f"{name} sweep failed:\n{proc.stderr[-3000:]}")
-            tables[name] = pd.read_parquet(sweep / "runs.parquet").set_index(["alpha", "dict_size", "seed"]).sort_index()
+            tables[name] = pd.read_parquet(sweep / RESULTS_FILE).set_index(["alpha", "dict_size", "seed"]).sort_index()
             print(f"  {name}: {wall[name]:.1f} s", flush=True)
     a, b = tables["job by job"], tables["packed"]
     assert list(a.index) == list(b.index), "the two sweeps ran different cells"
@@ -151,7 +152,7 @@ def bench_sweep(samples: int | None, threads: int, out: Path | None) -> None:
     print("    largest relative difference packed vs job by job: "
           + ", ".join(f"{c} {v:.1e}" for c, v in diff.items()))
     print(f"    same stopping sample in {(a['samples'] == b['samples']).sum()} of {len(a)} runs; "
-          f"status completed: {(b['status'] == 'completed').sum()} packed, {(a['status'] == 'completed').sum()} job by job")
+          f"status completed: {(b['status'] == COMPLETED).sum()} packed, {(a['status'] == COMPLETED).sum()} job by job")
 
 
 def main() -> None:

@@ -30,6 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import environment  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sae_sweep.record import SUMMARY_FILE  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["experiment=smoke", "logger.wandb.mode=disabled", "train.progress=false", "train.save_weights=false"]
 CASES = {  # name: (overrides, environment)
@@ -54,7 +57,7 @@ def launch(case: str, k: int, extra: list[str], tmp: Path) -> float:
         _, err = p.communicate(timeout=900)
         if p.returncode != 0:
             raise RuntimeError(f"{case}: run failed: {err[-2000:]}")
-    summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
+    summaries = [json.loads((d / SUMMARY_FILE).read_text()) for d in dirs]
     return max(s["train_time_s"] for s in summaries), summaries[0]["threads"]
 
 

@@ -15,10 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
-
-if TYPE_CHECKING:
-    from sae_sweep.run import Job
+from typing import NoReturn
 
 # A checkout (or editable install) reads conf/ beside the package; an installed wheel carries the
 # same files as the package sae_sweep.conf.
@@ -84,57 +81,13 @@ def one_line(exc: BaseException) -> str:
     return " ".join(parts) or type(exc).__name__
 
 
-def multirun_job(cfg) -> Job:
-    """The job side of a multirun up to training: record the cell, reach the trial, convert the config.
-
-    Called inside Hydra's ``run_job`` (HydraConfig is set). A bad config still leaves a failed
-    summary.json in the run dir before the error propagates, so the sweeper records the job.
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    from sae_sweep.run import Job
-    from sae_sweep.sweep.cells import TRIAL_FILE, read_json
-    from sae_sweep.sweep.job import record_failure, start_job, to_run_config
-    from sae_sweep.sweep.progress import ProgressSink
-    from sae_sweep.threads import choose_threads, launcher_workers
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    try:
-        # Record the cell (for grid resume) and reach the Optuna trial, if any, for pruning.
-        should_stop = start_job(cfg, run_dir, list(hc.overrides.task))
-        run_cfg = to_run_config(cfg)
-    except Exception as exc:
-        record_failure(run_dir, exc)
-        raise
-    workers = launcher_workers({k: OmegaConf.select(hc, f"launcher.{k}", default=None) for k in ("_target_", "n_jobs")})
-    if run_cfg.train.threads == 0 and workers > 1:  # concurrent local workers share the cores
-        run_cfg.train.threads = choose_threads(0, workers=workers) or 0
-    trial = read_json(run_dir / TRIAL_FILE)
-    sweep_dir = Path(hc.sweep.dir)
-    return Job(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name,
-               should_stop=should_stop, trial=trial.get("number") if trial else None,
-               extra_sinks=lambda: [ProgressSink(sweep_dir)])  # the sweep's progress line as each run ends
-
-
-def job_objective(summary: dict, run_dir: Path) -> float | None:
-    """What a finished multirun job returns to its sweeper; raises RunFailed if it did not complete."""
-    from sae_sweep.run import RunFailed
-
-    if summary["status"] != "completed":
-        raise RunFailed(f"run {summary['status']}: {summary['message']} (record: {run_dir / 'summary.json'})")
-    # Recovery of the true features when known; without ground truth, the reconstruction error.
-    return summary["mmcs"] if summary.get("mmcs") is not None else summary.get("fvu")
-
-
 def _task(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from sae_sweep.config import ConfigError
     from sae_sweep.run import RunFailed, format_summary, run
-    from sae_sweep.sweep.job import to_run_config
+    from sae_sweep.sweep.job import job_objective, multirun_job, to_run_config
 
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:

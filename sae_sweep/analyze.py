@@ -12,12 +12,10 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pandas and matplotlib load only when an analysis runs
-    import pandas as pd
+from sae_sweep.analysis.pipeline import run_analysis  # the analysis itself (pandas and matplotlib load there)
 
-    from sae_sweep.analysis.report import AnalysisSettings, GroupReport
+__all__ = ["main", "run_analysis"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,28 +31,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="log the figures and estimates as one W&B run in the sweep dir (default: $WANDB_MODE or offline)")
     p.add_argument("--project", default="sae_sweep", help="W&B project")
     return p
-
-
-def run_analysis(sweep_dir: Path, settings: AnalysisSettings | None = None, *, wandb_mode: str = "offline",
-                 project: str = "sae_sweep", group: str | None = None,
-                 cells: pd.DataFrame | None = None) -> list[GroupReport]:
-    """analyze() plus the W&B summary run; returns the group reports."""
-    from sae_sweep.analysis.report import analyze, estimates_table
-
-    reports = analyze(sweep_dir, settings, cells)
-    if wandb_mode != "disabled":
-        from sae_sweep.analysis.sweep_data import group_slug
-        from sae_sweep.sinks import log_report_run
-
-        images = {f"{group_slug(r.label)}/{k}": p for r in reports for k, p in r.figures.items()}
-        summary = {f"{group_slug(r.label)}/{e.signal}": e.value for r in reports for e in r.estimates}
-        summary.update({f"{group_slug(r.label)}/true_h": r.true_h for r in reports})
-        summary.update({f"{group_slug(r.label)}/consensus": r.consensus() for r in reports})
-        log_report_run(run_dir=Path(sweep_dir), mode=wandb_mode, project=project, name=f"{Path(sweep_dir).name}/analysis",
-                       group=group or Path(sweep_dir).name, images=images, summary=summary)
-    print(estimates_table(reports))
-    print(f"report: {Path(sweep_dir) / 'report.md'}")
-    return reports
 
 
 def main(argv: list[str] | None = None) -> None:

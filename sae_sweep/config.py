@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sae_sweep.record import single_line
+
 DECAYS = ("exponential", "zipf", "constant")
 L1_NORMS = ("latents", "inputs")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -221,10 +223,6 @@ class ActivationsDataConfig:
         self.validate()
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def activation_file_shape(file: str, path: str = "data") -> tuple[int, int]:
     """(rows, n) of a 2-D float16/float32 .npy file, from its header (nothing but the header is read)."""
     prefix = f"{path}.path: {file} is not a readable 2-D float .npy file"
@@ -232,13 +230,13 @@ def activation_file_shape(file: str, path: str = "data") -> tuple[int, int]:
         with open(file, "rb") as fh:
             magic = fh.read(len(NPY_MAGIC))
     except OSError as exc:
-        raise ConfigError(f"{prefix} ({_one_line(exc) or type(exc).__name__})") from None
+        raise ConfigError(f"{prefix} ({single_line(exc) or type(exc).__name__})") from None
     if magic != NPY_MAGIC:  # np.load would take any other file for a pickle
         raise ConfigError(f"{prefix} (no .npy header: the file does not start with {NPY_MAGIC!r})")
     try:
         arr = np.load(file, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ConfigError(f"{prefix} ({_one_line(exc) or type(exc).__name__})") from None
+        raise ConfigError(f"{prefix} ({single_line(exc) or type(exc).__name__})") from None
     if not isinstance(arr, np.ndarray):  # an .npz archive
         close = getattr(arr, "close", None)
         if close is not None:
@@ -282,7 +280,7 @@ def read_activation_metadata(file: str, path: str = "data") -> dict[str, Any]:
     try:
         meta = json.loads(sidecar.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}.path: the sidecar {sidecar} is not readable JSON ({_one_line(exc)})") from None
+        raise ConfigError(f"{path}.path: the sidecar {sidecar} is not readable JSON ({single_line(exc)})") from None
     if not isinstance(meta, dict):
         raise ConfigError(f"{path}.path: the sidecar {sidecar} must hold a JSON object, got {type(meta).__name__}")
     return meta

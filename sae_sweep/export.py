@@ -32,11 +32,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from sae_sweep.record import CONFIG_FILE, SAE_CFG_FILE, WEIGHTS_FILE
 from sae_sweep.sae import SAE
 
 SAELENS_DIR = "saelens"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
-SAELENS_CFG = "cfg.json"
+SAELENS_CFG = "cfg.json"  # SAELens's own name (as is sae_sweep's SAE_CFG_FILE; the formats differ)
 SAELENS_FORMAT_VERSION = "6.54.12"  # the release the export is tested against (tests/test_saelens_export.py)
 
 
@@ -108,9 +109,9 @@ def export_run(run_dir: Path, out: Path) -> Path:
         for name in (SAELENS_CFG, SAELENS_WEIGHTS):
             shutil.copyfile(ready / name, out / name)
         return out
-    if not (run_dir / "sae.safetensors").is_file():
-        raise ExportError(f"{run_dir} holds no sae.safetensors (a run with train.save_weights=false, or unfinished)")
-    cfg_path = run_dir / "config.yaml"
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise ExportError(f"{run_dir} holds no {WEIGHTS_FILE} (a run with train.save_weights=false, or unfinished)")
+    cfg_path = run_dir / CONFIG_FILE
     data_cfg = (yaml.safe_load(cfg_path.read_text()) or {}).get("data", {}) if cfg_path.is_file() else {}
     mean_N, scale = input_map(data_cfg)
     return write_saelens(out, SAE.load(run_dir), mean_N=mean_N, scale=scale, info=run_info(run_dir))
@@ -118,7 +119,7 @@ def export_run(run_dir: Path, out: Path) -> Path:
 
 def run_info(run_dir: Path) -> dict:
     """What a SAELens user may want to know of the run (kept under cfg.json's ``metadata``)."""
-    cfg = json.loads((run_dir / "cfg.json").read_text()) if (run_dir / "cfg.json").is_file() else {}
+    cfg = json.loads((run_dir / SAE_CFG_FILE).read_text()) if (run_dir / SAE_CFG_FILE).is_file() else {}
     return {"sae_sweep_run_dir": str(Path(run_dir).resolve()),
             **{f"sae_sweep_{k}": cfg[k] for k in ("alpha", "l1_norm", "loss_normalisation") if k in cfg}}
 

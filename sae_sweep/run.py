@@ -32,8 +32,13 @@ from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
 from sae_sweep.feed import stack_streams
 from sae_sweep.record import (
+    CONFIG_FILE,
+    FAILED,
     GROUND_TRUTH_FILE,
+    INTERRUPTED,
     LATENTS_FILE,
+    LOGGING_KEYS,
+    METRICS_FILE,
     SAE_CFG_FILE,
     SUMMARY_FILE,
     WEIGHTS_FILE,
@@ -43,7 +48,7 @@ from sae_sweep.record import (
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
 from sae_sweep.threads import single_run_threads
-from sae_sweep.train import FAILED, INTERRUPTED, EvalSet, MemberOutcome, StopFn, train
+from sae_sweep.train import EvalSet, MemberOutcome, StopFn, train
 
 STREAM_SAE_INIT = 3
 RECORDED_FILES = (WEIGHTS_FILE, SAE_CFG_FILE, LATENTS_FILE, GROUND_TRUTH_FILE)
@@ -83,11 +88,14 @@ def batch_seed(cfg: RunConfig) -> int:
 def pack_key(cfg: RunConfig) -> str:
     """Runs with equal keys can train as one pack: same data, same schedule and device.
 
-    alpha, dict_size, seed and batch stream, ``sae.l1_norm``, the logger and the name may differ
-    (each member reads its own stream); everything that changes the data or the optimiser may not.
+    alpha, dict_size, seed and batch stream, ``sae.l1_norm``, whether weights are saved, and how a run is
+    named and logged (``record.LOGGING_KEYS``) may differ (each member reads its own stream); everything
+    that changes the data or the optimiser may not, nor how the pack is scheduled (``record.SCHEDULING_KEYS``:
+    one pack runs them once).
     """
     train_cfg = dataclasses.asdict(cfg.train)
-    for k in ("progress", "save_weights", "batch_seed"):
+    per_member = [k.removeprefix("train.") for k in LOGGING_KEYS if k.startswith("train.")]
+    for k in (*per_member, "save_weights", "batch_seed"):
         train_cfg.pop(k)
     return json.dumps({"data": dataclasses.asdict(cfg.data), "train": train_cfg,
                        "decoder_bias": cfg.sae.decoder_bias}, sort_keys=True, default=str)
@@ -138,7 +146,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
     cfg, run_dir = job.cfg, Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_dict = dataclasses.asdict(cfg)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     if isinstance(data, ToyFeatures):
         save_file(data.ground_truth.tensors(), str(run_dir / GROUND_TRUTH_FILE))
     init = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SAE_INIT))
@@ -154,7 +162,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
         "device": str(device), "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
-    prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / "metrics.jsonl")], summary)
+    prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / METRICS_FILE)], summary)
     if isinstance(data, ActivationShards) and (cfg.data.center or data.scale != 1.0):
         prepared.input_mean_N, prepared.input_scale = torch.from_numpy(data.mean_N), data.scale
     if cfg.logger.wandb.mode != "disabled":

@@ -22,7 +22,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sae_sweep.record import MAX_DIM, SAE_CFG_FILE, WEIGHTS_FILE, RecordError, load_json_object, tensor_header
+from sae_sweep.record import (
+    MAX_DIM,
+    SAE_CFG_FILE,
+    WEIGHTS_FILE,
+    RecordError,
+    load_json_object,
+    single_line,
+    tensor_header,
+)
 
 
 class SAE(nn.Module):
@@ -176,7 +184,7 @@ class SAE(nn.Module):
         try:
             t = load_file(str(path), device=str(device))
         except Exception as exc:  # safetensors' own error types for a damaged body
-            raise RecordError(path, f"not readable ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+            raise RecordError(path, f"not readable ({type(exc).__name__}: {single_line(exc)})") from None
         sae = cls(n, j, 1, decoder_bias=bias, device=device)
         with torch.no_grad():
             sae.W_enc_KNJ.copy_(t["W_enc"].T[None])

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from sae_sweep.record import COMPLETED, PRUNED
+
 
 class MetricSink(Protocol):
     def log(self, metrics: dict[str, Any], step: int) -> None: ...
@@ -82,11 +84,11 @@ class WandbSink:
             if isinstance(v, (int, float, str, bool)) or v is None:
                 self.run.summary[k] = v
         # A pruned trial ended as the study asked: finished, not failed, and marked so in summary and tags.
-        pruned = summary.get("status") == "pruned"
+        pruned = summary.get("status") == PRUNED
         self.run.summary["pruned"] = pruned
         if pruned:
             self.run.tags = (*(self.run.tags or ()), "pruned")
-        self.run.finish(exit_code=0 if summary.get("status") in ("completed", "pruned") else 1)
+        self.run.finish(exit_code=0 if summary.get("status") in (COMPLETED, PRUNED) else 1)
 
 
 def log_report_run(

@@ -70,6 +70,13 @@ With f = 0 nothing is counted and every member runs the dense path. The trainer 
 same loss and gradients to float rounding (tests/test_sparse_step.py). The shares of the last call
 are kept for :func:`last_active_share`.
 
+Buffers
+-------
+The (B, J) and (B, N) buffers, and the shares of the last call (which decide how the next call counts),
+live in a :class:`StepBuffers` that belongs to whoever steps the SAE: the trainer holds one per group
+(train.py). A caller that passes none (a test, a benchmark stepping an SAE by hand) gets the one kept
+for that SAE here, dropped with the SAE.
+
 The stacked step
 ----------------
 For small SAEs (n = 32, J <= 128, B = 256) a member's five GEMMs are tiny and the dozen kernel
@@ -139,28 +146,52 @@ class _Workspace:
                    torch.arange(j + 1, device=device, dtype=index_dtype), index_dtype)
 
 
-# One workspace per SAE, dropped with it (no module-level growth across tests or sweeps).
-_WORKSPACES: weakref.WeakKeyDictionary[SAE, _Workspace] = weakref.WeakKeyDictionary()
+class StepBuffers:
+    """What the steps of one SAE reuse: its buffers (built for a batch shape, rebuilt when it changes)
+    and each member's share of active codes in the last call. Held by whoever steps that SAE; the
+    step's numbers never depend on it, only how much it allocates and counts."""
+
+    def __init__(self) -> None:
+        self.dense: _Workspace | None = None
+        self.stacked: _StackedWorkspace | None = None
+
+    @property
+    def active_share(self) -> list[float] | None:
+        """Each member's nnz(c) / (B J) in the last ``loss_and_grads`` call; None before one that counted."""
+        ws = self.dense
+        return None if ws is None or ws.active_share is None else list(ws.active_share)
 
 
-def _workspace(sae: SAE, y_BN: torch.Tensor) -> _Workspace:
+# The buffers of callers that hold none (tests, benchmarks): one per SAE, dropped with it.
+_DEFAULT_BUFFERS: weakref.WeakKeyDictionary[SAE, StepBuffers] = weakref.WeakKeyDictionary()
+
+
+def _buffers_of(sae: SAE) -> StepBuffers:
+    buffers = _DEFAULT_BUFFERS.get(sae)
+    if buffers is None:
+        buffers = _DEFAULT_BUFFERS[sae] = StepBuffers()
+    return buffers
+
+
+def _workspace(buffers: StepBuffers, sae: SAE, y_BN: torch.Tensor) -> _Workspace:
     b, n = y_BN.shape
     key = (b, n, sae.dict_size, y_BN.device, y_BN.dtype)
-    ws = _WORKSPACES.get(sae)
+    ws = buffers.dense
     if ws is None or ws.key != key:
-        ws = _Workspace.build(key, b, n, sae.dict_size, y_BN.device, y_BN.dtype)
-        _WORKSPACES[sae] = ws
+        ws = buffers.dense = _Workspace.build(key, b, n, sae.dict_size, y_BN.device, y_BN.dtype)
     return ws
 
 
-def last_active_share(sae: SAE) -> list[float] | None:
-    """Each member's share of active codes, nnz(c) / (B J), in the last ``loss_and_grads`` call.
+def last_active_share(sae: SAE, buffers: StepBuffers | None = None) -> list[float] | None:
+    """Each member's share of active codes, nnz(c) / (B J), in the last ``loss_and_grads`` call
+    (with these ``buffers``, or with none).
 
     Member k took the sparse path when its share was below that call's ``sparse_below``. None
     before the first call and after a call with ``sparse_below=0`` (which counts nothing).
     """
-    ws = _WORKSPACES.get(sae)
-    return None if ws is None or ws.active_share is None else list(ws.active_share)
+    if buffers is None:
+        buffers = _DEFAULT_BUFFERS.get(sae)
+    return None if buffers is None else buffers.active_share
 
 
 # Where the sparse path starts to win on one torch thread (a packed lane) and on more: the crossover
@@ -186,7 +217,7 @@ def _ensure_grads(sae: SAE) -> None:
 @torch.no_grad()
 def loss_and_grads(
     sae: SAE, y_BN: torch.Tensor, alpha_K: list[float], *, with_l1: bool = True, sparse_below: float = 0.0,
-    skip: Collection[int] = (),
+    skip: Collection[int] = (), buffers: StepBuffers | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fill every parameter's ``.grad`` with d(loss)/d(param) and return per-member (mse_K, l1_K).
 
@@ -203,6 +234,8 @@ def loss_and_grads(
 
     Members in ``skip`` (e.g. stopped ones whose result is already kept) cost nothing but zeroing
     their gradients; their mse and l1 are NaN.
+
+    ``buffers``: the caller's :class:`StepBuffers` for this SAE (None: the ones kept here for it).
     """
     if y_BN.dim() != 2 or y_BN.shape[1] != sae.n:
         raise ValueError(f"y_BN must have shape (B, {sae.n}), got {tuple(y_BN.shape)}")
@@ -212,7 +245,7 @@ def loss_and_grads(
     y_BN = y_BN.contiguous()
     b, n = y_BN.shape
     j = sae.dict_size
-    ws = _workspace(sae, y_BN)
+    ws = _workspace(buffers if buffers is not None else _buffers_of(sae), sae, y_BN)
     c_BJ, dc_BJ, err_BN = ws.c_BJ, ws.dc_BJ, ws.err_BN
     s = 2.0 / (b * n)  # d mse / d z = s (z - y)
     mse_K = torch.empty(sae.k, device=y_BN.device)
@@ -369,13 +402,11 @@ class _StackedWorkspace:
     inv_bj_K: torch.Tensor  # 1 / (B J_k): the L1 term's mean over each member's own latents
 
 
-_STACKED: weakref.WeakKeyDictionary[SAE, _StackedWorkspace] = weakref.WeakKeyDictionary()
-
-
-def _stacked_workspace(sae: SAE, y_SBN: torch.Tensor, stream_K: Sequence[int], alpha_K: Sequence[float]) -> _StackedWorkspace:
+def _stacked_workspace(buffers: StepBuffers, sae: SAE, y_SBN: torch.Tensor, stream_K: Sequence[int],
+                       alpha_K: Sequence[float]) -> _StackedWorkspace:
     _, b, n = y_SBN.shape
     key = (b, n, sae.k, sae.dict_size, tuple(sae.sizes_K), tuple(stream_K), tuple(alpha_K), y_SBN.device, y_SBN.dtype)
-    ws = _STACKED.get(sae)
+    ws = buffers.stacked
     if ws is None or ws.key != key:
         kw = {"device": y_SBN.device, "dtype": y_SBN.dtype}
         k, j = sae.k, sae.dict_size
@@ -384,18 +415,20 @@ def _stacked_workspace(sae: SAE, y_SBN: torch.Tensor, stream_K: Sequence[int], a
         ws = _StackedWorkspace(key, torch.empty(k, b, n, **kw), torch.empty(k, b, j, **kw), torch.empty(k, b, j, **kw),
                                torch.empty(k, b, n, **kw), torch.tensor(list(stream_K), device=y_SBN.device),
                                fill.view(k, 1, 1).expand(k, 1, j).contiguous(), (1.0 / (b * j_K)).to(**kw))
-        _STACKED[sae] = ws
+        buffers.stacked = ws
     return ws
 
 
 @torch.no_grad()
 def loss_and_grads_stacked(
     sae: SAE, y_SBN: torch.Tensor, stream_K: Sequence[int], alpha_K: Sequence[float], *, with_l1: bool = True,
+    buffers: StepBuffers | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The stacked step (module doc): every member's gradients in ``.grad`` and (mse_K, l1_K).
 
     ``y_SBN`` holds one batch per stream; member k reads ``y_SBN[stream_K[k]]``. Same contract as
-    :func:`loss_and_grads` otherwise (gradients overwritten; ``with_l1=False`` returns l1_K None).
+    :func:`loss_and_grads` otherwise (gradients overwritten; ``with_l1=False`` returns l1_K None;
+    ``buffers`` the caller's, or None).
     """
     if y_SBN.dim() != 3 or y_SBN.shape[2] != sae.n:
         raise ValueError(f"y_SBN must have shape (S, B, {sae.n}), got {tuple(y_SBN.shape)}")
@@ -404,7 +437,7 @@ def loss_and_grads_stacked(
     _ensure_grads(sae)
     _, b, n = y_SBN.shape
     s = 2.0 / (b * n)  # d mse / d z = s (z - y)
-    ws = _stacked_workspace(sae, y_SBN, stream_K, alpha_K)
+    ws = _stacked_workspace(buffers if buffers is not None else _buffers_of(sae), sae, y_SBN, stream_K, alpha_K)
     w_enc_KNJ, w_dec_KJN, b_enc_K1J = sae.W_enc_KNJ, sae.W_dec_KJN, sae.b_enc_KJ[:, None, :]
     g_enc_KNJ, g_dec_KJN, g_benc_KJ = sae.W_enc_KNJ.grad, sae.W_dec_KJN.grad, sae.b_enc_KJ.grad
 

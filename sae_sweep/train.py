@@ -23,12 +23,10 @@ from sae_sweep import metrics
 from sae_sweep.config import TrainConfig
 from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
 from sae_sweep.feed import BatchFeed, StepQueue
+from sae_sweep.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED  # noqa: F401  (statuses: record.py)
 from sae_sweep.sae import SAE, copy_member_tensors_
 from sae_sweep.sinks import MetricSink
-from sae_sweep.step import auto_sparse_below, loss_and_grads, loss_and_grads_stacked
-
-# Statuses a member can end in. "completed" is the only success.
-COMPLETED, DIVERGED, PRUNED, INTERRUPTED, FAILED = "completed", "diverged", "pruned", "interrupted", "failed"
+from sae_sweep.step import StepBuffers, auto_sparse_below, loss_and_grads, loss_and_grads_stacked
 
 # The L1 term of the training loss is measured every L1_EVERY steps (it costs a pass over the codes
 # and only feeds the logged train_loss); the reconstruction term, which catches divergence, every step.
@@ -112,6 +110,7 @@ class _Group:
     ``stacked``: the group steps as one batched computation (``loss_and_grads_stacked``; its members
     may differ in J and stream), else member by member (``loss_and_grads``, one stream).
     Any lane may take its next step (``StepQueue``), one lane at a time, so its steps stay in order.
+    The group owns its step's buffers (``StepBuffers``); a group rebuilt by :meth:`keep` gets fresh ones.
     """
 
     def __init__(self, sae: SAE, alpha_K: list[float], member_ids: list[int], lr: float,
@@ -122,6 +121,7 @@ class _Group:
             raise ValueError("a group of members with different J or batch streams must be stacked")
         self.lr = lr
         self.opt = self._adam(sae)
+        self.buffers = StepBuffers()
 
     def _adam(self, sae: SAE) -> torch.optim.Adam:
         device = sae.W_dec_KJN.device
@@ -132,11 +132,12 @@ class _Group:
         """One optimiser step; (mse_K, l1_K). Members not ``running`` (by global member number) are
         skipped (per-member groups) or computed and discarded (stacked groups, until :meth:`keep`)."""
         if self.stacked:
-            out = loss_and_grads_stacked(self.sae, y_SBN, self.stream_K, self.alpha_K, with_l1=with_l1)
+            out = loss_and_grads_stacked(self.sae, y_SBN, self.stream_K, self.alpha_K, with_l1=with_l1,
+                                         buffers=self.buffers)
         else:
             skip = {k for k, m in enumerate(self.member_ids) if not running[m]}
             out = loss_and_grads(self.sae, y_SBN[self.stream_K[0]], self.alpha_K, with_l1=with_l1,
-                                 sparse_below=self.sparse_below, skip=skip)
+                                 sparse_below=self.sparse_below, skip=skip, buffers=self.buffers)
         self.sae.project_decoder_grad_()
         self.opt.step()
         self.sae.normalise_decoder_()
@@ -156,7 +157,7 @@ class _Group:
             moments = {key: torch.zeros_like(p_new) for key, v in state.items() if v.shape == p_old.shape}
             copy_member_tensors_(moments, {key: state[key] for key in moments}, ks)
             self.opt.state[p_new] = {key: (moments[key] if key in moments else v.clone()) for key, v in state.items()}
-        self.sae = new
+        self.sae, self.buffers = new, StepBuffers()
         self.alpha_K = [self.alpha_K[k] for k in ks]
         self.member_ids = [self.member_ids[k] for k in ks]
         self.stream_K = [self.stream_K[k] for k in ks]

@@ -19,6 +19,8 @@ import yaml
 TUNING, HELD_BACK = tuple("abcdefgh"), tuple("ijkl")
 SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from sae_sweep.record import COMPLETED, ESTIMATES_FILE, RESULTS_FILE  # noqa: E402
 
 
 def _setting(name: str) -> dict:
@@ -30,11 +32,11 @@ def _setting(name: str) -> dict:
 
 def _row(name: str) -> dict | None:
     sweep = ROOT / "outputs" / f"gen_{name}"
-    if not (sweep / "estimates.json").exists():
+    if not (sweep / ESTIMATES_FILE).exists():
         return None
-    (group,) = json.loads((sweep / "estimates.json").read_text())["groups"]
-    runs = pd.read_parquet(sweep / "runs.parquet")
-    done = runs[runs["status"] == "completed"]
+    (group,) = json.loads((sweep / ESTIMATES_FILE).read_text())["groups"]
+    runs = pd.read_parquet(sweep / RESULTS_FILE)
+    done = runs[runs["status"] == COMPLETED]
     values = {e["signal"]: e["value"] for e in group["estimates"]}
     h = group["true_h"]
     verdict = (group.get("verdict") or {}).get("verdict", "-")

@@ -38,9 +38,7 @@ from sae_sweep.analysis.sweep_data import (
     true_h,
     with_alive,
 )
-
-REPORT_FILE = "report.md"
-ESTIMATES_FILE = "estimates.json"
+from sae_sweep.record import ESTIMATES_FILE, MULTIRUN_FILE, REFINEMENT_FILE, REPORT_FILE
 
 
 @dataclass
@@ -393,12 +391,12 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
 def _sweep_command(sweep_dir: Path) -> str | None:
     """The sweep's original command: from refinement.json when refined (every multirun rewrites multirun.yaml)."""
     try:
-        record = json.loads((sweep_dir / "refinement.json").read_text())
+        record = json.loads((sweep_dir / REFINEMENT_FILE).read_text())
         task = record.get("task_overrides") if isinstance(record, dict) else None
     except (OSError, ValueError):
         task = None
     if task is None:
-        path = sweep_dir / "multirun.yaml"
+        path = sweep_dir / MULTIRUN_FILE
         if not path.exists():
             return None
         from omegaconf import OmegaConf

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sae_sweep.record import CORRUPT, GROUND_TRUTH_FILE, LATENTS_FILE, WEIGHTS_FILE, read_tensors
+from sae_sweep.record import COMPLETED, CORRUPT, GROUND_TRUTH_FILE, LATENTS_FILE, WEIGHTS_FILE, read_tensors
 from sae_sweep.sweep.table import collect_runs
 
 # Columns of the results table that describe a run's outcome, not its configuration.
@@ -30,7 +30,7 @@ def load_cells(sweep_dir: Path) -> pd.DataFrame:
         return table
     for run, message in table.loc[table["status"] == CORRUPT, ["run", "message"]].itertuples(index=False):
         print(f"analysis: skipped {run}: {message}", file=sys.stderr)
-    cells = table[table["status"] == "completed"].copy()
+    cells = table[table["status"] == COMPLETED].copy()
     cells["run_dir"] = [str(sweep_dir / r) for r in cells["run"]]
     for col in ("dict_size", "seed"):
         cells[col] = cells[col].astype(int)

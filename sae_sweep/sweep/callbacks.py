@@ -9,6 +9,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from sae_sweep.record import RESULTS_FILE
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +23,7 @@ class ResultsTable(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
             df = write_results_table(sweep_dir)
-            log.info(f"results table: {sweep_dir / 'runs.parquet'} ({len(df)} runs)")
+            log.info(f"results table: {sweep_dir / RESULTS_FILE} ({len(df)} runs)")
 
 
 class SweepReport(Callback):
@@ -40,9 +42,9 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not self.enabled or not sweep_dir.is_dir():
             return
+        from sae_sweep.analysis.pipeline import run_analysis
         from sae_sweep.analysis.report import AnalysisSettings
         from sae_sweep.analysis.sweep_data import load_cells
-        from sae_sweep.analyze import run_analysis
 
         cells = load_cells(sweep_dir)
         if cells.empty or cells["dict_size"].nunique() < 2:

@@ -8,7 +8,7 @@ a cell of its own even when it repeats another trial's parameters: its key also 
 identity (``trial_cell`` in its trial.json), so every trial keeps its row in the results table.
 
 A run dir belongs to the first cell that records itself there. A run dir's name leaves out fields
-(``experiment``, ``data.path``: conf/config.yaml ``override_dirname.exclude_keys``), so two cells can
+(``experiment``, ``data.path``: record.DIRNAME_EXCLUDED_KEYS, conf/config.yaml ``override_dirname.exclude_keys``), so two cells can
 be given the same name: the later one runs in ``<name>~<first 8 digits of its key>`` instead
 (``own_subdir``), and no record of a cell is ever replaced by another cell's.
 """
@@ -26,15 +26,22 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sae_sweep.record import SUMMARY_FILE, RecordError, check_finished
+from sae_sweep.record import (
+    CELL_FILE,
+    COMPLETED,
+    RESULT_NEUTRAL_KEYS,
+    SUMMARY_FILE,
+    TRIAL_FILE,
+    RecordError,
+    check_finished,
+    read_json,
+    run_dirs,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
-
-CELL_FILE = "cell.json"
-TRIAL_FILE = "trial.json"  # left by the Optuna sweeper: how the job reaches its trial
-# Dotted paths that do not change what a run computes (lanes, sparse_below and stacked change only its speed).
-IGNORED_KEYS = ("name", "logger", "train.progress", "train.threads", "train.lanes", "train.sparse_below",
-                "train.stacked")
+# Dotted paths that do not change what a run computes (record.RESULT_NEUTRAL_KEYS: naming, logging, scheduling).
+IGNORED_KEYS = RESULT_NEUTRAL_KEYS
 # Fields added after sweeps already existed: at their default they are left out of the key, so a sweep
 # started before them still resumes.
 DEFAULT_WHEN_ABSENT = {"train.batch_seed": None}
@@ -79,24 +86,7 @@ def write_cell(run_dir: Path, key: str, overrides: list[str], trial: int | None 
     record = {"cell_key": key, "overrides": overrides, "trial": trial,
               "started_at": time.time(), "host": os.uname().nodename, "pid": os.getpid()}
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{CELL_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(run_dir / CELL_FILE)  # atomic, so a kill never leaves half a record
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when missing or truncated (a run killed mid-write)."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def run_dirs(sweep_dir: Path) -> list[Path]:
-    """Run dirs under a sweep dir: those holding a cell.json, one or two levels down."""
-    found = list(sweep_dir.glob(f"*/{CELL_FILE}")) + list(sweep_dir.glob(f"*/*/{CELL_FILE}"))
-    return sorted(p.parent for p in found)
+    write_json_atomic(run_dir / CELL_FILE, record)  # a kill never leaves half a record
 
 
 def finished_cells(sweep_dir: Path) -> dict[str, Path]:
@@ -105,7 +95,7 @@ def finished_cells(sweep_dir: Path) -> dict[str, Path]:
     done: dict[str, Path] = {}
     for d in run_dirs(sweep_dir):
         cell, summary = read_json(d / CELL_FILE), read_json(d / SUMMARY_FILE)
-        if not (cell and summary and summary.get("status") == "completed"):
+        if not (cell and summary and summary.get("status") == COMPLETED):
             continue
         try:
             check_finished(d)

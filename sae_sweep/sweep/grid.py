@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
+from sae_sweep.record import MULTIRUN_FILE, PRUNED
 from sae_sweep.sweep.cells import cell_key, finished_cells, own_subdir, subdir_override
 from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_summary
@@ -92,7 +93,7 @@ class SaeGridSweeper(BasicSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         todo = self._todo(self._cells(arguments), sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         start_progress(sweep_dir, len(todo))
         self.overrides = list(self.split_overrides_to_chunks(todo, self.max_batch_size)) if todo else []
         returns = []
@@ -104,7 +105,7 @@ class SaeGridSweeper(BasicSweeper):
                 job_idx += len(batch)
                 for ret, overrides in zip(results, batch, strict=True):
                     summary = job_summary(ret)
-                    failed = ret.status == JobStatus.FAILED and summary.get("status") != "pruned"
+                    failed = ret.status == JobStatus.FAILED and summary.get("status") != PRUNED
                     self.budget.add(failed, " ".join(overrides), str(summary.get("message", "")))
                 returns.append(results)
                 if self.budget.exceeded:

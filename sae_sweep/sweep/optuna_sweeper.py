@@ -16,7 +16,7 @@ running trial. Before every batch the sweeper settles the trials no live sweeper
 (``_reclaim``): a RUNNING trial whose sweeper on this host is gone is told from its run dir when
 its summary.json holds a finished result, else failed as ``orphaned`` and re-run by a new trial
 with its parameters (its grid point) and ``retry_of``; WAITING queue entries are taken over the
-same way. Superseded trials and queue entries do not count toward ``n_trials``. Two sweepers that
+same way (the owners, their liveness and the reclaim: sweep/liveness.py). Superseded trials and queue entries do not count toward ``n_trials``. Two sweepers that
 re-run one trial at once both create a retry, and the one with the lower number runs it. Trials
 of a live sweeper, or of one on another host (whose liveness is unknown here), are left alone.
 Each trial is its own cell (cell.json's key hashes the trial it stands for), so every trial has
@@ -27,15 +27,11 @@ never reused by another trial (a second study in the dir, or a study made anew):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import threading
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,21 +43,34 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from sae_sweep.config import SUMMARY_METRICS
-from sae_sweep.record import RecordError, check_finished
-from sae_sweep.sweep.cells import (
+from sae_sweep.record import (
     CELL_FILE,
-    SUMMARY_FILE,
+    COMPLETED,
+    FAILED,
+    MULTIRUN_FILE,
+    PRUNED,
     TRIAL_FILE,
-    holds_record,
     read_json,
-    subdir_override,
+    write_json_atomic,
 )
+from sae_sweep.sweep.cells import subdir_override
 from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.kill import kill_point
+from sae_sweep.sweep.liveness import (  # noqa: F401  (HOST, _process_start, worker_alive: the old import path)
+    HOST,
+    WORKER,
+    Heartbeat,
+    _process_start,
+    counted,
+    pending_retries,
+    reclaim,
+    supersede,
+    trial_subdir,
+    worker_alive,
+)
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_run_dir, job_summary
 from sae_sweep.sweep.progress import start_progress
 from sae_sweep.sweep.space import as_override, grid_of, parse_space
@@ -77,6 +86,8 @@ from sae_sweep.sweep.storage import (
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("maximize", "minimize")
+# What a retry inherits from the trial it re-runs, so the grid sampler gives it the same point.
+REPLAYED_SYSTEM_ATTRS = ("grid_id", "search_space", "fixed_params")
 
 
 @dataclass
@@ -156,128 +167,6 @@ def _ends(d: BaseDistribution) -> list[Any]:
     return [d.low, d.high]  # Int- and FloatDistribution
 
 
-HOST = os.uname().nodename
-# Trials that stand for nothing of their own: a dead sweeper's trial re-run as a new one (orphaned), a
-# WAITING queue entry taken over by a new trial (queued), a second retry of one trial (duplicate), a
-# trial whose parameters did not fit the study's (rejected: the sweep stopped with an error).
-SUPERSEDED = ("orphaned", "queued", "duplicate", "rejected")
-# What a retry inherits from the trial it re-runs, so the grid sampler gives it the same point.
-REPLAYED_SYSTEM_ATTRS = ("grid_id", "search_space", "fixed_params")
-# A summary.json with one of these statuses is a finished result the study can be told.
-FINAL = ("completed", "pruned", "diverged", "failed")
-
-
-def _process_start(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks) of a process from /proc, or None where there is no /proc entry."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) ": state is field 3, starttime 22
-    return fields[0], fields[19]
-
-
-def _worker_id() -> str:
-    start = _process_start(os.getpid())
-    return f"{HOST}:{os.getpid()}" + (f":{start[1]}" if start else "")
-
-
-WORKER = _worker_id()  # the sweeper process that owns a running trial: host, pid and the pid's start time
-
-
-def worker_alive(worker: str, heartbeat: float | None = None, stale_after_s: float = 900.0,
-                 now: float | None = None) -> bool | None:
-    """Whether the sweeper ``worker`` still runs: on this host from its process; elsewhere from its last
-    ``heartbeat`` (seconds since the epoch), alive while younger than ``stale_after_s``; None when unknown."""
-    host, _, rest = worker.partition(":")
-    pid, _, start = rest.partition(":")
-    if host != HOST or not pid.isdigit():
-        if host == HOST or heartbeat is None:
-            return None
-        return (time.time() if now is None else now) - float(heartbeat) < stale_after_s
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    seen = _process_start(int(pid))
-    if seen is None:
-        return not Path("/proc/self/stat").exists()  # no /proc at all: the pid's existence is all we know
-    state, started = seen
-    # A zombie is dead; a pid that started at another time is another process that reuses the number.
-    return state != "Z" and (not start or started == start)
-
-
-class Heartbeat:
-    """Stamps the given running trials with the time every ``interval_s`` from a thread, so sweepers on
-    other hosts can tell this one is alive (``worker_alive``); the first stamp is made on entry."""
-
-    def __init__(self, study: optuna.Study, trial_ids: Sequence[int], interval_s: float) -> None:
-        self.study, self.trial_ids, self.interval_s = study, list(trial_ids), interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sae_sweep-heartbeat", daemon=True)
-
-    def _stamp(self) -> None:
-        now = time.time()
-        for trial_id in self.trial_ids:
-            try:
-                self.study._storage.set_trial_user_attr(trial_id, "heartbeat", now)
-            except (UpdateFinishedTrialError, RuntimeError):
-                pass  # finished meanwhile (told by another sweeper, or by this one just now)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self._stamp()
-            except Exception as exc:  # a storage hiccup must not end the sweep; the next beat retries
-                log.warning(f"heartbeat: {type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> Heartbeat:
-        self._stamp()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def counted(trials: optuna.Study | Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials that count toward n_trials: every trial created to run, except those superseded by another."""
-    if isinstance(trials, optuna.Study):
-        trials = trials.get_trials(deepcopy=False)
-    return [t for t in trials if t.state != TrialState.WAITING and not any(t.user_attrs.get(k) for k in SUPERSEDED)]
-
-
-def pending_retries(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """Orphaned trials and taken-over queue entries that no trial re-runs yet, oldest first."""
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    return [t for t in trials if (t.user_attrs.get("orphaned") or t.user_attrs.get("queued"))
-            and t.state.is_finished() and t.number not in retried]
-
-
-def trial_subdir(sweep_dir: Path, number: int, uid: str) -> str:
-    """A trial's run dir under the sweep dir: ``trial_NNNNN``, unless that holds another trial's record
-    (another study in the same dir, or a study made anew): then ``trial_NNNNN~<uid[:8]>``."""
-    base = f"trial_{number:05d}"
-    for name in (base, f"{base}~{uid[:8]}", f"{base}~{uid}"):
-        info = read_json(sweep_dir / name / TRIAL_FILE)
-        if (info is not None and info.get("uid") == uid) or not holds_record(sweep_dir / name):
-            return name
-    raise FileExistsError(f"no free run dir for trial {number} under {sweep_dir}")
-
-
-def _supersede(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
-    """Mark ``trial`` as superseded (``why`` in SUPERSEDED) and fail it; False if another sweeper finished it first."""
-    try:
-        study._storage.set_trial_user_attr(trial._trial_id, why, True)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except UpdateFinishedTrialError:
-        return False
-    return True
-
-
 def own_summary(ret: JobReturn, number: int) -> dict[str, Any]:
     """The trial's summary.json, or a failed stand-in when the run dir holds no record of this trial
     (the job died before recording it, or found another cell's record there and left it alone)."""
@@ -286,8 +175,8 @@ def own_summary(ret: JobReturn, number: int) -> dict[str, Any]:
     cell = read_json(run_dir / CELL_FILE) if run_dir is not None else None
     if cell is not None and cell.get("trial") == number:
         return summary
-    if summary.get("status") == "completed" or ret.status == JobStatus.FAILED:
-        return {"status": "failed", "message": repr(ret._return_value) if ret.status == JobStatus.FAILED
+    if summary.get("status") == COMPLETED or ret.status == JobStatus.FAILED:
+        return {"status": FAILED, "message": repr(ret._return_value) if ret.status == JobStatus.FAILED
                 else f"no record of trial {number} in {run_dir}"}
     return summary
 
@@ -354,7 +243,7 @@ class SaeOptunaSweeper(Sweeper):
             raise SweepConfigError(f"hydra.sweeper.heartbeat_s must be > 0 and stale_after_s greater than it, got "
                                    f"heartbeat_s={c.heartbeat_s}, stale_after_s={c.stale_after_s}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         n_total = c.n_trials if c.n_trials is not None else (math.prod(len(v) for v in grid.values())
                                                            if grid is not None else None)
         if n_total is None or n_total < 0 or c.n_jobs < 1:
@@ -400,73 +289,6 @@ class SaeOptunaSweeper(Sweeper):
         self._log_best(study, objectives)
         return None
 
-    def _reclaim(self, study: optuna.Study, sweep_dir: Path,
-                 objectives: dict[str, str]) -> tuple[list[FrozenTrial], dict[str, int]]:
-        """Settle every trial no live sweeper will finish; return the study's trials after it, and what was done.
-
-        A RUNNING trial whose sweeper (on this host) is gone is told from its run dir when its
-        summary.json holds a finished result, else failed as ``orphaned`` (a new trial re-runs it); a
-        second retry of one trial (two sweepers retried it at once) is failed as ``duplicate``. A WAITING
-        trial (a queue entry) is failed as ``queued`` and re-run as a new trial the same way: a trial is
-        only ever run by a trial created with its sweeper in one storage call, so no moment leaves a
-        running trial without an owner. A trial of a live sweeper is left alone: on another host, one whose
-        heartbeat stamp is younger than ``stale_after_s`` (or that has none, from before stamps existed).
-        """
-        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        retries: dict[int, list[int]] = {}
-        for t in trials:
-            if t.user_attrs.get("retry_of") is not None:
-                retries.setdefault(int(t.user_attrs["retry_of"]), []).append(t.number)
-        done: dict[str, int] = {}
-
-        def note(what: str) -> None:
-            done[what] = done.get(what, 0) + 1
-
-        for t in trials:
-            if t.state == TrialState.WAITING:
-                if _supersede(study, t, "queued"):
-                    note("queued trials taken over")
-            elif t.state == TrialState.RUNNING and worker_alive(
-                    str(t.user_attrs.get("worker", "")), t.user_attrs.get("heartbeat"), self.conf.stale_after_s) is False:
-                retry_of = t.user_attrs.get("retry_of")
-                if retry_of is not None and t.number != min(retries[int(retry_of)]):
-                    _supersede(study, t, "duplicate")
-                elif self._recover(study, t, sweep_dir, objectives):
-                    note("dead sweepers' trials told from their run dirs")
-                elif _supersede(study, t, "orphaned"):
-                    note("dead sweepers' trials re-queued")
-                    kill_point("requeued")
-        if done:
-            trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-        return trials, done
-
-    def _recover(self, study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, objectives: dict[str, str]) -> bool:
-        """Tell a dead sweeper's trial the finished result its run dir holds; False when there is none."""
-        uid = trial.user_attrs.get("uid")
-        if not uid:
-            return False
-        root = Path(str(trial.user_attrs.get("sweep_dir") or sweep_dir))
-        run_dir = root / trial_subdir(root, trial.number, str(uid))
-        info, cell = read_json(run_dir / TRIAL_FILE), read_json(run_dir / CELL_FILE)
-        summary = read_json(run_dir / SUMMARY_FILE)
-        # The job removes an earlier attempt's summary before it records its cell: with this trial's
-        # trial.json and cell.json, the summary is this trial's own result.
-        if not (info and info.get("uid") == uid and cell and cell.get("trial") == trial.number
-                and summary and summary.get("status") in FINAL):
-            return False
-        if summary.get("status") == "completed":
-            try:
-                check_finished(run_dir)
-            except RecordError as exc:
-                log.warning(f"resume: {exc}; trial {trial.number} runs again")
-                return False
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "recovered", True)
-            self._tell(study, trial._trial_id, trial.number, summary, run_dir, objectives, trial.params)
-        except UpdateFinishedTrialError:
-            pass  # another sweeper told it first
-        return True
-
     def _claim(self, study: optuna.Study, space: dict[str, Any], name: str, sweep_dir: Path,
                retry: FrozenTrial | None) -> optuna.Trial | None:
         """A new RUNNING trial, created together with its owner in one storage call (Study.ask creates it
@@ -497,7 +319,7 @@ class SaeOptunaSweeper(Sweeper):
             for key, distribution in space.items():
                 trial._suggest(key, distribution)
         except ValueError as exc:  # e.g. a categorical whose choices changed since the study began
-            _supersede(study, study._storage.get_trial(trial_id), "rejected")
+            supersede(study, study._storage.get_trial(trial_id), "rejected")
             raise SweepConfigError(f"search space does not fit study {name!r}: {exc}; keep the space or use "
                                    f"another hydra.sweeper.study_name") from exc
         return trial
@@ -510,7 +332,7 @@ class SaeOptunaSweeper(Sweeper):
                   if t.user_attrs.get("retry_of") == retry_of]
         if min(rivals, default=number) >= number:
             return True
-        _supersede(study, study._storage.get_trial(trial_id), "duplicate")
+        supersede(study, study._storage.get_trial(trial_id), "duplicate")
         return False
 
     def _prepare(self, trial: optuna.Trial, fixed: list[str], sweep_dir: Path, spec: str, name: str,
@@ -525,10 +347,17 @@ class SaeOptunaSweeper(Sweeper):
                 "uid": attrs["uid"], "cell": attrs["cell"],
                 "metric": next(iter(objectives)) if single else None, "objectives": list(objectives),
                 "pruner": self.conf.pruner if single else "none", "pruner_kwargs": dict(self.conf.pruner_kwargs)}
-        tmp = run_dir / f".{TRIAL_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(run_dir / TRIAL_FILE)  # atomic: a half-written trial.json would hide the trial's result
+        write_json_atomic(run_dir / TRIAL_FILE, info)  # a half-written trial.json would hide the trial's result
         return [*fixed, *(as_override(k, v) for k, v in trial.params.items()), subdir_override(subdir)]
+
+    def _reclaim(self, study: optuna.Study, sweep_dir: Path,
+                 objectives: dict[str, str]) -> tuple[list[FrozenTrial], dict[str, int]]:
+        """liveness.reclaim, telling a dead sweeper's finished trial as this sweeper tells its own."""
+
+        def tell(study: optuna.Study, trial: FrozenTrial, summary: dict[str, Any], run_dir: Path) -> None:
+            self._tell(study, trial._trial_id, trial.number, summary, run_dir, objectives, trial.params)
+
+        return reclaim(study, sweep_dir, self.conf.stale_after_s, tell)
 
     @staticmethod
     def _tell(study: optuna.Study, trial_id: int, number: int, summary: dict[str, Any], run_dir: Path | None,
@@ -541,10 +370,10 @@ class SaeOptunaSweeper(Sweeper):
         values = [summary.get(m) for m in objectives]
         finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
         shown = dict(zip(objectives, values, strict=True))
-        if status == "completed" and finite:
+        if status == COMPLETED and finite:
             state = TrialState.COMPLETE
             study.tell(number, [float(v) for v in values], skip_if_finished=True)  # type: ignore[arg-type]
-        elif status == "pruned":
+        elif status == PRUNED:
             state = TrialState.PRUNED
             study.tell(number, state=state, skip_if_finished=True)
         else:

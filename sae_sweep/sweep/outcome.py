@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from sae_sweep.sweep.cells import SUMMARY_FILE, read_json
+from sae_sweep.record import FAILED, SUMMARY_FILE, read_json
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ def job_summary(ret: JobReturn) -> dict:
     run_dir = job_run_dir(ret)
     summary = read_json(run_dir / SUMMARY_FILE) if run_dir is not None else None
     if summary is None:
-        message = repr(ret._return_value) if ret.status == JobStatus.FAILED else "no summary.json"
-        summary = {"status": "failed", "message": message}
+        message = repr(ret._return_value) if ret.status == JobStatus.FAILED else f"no {SUMMARY_FILE}"
+        summary = {"status": FAILED, "message": message}
     return summary
 
 

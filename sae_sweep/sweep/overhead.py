@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 
+from sae_sweep.record import SUMMARY_FILE
 from sae_sweep.sweep.storage import open_storage, storage_spec
 
 MINIMAL = ["experiment=smoke", "dict_size=4", "data.n=4", "data.h=8", "data.mean_active=2",
@@ -43,7 +44,7 @@ def measure(storage: str, trials: int, out: Path) -> dict[str, float | str]:
     done = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)
     span = (done[-1].datetime_complete - done[0].datetime_complete).total_seconds()
     rate = (len(done) - 1) / span
-    run_s = [json.loads((sweep / f"trial_{t.number:05d}" / "summary.json").read_text())["wall_time_s"]
+    run_s = [json.loads((sweep / f"trial_{t.number:05d}" / SUMMARY_FILE).read_text())["wall_time_s"]
              for t in done[1:]]
     mean_run = sum(run_s) / len(run_s)
     return {"storage": label, "trials_per_s": rate, "per_trial_ms": 1000 / rate, "run_ms": 1000 * mean_run,

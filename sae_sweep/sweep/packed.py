@@ -60,14 +60,14 @@ class PackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         # The task function is sae_sweep's own entrypoint; the launcher calls its two halves
-        # (job set-up, objective) around the packed training instead.
+        # (sweep.job: multirun_job, job_objective) around the packed training instead.
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import torch
 
-        from sae_sweep.__main__ import multirun_job
         from sae_sweep.run import Job, pack_key
+        from sae_sweep.sweep.job import multirun_job
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -110,8 +110,8 @@ class PackedLauncher(Launcher):
     @staticmethod
     def _train(pack: list[int], jobs: dict, rets: list[JobReturn]) -> None:
         """Train one pack; each job's return is its objective, or its failure."""
-        from sae_sweep.__main__ import job_objective
         from sae_sweep.run import run_packed
+        from sae_sweep.sweep.job import job_objective
 
         try:
             summaries = run_packed([jobs[i] for i in pack])

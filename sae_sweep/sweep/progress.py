@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sae_sweep.sweep.cells import SUMMARY_FILE, read_json
+from sae_sweep.record import COMPLETED, PROGRESS_FILE, PRUNED, SUMMARY_FILE, read_json
 
-PROGRESS_FILE = "progress.json"
-OK = ("completed", "pruned")
+OK = (COMPLETED, PRUNED)
 
 
 def start_progress(sweep_dir: Path, total: int) -> None:

@@ -30,9 +30,9 @@ from typing import Any
 
 import pandas as pd
 
-RECORD_FILE = "refinement.json"
-ESTIMATES_FILE = "estimates.json"
-MULTIRUN_FILE = "multirun.yaml"
+from sae_sweep.record import ESTIMATES_FILE, MULTIRUN_FILE, OPTUNA_DB
+from sae_sweep.record import REFINEMENT_FILE as RECORD_FILE
+
 MAX_ROUNDS = 3
 # A test hook: the refine process exits with os._exit(9) at the named point (after_record, after_command).
 KILL_ENV = "SAE_SWEEP_REFINE_KILL_AT"
@@ -247,8 +247,8 @@ def check_sweep_dir(sweep_dir: Path, rounds: int) -> None:
         raise RefineError("sweep_dir", sweep_dir, "is not a directory")
     multirun = sweep_dir / MULTIRUN_FILE
     trials = sorted(p.name for p in sweep_dir.glob("trial_*") if p.is_dir())
-    if (sweep_dir / "optuna.db").exists():
-        trials.insert(0, "optuna.db")
+    if (sweep_dir / OPTUNA_DB).exists():
+        trials.insert(0, OPTUNA_DB)
     if multirun.exists() and "optuna" in _sweeper_target(multirun).lower():
         trials.append(MULTIRUN_FILE)
     if trials:

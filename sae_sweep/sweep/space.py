@@ -21,6 +21,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from sae_sweep.record import single_line
 from sae_sweep.sweep.storage import SweepConfigError
 
 
@@ -29,7 +30,7 @@ def _distribution(o: Override) -> BaseDistribution:
         return _make_distribution(o)
     except ValueError as exc:  # Optuna's own checks: low <= high, low > 0 on a log scale, ...
         raise SweepConfigError(f"{o.get_key_element()}: search space {o.input_line.split('=', 1)[1]!r} must be a "
-                               f"valid range ({' '.join(str(exc).split())})") from None
+                               f"valid range ({single_line(exc)})") from None
 
 
 def _make_distribution(o: Override) -> BaseDistribution:

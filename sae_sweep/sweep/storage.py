@@ -17,6 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from sae_sweep.record import OPTUNA_DB, single_line
+
 JOURNAL_PREFIX = "journal:"
 SAMPLERS = ("tpe", "random", "grid", "nsgaii")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
@@ -29,7 +31,7 @@ class SweepConfigError(ValueError):
 def storage_spec(storage: str | None, sweep_dir: Path) -> str:
     """An absolute, process-independent spelling of ``storage``."""
     if not storage:
-        return f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
+        return f"sqlite:///{(Path(sweep_dir) / OPTUNA_DB).resolve()}"
     if storage.startswith(JOURNAL_PREFIX) or storage.endswith((".log", ".journal")):
         path = storage[len(JOURNAL_PREFIX):] if storage.startswith(JOURNAL_PREFIX) else storage
         return JOURNAL_PREFIX + str(Path(path).expanduser().resolve())
@@ -101,7 +103,7 @@ def _construct(what: str, name: str, make: Any, kwargs: dict[str, Any]) -> Any:
         return make()
     except (TypeError, ValueError) as exc:
         raise SweepConfigError(f"hydra.sweeper.{what}_kwargs must be keyword arguments the {name} {what} takes, "
-                               f"got {kwargs} ({' '.join(str(exc).split())})") from None
+                               f"got {kwargs} ({single_line(exc)})") from None
 
 
 def make_pruner(name: str | None, kwargs: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:

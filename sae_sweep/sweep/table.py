@@ -26,8 +26,27 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from sae_sweep.record import CORRUPT, RecordError, check_finished
-from sae_sweep.sweep.cells import CELL_FILE, IGNORED_KEYS, SUMMARY_FILE, TRIAL_FILE, read_json, run_dirs
+from sae_sweep.record import (
+    CELL_FILE,
+    COMPLETED,
+    CONFIG_FILE,
+    CORRUPT,
+    DIVERGED,
+    FAILED,
+    HYDRA_CONFIG_FILE,
+    INCOMPLETE,
+    INTERRUPTED,
+    PRUNED,
+    RESULTS_CSV,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    TRIAL_FILE,
+    RecordError,
+    check_finished,
+    read_json,
+    run_dirs,
+)
+from sae_sweep.sweep.cells import IGNORED_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +56,7 @@ RUN_FIELDS = ("trainer_alpha", "device", "threads")
 TIMINGS = ("samples", "train_time_s", "samples_per_s", "setup_time_s", "wall_time_s")
 BASE = ("run", "cell_key", "trial", "status", "message", "alpha", "dict_size", "seed")
 _NEVER_CONFIG = ("alpha", "dict_size", "seed", "name")  # top-level fields with columns of their own
-STATUS_RANK = {"completed": 0, "pruned": 1, "diverged": 2, "failed": 3, "interrupted": 4, CORRUPT: 5, "incomplete": 6}
+STATUS_RANK = {COMPLETED: 0, PRUNED: 1, DIVERGED: 2, FAILED: 3, INTERRUPTED: 4, CORRUPT: 5, INCOMPLETE: 6}
 
 
 def _typed(text: str) -> Any:
@@ -54,7 +73,7 @@ def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
     keys = [k for k in keys if not k.startswith("hydra.") and k != "experiment"
             and not any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS)]
-    cfg_path = run_dir / ".hydra" / "config.yaml"
+    cfg_path = run_dir / HYDRA_CONFIG_FILE
     try:
         cfg = OmegaConf.load(cfg_path) if cfg_path.exists() else None
     except Exception as exc:  # any YAML damage: the values come from the overrides' text instead
@@ -80,7 +99,7 @@ def _ignored(key: str) -> bool:
 def _config_values(run_dir: Path) -> dict[str, Any]:
     """Every leaf of the run's config as a dotted key (lists as text), from config.yaml (as run) or Hydra's."""
     tree: Any = None
-    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+    for path in (run_dir / CONFIG_FILE, run_dir / HYDRA_CONFIG_FILE):
         if not path.exists():
             continue
         try:
@@ -110,7 +129,7 @@ def _config_values(run_dir: Path) -> dict[str, Any]:
 
 def _sweep_name(run_dir: Path, summary: dict[str, Any] | None, sweep_dir: Path) -> str:
     """The sweep's name (the config's ``name``: outputs/<name>/), else the sweep dir's."""
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / HYDRA_CONFIG_FILE
     try:
         name = OmegaConf.select(OmegaConf.load(path), "name", default=None) if path.exists() else None
     except Exception:  # damaged YAML (logged where the config values are read): fall back below
@@ -157,9 +176,9 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
     for d in run_dirs(sweep_dir):
         cell = read_json(d / CELL_FILE) or {}
         summary = read_json(d / SUMMARY_FILE)
-        status = summary.get("status", "failed") if summary else "incomplete"
+        status = summary.get("status", FAILED) if summary else INCOMPLETE
         message = (summary or {}).get("message", "")
-        if status == "completed":
+        if status == COMPLETED:
             try:
                 check_finished(d)
             except RecordError as exc:  # the analysis skips it; a resumed sweep trains it again
@@ -196,8 +215,8 @@ def write_results_table(sweep_dir: Path) -> pd.DataFrame:
     """Write runs.parquet and runs.csv into ``sweep_dir`` (atomically) and return the table."""
     sweep_dir = Path(sweep_dir)
     df = collect_runs(sweep_dir)
-    for name, write in (("runs.parquet", lambda p: df.to_parquet(p, index=False)),
-                        ("runs.csv", lambda p: df.to_csv(p, index=False))):
+    for name, write in ((RESULTS_FILE, lambda p: df.to_parquet(p, index=False)),
+                        (RESULTS_CSV, lambda p: df.to_csv(p, index=False))):
         tmp = sweep_dir / f".{name}.{os.getpid()}.tmp"  # per process: several workers may share a sweep dir
         write(tmp)
         tmp.replace(sweep_dir / name)
