@@ -77,13 +77,16 @@ def test_cli__a_run_gets_the_passive_wait_policy_and_records_it(tmp_path, monkey
 
 
 def test_cli__a_large_step_keeps_the_process_thread_count_and_an_explicit_count_wins(tmp_path, monkeypatch):
-    import torch
-
     monkeypatch.delenv(POLICY_ENV, raising=False)
     large = ("data.n=256", "dict_size=1024", "train.num_samples=2560", "train.eval_every=2560", "data.eval_size=256")
-    res = run_cli(*SMOKE, *large, f"hydra.run.dir={tmp_path}/large", cwd=REPO)
-    assert res.returncode == 0, res.stderr
-    assert json.loads((tmp_path / "large" / "summary.json").read_text())["threads"] == torch.get_num_threads()
+    for name, env in (("large", {}), ("off", {POLICY_ENV: "off"})):  # off: the process's own thread count
+        res = run_cli(*SMOKE, *large, f"hydra.run.dir={tmp_path}/{name}", cwd=REPO, env=env)
+        assert res.returncode == 0, res.stderr
+    threads = {name: json.loads((tmp_path / name / "summary.json").read_text())["threads"] for name in ("large", "off")}
+    assert threads["large"] == threads["off"], threads
+    small = run_cli(*SMOKE, f"hydra.run.dir={tmp_path}/small", cwd=REPO)
+    assert small.returncode == 0, small.stderr
+    assert json.loads((tmp_path / "small" / "summary.json").read_text())["threads"] == 1
     res = run_cli(*SMOKE, "train.threads=2", f"hydra.run.dir={tmp_path}/two", cwd=REPO)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["threads"] == 2
