@@ -28,7 +28,7 @@ from collections.abc import MutableMapping
 
 POLICY_ENV = "SAE_SWEEP_THREAD_POLICY"
 WAIT_POLICY = "PASSIVE"
-SMALL_STEP_MACS = 1 << 24  # batch x n x J of one GEMM below which one thread is as fast as two (bench_threads.py)
+SMALL_STEP_MACS = 1 << 26  # batch x n x J of one GEMM below which one thread is as fast as two (bench_threads.py)
 
 
 def policy_on(environ: MutableMapping[str, str] | None = None) -> bool:

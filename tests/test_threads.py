@@ -40,8 +40,8 @@ def test_choose_threads__policy_off_leaves_torchs_default():
 def test_single_run_threads__one_for_a_small_step_else_as_requested_or_the_process_default():
     assert single_run_threads(0, batch_size=256, n=32, dict_size=128, environ={}) == 1  # the smoke run
     assert single_run_threads(0, batch_size=256, n=256, dict_size=1024, environ={}) is None
-    assert SMALL_STEP_MACS == 1 << 24
-    assert single_run_threads(0, batch_size=256, n=64, dict_size=(1 << 24) // (256 * 64), environ={}) is None
+    assert single_run_threads(0, batch_size=256, n=128, dict_size=1024, environ={}) == 1  # 2^25 MACs
+    assert single_run_threads(0, batch_size=256, n=64, dict_size=SMALL_STEP_MACS // (256 * 64), environ={}) is None
     assert single_run_threads(2, batch_size=256, n=32, dict_size=128, environ={}) == 2  # explicit wins
     assert single_run_threads(0, batch_size=256, n=32, dict_size=128, environ={POLICY_ENV: "off"}) is None
 
