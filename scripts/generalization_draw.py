@@ -1,7 +1,7 @@
 """Draw toy settings for a held-back half of the generalization study at random (README, docs/generalization.md).
 
     python scripts/generalization_draw.py            # the second held-back half, i-l (seed 20261202)
-    python scripts/generalization_draw.py --seed 7 --names m n o p
+    python scripts/generalization_draw.py --seed 20261203 --names m n o p   # the third, m-p
 
 Prints one line per setting over the ranges the study must span: n in {32, 48, 64, 96, 128}, h/n
 log-uniform in [1, 8] (h rounded to a multiple of 8, at least n), exponential / zipf / constant decay,

@@ -2,7 +2,7 @@
 
     python scripts/generalization_table.py [a b c ...]     (reads outputs/gen_<x>/; default: all twelve)
 
-Settings a-h are the tuning set, i-l the held-back half (conf/experiment/gen_base.yaml). Prints a
+Settings a-l are the tuning set, m-p the held-back half (conf/experiment/gen_base.yaml). Prints a
 markdown table and the issue's targets checked on each half: every signal within 10 % of h on every
 TRUSTED setting, no TRUSTED verdict outside 10 %, and the share of settings TRUSTED.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-TUNING, HELD_BACK = tuple("abcdefgh"), tuple("ijkl")
+TUNING, HELD_BACK = tuple("abcdefghijkl"), tuple("mnop")
 SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
