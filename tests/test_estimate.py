@@ -339,8 +339,8 @@ def test_estimate_loss_basin__planted_basin_on_the_grid_gives_h(h):
     assert est.interval == (h, h)
     assert est.per_seed == {0: h, 1: h, 2: h}
     assert est.note == ""
-    share = est.evidence.groupby("dict_size")["basin_share"].first()
-    assert share.to_dict() == {j: (1.0 if j >= h else 0.0) for j in POW2_GRID}
+    assert est.per_alpha == {a: h for a in ALPHAS}
+    assert set(est.evidence["basin_h"]) == {h}
 
 
 def test_estimate_loss_basin__h_below_the_grid_gives_the_smallest_size_and_says_so():
@@ -358,12 +358,30 @@ def test_estimate_loss_basin__a_single_size_gives_no_estimate():
     assert estimate_loss_basin(build_loss_cells(64, grid=[64])).value is None
 
 
-def test_estimate_loss_basin__min_share_picks_the_size_in_the_basin_for_enough_alphas():
-    # h depends on alpha (32, 64, 128): J = 64 is in the basin for 2/3 of the alphas, J = 32 for 1/3.
+def test_estimate_loss_basin__pools_the_alphas_by_their_median():
+    # h depends on alpha (32, 64, 128): each alpha's own basin, the median over them.
     cells = pd.concat([build_loss_cells(h, alphas=[a]) for a, h in zip(ALPHAS, [32, 64, 128], strict=True)])
-    assert estimate_loss_basin(cells, min_share=0.5).value == 64
-    assert estimate_loss_basin(cells, min_share=0.3).value == 32
-    assert estimate_loss_basin(cells, min_share=1.0).value == 128
+    est = estimate_loss_basin(cells)
+    assert est.per_alpha == dict(zip(ALPHAS, [32.0, 64.0, 128.0], strict=True))
+    assert est.value == 64
+    assert estimate_loss_basin(cells[cells["alpha"] != ALPHAS[1]]).value == 80  # two alphas: their mean
+
+
+def _smooth_loss_cells(grid: list[int], h: float = 100.0, tolerance: float = 0.02) -> pd.DataFrame:
+    """Loss falling linearly to its floor at J = h, in excess of it by the tolerance at J = 0.9 h."""
+    slope = tolerance / (0.1 * h)
+    return pd.DataFrame([{"alpha": a, "dict_size": j, "seed": s, "loss": (1 + a) * (1 + slope * max(0.0, h - j))}
+                         for a in ALPHAS for s in (0, 1) for j in grid])
+
+
+def test_estimate_loss_basin__refining_the_grid_converges_on_the_curve_and_never_passes_it():
+    # The loss crosses the tolerance at J = 0.9 h = 90: every grid's estimate is its smallest J at or above
+    # 90, so adding sizes moves it towards 90 (refinement) and never below (the drift of the first rule).
+    coarse = [32, 64, 128, 256]
+    grids = [coarse, sorted({*coarse, 91, 108}), sorted({*coarse, 76, 83, 91, 99, 108, 118}),
+             sorted({*coarse, *range(80, 128, 2)})]
+    values = [estimate_loss_basin(_smooth_loss_cells(g)).value for g in grids]
+    assert values == [128, 91, 91, 90]
 
 
 # --- 3. dictionary agreement ---------------------------------------------------------------------

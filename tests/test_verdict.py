@@ -86,7 +86,21 @@ def test_verdict__a_factor_2_grid_is_too_coarse_and_names_the_refine_command():
 def test_verdict__signals_that_disagree_are_not_trusted():
     cells = build_cells({0.1: (54, 0.92), 0.3: (54, 0.95)}, grid=FINE)
     v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 76, "dictionary_agreement": 45}, **TRUST)
-    assert not v.trusted and any("signals disagree" in r for r in v.reasons) and not v.wants_refinement
+    assert not v.trusted and not v.wants_refinement
+    assert any(r.startswith("no two signals agree within 10% of their median 54") for r in v.reasons)
+
+
+def test_verdict__two_signals_that_agree_outvote_a_third_far_off_and_it_is_recorded_as_dissent():
+    cells = build_cells({0.1: (54, 0.92), 0.3: (54, 0.95)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": 91, "loss_basin": 54, "dictionary_agreement": 50}, **TRUST)
+    assert v.trusted and v.checks["consensus"] == 54
+    assert v.checks["dissent"] == {"dead_latents": 91} and v.checks["spread"] == pytest.approx(91 / 54 - 1)
+
+
+def test_verdict__two_signals_must_both_agree():
+    cells = build_cells({0.1: (54, 0.92), 0.3: (54, 0.95)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": None, "loss_basin": 45, "dictionary_agreement": 59}, **TRUST)
+    assert not v.trusted and any(r.startswith("no two signals agree") for r in v.reasons)
 
 
 def test_verdict__unconverged_runs_say_train_longer():

@@ -55,10 +55,9 @@ class AnalysisSettings:
     0.91-1.00 at J = h where trained, at most 0.27 where undertrained; any value in 0-0.9 gives its estimates)."""
     min_dead_share: float = 0.05
     """One seed only (firing-only count): estimate only for alphas whose largest J has this share dead."""
-    basin_tolerance: float = 0.04
-    """A cell is in the loss basin when its loss is within this relative distance of the best J's."""
-    basin_min_share: float = 0.5
-    """h is the smallest J in the basin for at least this share of the alphas."""
+    basin_tolerance: float = 0.02
+    """A cell is in the loss basin when its loss is within this relative distance of the best J's (per alpha,
+    h is the smallest J in the basin; chosen on the generalization study's tuning set, docs/generalization.md)."""
     min_agreement: float = 0.9
     """The agreement estimate needs a J whose worst MMCS against every larger dictionary reaches this."""
     agreement_plateau: float = 0.005
@@ -141,7 +140,7 @@ def with_reproduced(cells: pd.DataFrame, matches: Matches, min_cos: float) -> pd
 # Each signal's main threshold (its AnalysisSettings field), varied around its default for the report's
 # sensitivity table.
 SENSITIVITY_GRID = {"reproduce_cos": ("dead_latents", (0.8, 0.85, 0.9, 0.95)),
-                    "basin_tolerance": ("loss_basin", (0.02, 0.03, 0.04, 0.05, 0.075)),
+                    "basin_tolerance": ("loss_basin", (0.01, 0.015, 0.02, 0.03, 0.04)),
                     "min_agreement": ("dictionary_agreement", (0.8, 0.85, 0.9, 0.95))}
 
 
@@ -157,7 +156,7 @@ def sensitivity(cells: pd.DataFrame, matches: Matches, matrices: dict[tuple[floa
                                              min_reproduced_share=settings.min_reproduced_share,
                                              plateau=settings.share_plateau).value
         if parameter == "basin_tolerance":
-            return est.estimate_loss_basin(cells, tolerance=value, min_share=settings.basin_min_share).value
+            return est.estimate_loss_basin(cells, tolerance=value).value
         return (est.estimate_agreement(matrices, min_agreement=value, plateau=settings.agreement_plateau).value
                 if matrices else None)
 
@@ -190,7 +189,7 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
     estimates = [
         est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share,
                                   min_reproduced_share=settings.min_reproduced_share, plateau=settings.share_plateau),
-        est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance, min_share=settings.basin_min_share),
+        est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance),
         est.estimate_agreement(matrices, min_agreement=settings.min_agreement, plateau=settings.agreement_plateau),
     ]
     dead, basin, agree = estimates
@@ -328,12 +327,12 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
     md += ["", "Thresholds: " + ", ".join(f"`{k}={v}`" for k, v in asdict(settings).items()) + ".", "",
            "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: a latent is alive when it fires and "
            "(with two or more seeds) another seed's dictionary at the same (alpha, J) has an alive atom within the "
-           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the smallest J whose share of such latents is within the share "
-           "plateau of the highest (one seed: a hinge in "
+           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the largest J whose share of such latents is within the share "
+           "plateau of the highest (the end of the plateau before the share falls) (one seed: a hinge in "
            "log-log coordinates through the firing-only count, an upper bound); median over alphas. "
            "**loss_basin**: a cell is in the basin when its total loss is within the tolerance of the best "
-           "dictionary size at that alpha; ĥ is the smallest J in the basin for at least the minimum share of "
-           "alphas. **dictionary_agreement**: frequency-weighted MMCS of dictionary J's atoms against each larger "
+           "dictionary size at that alpha; per alpha, ĥ is the smallest J in the basin; median over alphas. "
+           "**dictionary_agreement**: frequency-weighted MMCS of dictionary J's atoms against each larger "
            "dictionary at the same alpha; ĥ is the smallest J whose worst agreement is within the agreement plateau of the "
            "highest. Every signal pools only the working alphas. No estimator uses the "
            "ground truth; the MMCS heatmap and the recovery plot do.", ""]
@@ -347,7 +346,10 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
         md += [f"## Dataset `{group_slug(r.label)}` ({r.n_cells} completed runs, true h = {_fmt(r.true_h)})", ""]
         if r.verdict is not None:
             md += [f"Verdict: **{r.verdict.label}**", ""] + [f"- {why}" for why in r.verdict.reasons]
-            md += [""] if r.verdict.reasons else []
+            dissent = r.verdict.checks.get("dissent") or {}
+            md += [f"- dissent: {k} {v:.0f}, more than {settings.max_spread:.0%} from the consensus "
+                   f"{r.verdict.checks['consensus']:.0f} (outvoted by the signals that agree)" for k, v in dissent.items()]
+            md += [""] if r.verdict.reasons or dissent else []
         md += [f"**Warning**: {w}" for w in r.warnings] + ([""] if r.warnings else [])
         if r.selection is not None and not r.selection.evidence.empty:
             md += ["Alphas (the signals pool the used ones):", "",
