@@ -95,6 +95,7 @@ def test_verdict__two_signals_that_agree_outvote_a_third_far_off_and_it_is_recor
     v = verdict(cells, _selected(cells), {"dead_latents": 91, "loss_basin": 54, "dictionary_agreement": 50}, **TRUST)
     assert v.trusted and v.checks["consensus"] == 54
     assert v.checks["dissent"] == {"dead_latents": 91} and v.checks["spread"] == pytest.approx(91 / 54 - 1)
+    assert v.line() == "TRUSTED (dead_latents 91 dissents)" and v.reasons == []
 
 
 def test_verdict__two_signals_must_both_agree():

@@ -119,7 +119,10 @@ class Verdict:
         return TRUSTED if self.trusted else NOT_TRUSTED
 
     def line(self) -> str:
-        return self.label if self.trusted else f"{self.label}: " + "; ".join(self.reasons)
+        if not self.trusted:
+            return f"{self.label}: " + "; ".join(self.reasons)
+        dissent = self.checks.get("dissent") or {}
+        return self.label + "".join(f" ({k} {v:.0f} dissents)" for k, v in dissent.items())
 
     def as_dict(self) -> dict[str, Any]:
         return {"verdict": self.label, "reasons": self.reasons, "checks": self.checks}
