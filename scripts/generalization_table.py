@@ -3,8 +3,9 @@
     python scripts/generalization_table.py [a b c ...]     (reads outputs/gen_<x>/; default: all twelve)
 
 Settings a-l are the tuning set, m-p the held-back half (conf/experiment/gen_base.yaml). Prints a
-markdown table and the issue's targets checked on each half: every signal within 10 % of h on every
-TRUSTED setting, no TRUSTED verdict outside 10 %, and the share of settings TRUSTED.
+markdown table and the issue's targets checked on each half: no TRUSTED consensus outside 10 % of h,
+every signal within 10 % of h on every TRUSTED setting (a signal the verdict outvoted as dissent
+counts against this), and the share of settings TRUSTED.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def _row(name: str) -> dict | None:
     return {"setting": name, "half": "tuning" if name in TUNING else "held-back", **_setting(name),
             **{s: values.get(s) for s in SIGNALS}, "consensus": group["consensus"], "verdict": verdict,
             "reasons": "; ".join((group.get("verdict") or {}).get("reasons", [])),
+            "dissent": ", ".join(f"{k} {v:.0f}" for k, v in
+                                 (((group.get("verdict") or {}).get("checks") or {}).get("dissent") or {}).items()),
             "alphas": ", ".join(f"{a:g}" for a in (group.get("alpha_selection") or {}).get("used", [])),
             "worst_error": max((abs(v - h) / h for v in given), default=float("nan")),
             "consensus_error": abs(group["consensus"] - h) / h if group["consensus"] else float("nan"),
@@ -64,13 +67,13 @@ def main(names: list[str]) -> None:
     if not rows:
         sys.exit("generalization_table: no outputs/gen_<x>/estimates.json yet")
     print("| setting | half | n | h | h/n | decay | corr | active | other | dead_latents | loss_basin | agreement | "
-          "consensus | error | verdict | working alphas | runs | converged | samples | wall span |")
-    print("|" + "---|" * 20)
+          "consensus | error | verdict | dissent | working alphas | runs | converged | samples | wall span |")
+    print("|" + "---|" * 21)
     for r in rows:
         print(f"| {r['setting']} | {r['half']} | {r['n']} | {r['h']} | {r['h'] / r['n']:.2g} | {r['decay']} | "
               f"{r['corr']:g} | {r['active']:g} | {r['extra'] or '-'} | {_fmt(r['dead_latents'])} | "
               f"{_fmt(r['loss_basin'])} | {_fmt(r['dictionary_agreement'])} | {_fmt(r['consensus'])} | "
-              f"{r['consensus_error']:.0%} | {r['verdict']} | {r['alphas']} | {r['runs']} | "
+              f"{r['consensus_error']:.0%} | {r['verdict']} | {r['dissent'] or '-'} | {r['alphas']} | {r['runs']} | "
               f"{r['converged']:.0%} | {r['samples_M']:.0f} M | {r['train_min']:.0f} min |")
     print()
     for r in rows:
@@ -81,9 +84,10 @@ def main(names: list[str]) -> None:
         if not part:
             continue
         trusted = [r for r in part if r["verdict"] == "TRUSTED"]
-        wrong = [r["setting"] for r in trusted if not r["worst_error"] <= 0.1]
-        print(f"{half}: {len(trusted)} of {len(part)} TRUSTED; TRUSTED with a signal off by more than 10 %: "
-              f"{', '.join(wrong) or 'none'}")
+        wrong = [r["setting"] for r in trusted if not r["consensus_error"] <= 0.1]
+        off = [r["setting"] for r in trusted if not r["worst_error"] <= 0.1]
+        print(f"{half}: {len(trusted)} of {len(part)} TRUSTED; TRUSTED with the consensus off by more than 10 %: "
+              f"{', '.join(wrong) or 'none'}; TRUSTED with some signal off by more than 10 %: {', '.join(off) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -346,7 +346,7 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
         md += [f"## Dataset `{group_slug(r.label)}` ({r.n_cells} completed runs, true h = {_fmt(r.true_h)})", ""]
         if r.verdict is not None:
             md += [f"Verdict: **{r.verdict.label}**", ""] + [f"- {why}" for why in r.verdict.reasons]
-            dissent = r.verdict.checks.get("dissent") or {}
+            dissent = (r.verdict.checks.get("dissent") or {}) if r.verdict.trusted else {}
             md += [f"- dissent: {k} {v:.0f}, more than {settings.max_spread:.0%} from the consensus "
                    f"{r.verdict.checks['consensus']:.0f} (outvoted by the signals that agree)" for k, v in dissent.items()]
             md += [""] if r.verdict.reasons or dissent else []
