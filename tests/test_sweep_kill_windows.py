@@ -1,4 +1,4 @@
-"""hydra/sweeper=sae_optuna killed at exact lines (SAE_SWEEP_KILL_AT, sae_sweep/sweep/kill.py), then re-run.
+"""hydra/sweeper=sae_optuna killed at exact lines (SAE_SWEEP_KILL_AT, sae_sweep/kill.py), then re-run.
 
 Each test runs the real CLI in a subprocess on a real SQLite study, lets it die at a named point
 as ``kill -9`` would (no cleanup), re-runs the same command and reads the study and the table back:
@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sae_sweep.sweep.kill import KILL_ENV
+from sae_sweep.kill import KILL_ENV
 from sae_sweep.sweep.storage import open_storage, storage_spec
 from tests.sweep_helpers import cli_env, ok, run_sweep, sweep_cmd, table
 

@@ -22,6 +22,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from sae_sweep.kill import kill_point
 from sae_sweep.record import (
     CELL_FILE,
     COMPLETED,
@@ -35,7 +36,6 @@ from sae_sweep.record import (
     read_json,
 )
 from sae_sweep.sweep.cells import holds_record
-from sae_sweep.sweep.kill import kill_point
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 Unset, a kill point costs one environment lookup. The points, in the order a trial meets them:
 ``asked`` (a trial was just created in the study), ``requeued`` (a dead trial was just failed, before
 its retry exists), ``job_started`` (the job recorded its cell, before training) and ``before_tell``
-(the jobs of a batch returned, before the study is told).
+(the jobs of a batch returned, before the study is told). A leaf module: any layer may hold a point.
 """
 
 from __future__ import annotations
