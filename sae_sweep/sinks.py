@@ -10,7 +10,7 @@ is kept, as W&B keeps any finished run); a run killed after summary.json was wri
 W&B run finished is a finished cell that no attempt runs again, so a resumed sweep rewrites its mirror
 from the record (:func:`repair_wandb_mirror`). Telling a finished offline run from an unfinished one
 needs its records read from disk (:func:`read_wandb_records`): that much of the file format lives
-here for it.
+here for it; the tests' reader of a whole run (history, summary, config) is tests/wandb_offline.py.
 """
 
 from __future__ import annotations
@@ -293,49 +293,3 @@ def _rewrite_if_incomplete(run_dir: Path, summary: dict[str, Any], run_id: str, 
     while not whole() and time.monotonic() < deadline:  # finish() returns before wandb-core has written it all
         time.sleep(0.1)
     return True
-
-
-def read_wandb_offline_run(run_dir: Path, wait_s: float = 30.0) -> dict[str, Any]:
-    """The history rows, summary, config and exit code of the single offline W&B run under run_dir.
-
-    wandb-core writes the file from its own process and may still be flushing when ``finish()``
-    has returned, so this waits (up to ``wait_s``) until the run's exit record is on disk.
-    """
-    deadline = time.monotonic() + wait_s
-    while True:
-        files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-        if len(files) > 1:
-            raise FileNotFoundError(f"expected one offline W&B run under {run_dir}/wandb, found {len(files)}")
-        if files:
-            out = _parse_run_file(files[0])
-            if out["exit_code"] is not None or time.monotonic() > deadline:
-                return out
-        elif time.monotonic() > deadline:
-            raise FileNotFoundError(f"no offline W&B run under {run_dir}/wandb")
-        time.sleep(0.2)
-
-
-def _parse_run_file(path: Path) -> dict[str, Any]:
-    history: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
-    config: dict[str, Any] = {}
-    out: dict[str, Any] = {"exit_code": None, "name": None, "group": None, "id": None, "tags": []}
-
-    def key(item: Any) -> str:
-        return item.key or "/".join(item.nested_key)
-
-    for rec in read_wandb_records(path):
-        which = rec.WhichOneof("record_type")
-        if which == "history":
-            history.append({key(i): json.loads(i.value_json) for i in rec.history.item})
-        elif which == "summary":
-            summary.update({key(i): json.loads(i.value_json) for i in rec.summary.update})
-        elif which == "config":
-            config.update({key(i): json.loads(i.value_json) for i in rec.config.update})
-        elif which == "run":
-            out["name"], out["group"], out["id"] = rec.run.display_name, rec.run.run_group, rec.run.run_id
-            out["tags"] = list(rec.run.tags)
-            config.update({key(i): json.loads(i.value_json) for i in rec.run.config.update})
-        elif which == "exit":
-            out["exit_code"] = rec.exit.exit_code
-    return {**out, "history": history, "summary": summary, "config": config}

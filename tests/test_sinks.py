@@ -18,15 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sae_sweep.record import METRICS_FILE, SUMMARY_FILE, run_dirs  # noqa: E402
 from sae_sweep.run import run  # noqa: E402
-from sae_sweep.sinks import (  # noqa: E402
-    analysis_run_id,
-    log_report_run,
-    offline_runs,
-    read_wandb_offline_run,
-    repair_wandb_mirror,
-)
+from sae_sweep.sinks import analysis_run_id, log_report_run, offline_runs, repair_wandb_mirror  # noqa: E402
 from tests.conftest import REPO, build_cfg  # noqa: E402
 from tests.sweep_helpers import cli_env, killed_at, ok, run_sweep  # noqa: E402
+from tests.wandb_offline import read_wandb_offline_run  # noqa: E402
 
 WALL_CLOCK = ("_runtime", "_timestamp", "_wandb/runtime")  # W&B's own timings: the rewrite's, not the run's
 
