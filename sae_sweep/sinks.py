@@ -260,6 +260,8 @@ def repair_wandb_mirror(run_dir: Path, wait_s: float = 60.0) -> bool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when fd closes, or its process dies
         except BlockingIOError:
             return False  # another process is mending it
+        except OSError:
+            pass  # a file system without locks: mend it unlocked
         return _rewrite_if_incomplete(run_dir, summary, str(run_id), wait_s)
     finally:
         os.close(fd)
@@ -270,16 +272,20 @@ def _rewrite_if_incomplete(run_dir: Path, summary: dict[str, Any], run_id: str, 
 
     try:
         rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-        offline = config["logger"]["wandb"]["mode"] == "offline"
-    except (OSError, ValueError, yaml.YAMLError, TypeError, KeyError):
+    except (OSError, ValueError):
         return False  # no readable record to rewrite it from
 
     def whole() -> bool:
         mine = [r for r in offline_runs(run_dir) if r.run_id == run_id]
         return len(mine) == 1 and mine[0].exit_code is not None and mine[0].history == len(rows)
 
-    if not offline or whole():
+    if whole():
+        return False
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        if config["logger"]["wandb"]["mode"] != "offline":
+            return False  # an online run lives on the server
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
         return False
     for run in offline_runs(run_dir):
         if run.run_id == run_id:
