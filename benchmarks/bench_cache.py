@@ -5,7 +5,7 @@
 
 Part 1, extraction (SmolLM2, real windows of the bundled text), interleaved round by round:
 
-* extract  what sae_sweep.cache.extract does per batch: the forward up to block ``layer`` (the hook
+* extract  what sae_sweep.data.extract.extract does per batch: the forward up to block ``layer`` (the hook
            stops it there), drop position 0, float16 cast, memmap write, float64 sums;
 * full     the same windows through the whole model (every block), the baseline.
 
@@ -44,10 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _timing import environment, interleaved, median_ratio, spread  # noqa: E402
 
-from sae_sweep.cache import CacheConfig, ResidualHook, extract, load_model, separator_id, token_stream  # noqa: E402
 from sae_sweep.config import ActivationsDataConfig  # noqa: E402
 from sae_sweep.data.activations import ActivationShards  # noqa: E402
 from sae_sweep.data.corpus import load_corpus  # noqa: E402
+from sae_sweep.data.extract import CacheConfig, extract, separator_id, token_stream  # noqa: E402
+from sae_sweep.data.lm import ResidualHook, load_model  # noqa: E402
 from sae_sweep.sae import SAE  # noqa: E402
 from sae_sweep.step import loss_and_grads  # noqa: E402
 from sae_sweep.train import L1_EVERY  # noqa: E402

@@ -166,10 +166,7 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
     if isinstance(data, ActivationShards) and (cfg.data.center or data.scale != 1.0):
         prepared.input_mean_N, prepared.input_scale = torch.from_numpy(data.mean_N), data.scale
     if cfg.logger.wandb.mode != "disabled":
-        w = cfg.logger.wandb
-        prepared.sinks.append(WandbSink(run_dir=run_dir, mode=w.mode, project=w.project, entity=w.entity,
-                                        name=run_name, group=w.group or job.group or cfg.name, tags=w.tags,
-                                        config={**cfg_dict, "trial": job.trial}))
+        prepared.sinks.append(WandbSink(run_dir, cfg_dict, name=run_name, group=job.group, trial=job.trial))
         summary["wandb_run_id"] = prepared.sinks[-1].run.id
     if job.extra_sinks is not None:
         prepared.sinks.extend(job.extra_sinks())

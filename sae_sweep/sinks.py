@@ -2,6 +2,15 @@
 
 A sink takes a flat dict of named metrics per evaluation (``log``) and the run's final summary
 (``finish``). The trainer only sees the :class:`MetricSink` protocol; wandb is imported here alone.
+
+A run dir's record has one offline W&B run as its mirror. A kill damages it in two ways, both mended
+here: an attempt killed while training leaves a run with no exit record, which the next attempt
+removes as it opens its own (:func:`remove_killed_runs`; a finished run of an earlier failed attempt
+is kept, as W&B keeps any finished run); a run killed after summary.json was written and before its
+W&B run finished is a finished cell that no attempt runs again, so a resumed sweep rewrites its mirror
+from the record (:func:`repair_wandb_mirror`). Telling a finished offline run from an unfinished one
+needs its records read from disk (:func:`read_wandb_records`): that much of the file format lives
+here for it; the tests' reader of a whole run (history, summary, config) is tests/wandb_offline.py.
 """
 
 from __future__ import annotations
@@ -9,13 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sae_sweep.record import COMPLETED, PRUNED
+from sae_sweep.kill import kill_point
+from sae_sweep.record import COMPLETED, CONFIG_FILE, METRICS_FILE, PRUNED, SUMMARY_FILE, read_json
 
 
 class MetricSink(Protocol):
@@ -28,6 +40,13 @@ def _json_safe(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
     return v
+
+
+def _logged_value(v: Any) -> Any:
+    """A metrics.jsonl value as it was logged (the inverse of :func:`_json_safe`: null was NaN)."""
+    if v is None:
+        return math.nan
+    return float(v) if v in ("inf", "-inf") else v
 
 
 class JsonlSink:
@@ -47,36 +66,36 @@ class JsonlSink:
 
 
 class WandbSink:
-    """One W&B run per job; offline by default, always finished (failed runs with exit code 1)."""
+    """One W&B run per run dir; offline by default, always finished (failed runs with exit code 1).
 
-    def __init__(
-        self,
-        *,
-        run_dir: Path,
-        mode: str,
-        project: str,
-        name: str,
-        group: str | None,
-        config: dict[str, Any],
-        entity: str | None = None,
-        tags: list[str] | None = None,
-    ):
+    ``config`` is the run's resolved config, as config.yaml holds it: its ``logger.wandb`` sets the mode,
+    project, entity and tags, and the group (else ``group``, else the config's ``name``); the run's
+    config is ``config`` with the Optuna ``trial`` number. The killed attempts' runs in the run dir are
+    removed first (:func:`remove_killed_runs`). ``run_id`` fixes the W&B id (a rewrite keeps the recorded one).
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], *, name: str, group: str | None = None,
+                 trial: int | None = None, run_id: str | None = None):
         import wandb  # imported here so the rest of the package never pays for it
 
+        w = config["logger"]["wandb"]
+        remove_killed_runs(run_dir)
         self.run = wandb.init(
             dir=str(run_dir),
-            mode=mode,
-            project=project,
-            entity=entity,
+            mode=w["mode"],
+            project=w["project"],
+            entity=w["entity"],
             name=name,
-            group=group,
-            tags=tags or None,
-            config=config,
+            group=w["group"] or group or config["name"],
+            tags=w["tags"] or None,
+            config={**config, "trial": trial},
+            id=run_id,
             reinit="create_new",
             settings=wandb.Settings(silent=True, console="off"),
         )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        kill_point("wandb_log")
         self.run.log(metrics, step=step)
 
     def finish(self, summary: dict[str, Any]) -> None:
@@ -88,6 +107,7 @@ class WandbSink:
         self.run.summary["pruned"] = pruned
         if pruned:
             self.run.tags = (*(self.run.tags or ()), "pruned")
+        kill_point("wandb_finish")
         self.run.finish(exit_code=0 if summary.get("status") in (COMPLETED, PRUNED) else 1)
 
 
@@ -176,47 +196,106 @@ def read_wandb_records(path: Path):
         yield record
 
 
-def read_wandb_offline_run(run_dir: Path, wait_s: float = 30.0) -> dict[str, Any]:
-    """The history rows, summary, config and exit code of the single offline W&B run under run_dir.
+@dataclass
+class OfflineRun:
+    """One offline W&B run in a run dir's ``wandb/``: its folder, id, history rows and exit code."""
 
-    wandb-core writes the file from its own process and may still be flushing when ``finish()``
-    has returned, so this waits (up to ``wait_s``) until the run's exit record is on disk.
-    """
+    path: Path  # wandb/offline-run-<time>-<id>
+    run_id: str
+    history: int
+    exit_code: int | None  # None: no exit record, the run never finished (or its file is unreadable)
+
+
+def offline_runs(run_dir: Path) -> list[OfflineRun]:
+    """The offline W&B runs under ``run_dir/wandb``, oldest first."""
+    from google.protobuf.message import DecodeError
+
+    out = []
+    for path in sorted(Path(run_dir).glob("wandb/offline-run-*")):
+        if not path.is_dir():
+            continue
+        run_id, history, exit_code = path.name.rsplit("-", 1)[-1], 0, None
+        try:
+            for rec in read_wandb_records(path / f"run-{run_id}.wandb"):
+                which = rec.WhichOneof("record_type")
+                history += which == "history"
+                if which == "exit":
+                    exit_code = rec.exit.exit_code
+        except (OSError, ValueError, DecodeError):
+            exit_code = None  # missing or damaged: no finished run can be read from it
+        out.append(OfflineRun(path, run_id, history, exit_code))
+    return out
+
+
+def remove_killed_runs(run_dir: Path) -> None:
+    """Remove the offline runs of ``run_dir`` that never finished: each is a killed attempt's, superseded
+    by the attempt now opening its own (``wandb sync`` would upload every one of them as a run)."""
+    for run in offline_runs(run_dir):
+        if run.exit_code is None:
+            shutil.rmtree(run.path, ignore_errors=True)
+
+
+def repair_wandb_mirror(run_dir: Path, wait_s: float = 60.0) -> bool:
+    """Rewrite a finished record's offline W&B run from the record when it is missing or incomplete.
+
+    A record mirrors the W&B run whose id its summary.json holds (``wandb_run_id``). When no run of that
+    id under ``wandb/`` has an exit record and one history row per row of metrics.jsonl (a kill came after
+    summary.json was written and before the run finished; wandb-core buffers, so such a run holds no
+    history either), the runs of that id and the killed ones are removed and the run is written again:
+    same id, name, group, tags and config, every metrics.jsonl row at its step, finished with the summary
+    (its ``_runtime`` and ``_timestamp`` are the rewrite's). Online runs live on the server and are left
+    alone. One process at a time mends a run dir (a lock on it; another one skips it), and returns once
+    wandb-core has written the new run's exit record (at most ``wait_s``), so the next one finds it whole.
+    Returns whether the run was rewritten."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / SUMMARY_FILE)
+    run_id = summary.get("wandb_run_id") if summary else None
+    if not run_id:
+        return False
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when fd closes, or its process dies
+        except BlockingIOError:
+            return False  # another process is mending it
+        except OSError:
+            pass  # a file system without locks: mend it unlocked
+        return _rewrite_if_incomplete(run_dir, summary, str(run_id), wait_s)
+    finally:
+        os.close(fd)
+
+
+def _rewrite_if_incomplete(run_dir: Path, summary: dict[str, Any], run_id: str, wait_s: float) -> bool:
+    import yaml
+
+    try:
+        rows = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return False  # no readable record to rewrite it from
+
+    def whole() -> bool:
+        mine = [r for r in offline_runs(run_dir) if r.run_id == run_id]
+        return len(mine) == 1 and mine[0].exit_code is not None and mine[0].history == len(rows)
+
+    if whole():
+        return False
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        if config["logger"]["wandb"]["mode"] != "offline":
+            return False  # an online run lives on the server
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return False
+    for run in offline_runs(run_dir):
+        if run.run_id == run_id:
+            shutil.rmtree(run.path, ignore_errors=True)
+    sink = WandbSink(run_dir, config, name=summary.get("name") or config["name"], group=summary.get("group"),
+                     trial=summary.get("trial"), run_id=run_id)
+    for row in rows:
+        sink.log({k: _logged_value(v) for k, v in row.items() if k != "step"}, step=row["step"])
+    sink.finish(summary)
     deadline = time.monotonic() + wait_s
-    while True:
-        files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-        if len(files) > 1:
-            raise FileNotFoundError(f"expected one offline W&B run under {run_dir}/wandb, found {len(files)}")
-        if files:
-            out = _parse_run_file(files[0])
-            if out["exit_code"] is not None or time.monotonic() > deadline:
-                return out
-        elif time.monotonic() > deadline:
-            raise FileNotFoundError(f"no offline W&B run under {run_dir}/wandb")
-        time.sleep(0.2)
-
-
-def _parse_run_file(path: Path) -> dict[str, Any]:
-    history: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
-    config: dict[str, Any] = {}
-    out: dict[str, Any] = {"exit_code": None, "name": None, "group": None, "id": None, "tags": []}
-
-    def key(item: Any) -> str:
-        return item.key or "/".join(item.nested_key)
-
-    for rec in read_wandb_records(path):
-        which = rec.WhichOneof("record_type")
-        if which == "history":
-            history.append({key(i): json.loads(i.value_json) for i in rec.history.item})
-        elif which == "summary":
-            summary.update({key(i): json.loads(i.value_json) for i in rec.summary.update})
-        elif which == "config":
-            config.update({key(i): json.loads(i.value_json) for i in rec.config.update})
-        elif which == "run":
-            out["name"], out["group"], out["id"] = rec.run.display_name, rec.run.run_group, rec.run.run_id
-            out["tags"] = list(rec.run.tags)
-            config.update({key(i): json.loads(i.value_json) for i in rec.run.config.update})
-        elif which == "exit":
-            out["exit_code"] = rec.exit.exit_code
-    return {**out, "history": history, "summary": summary, "config": config}
+    while not whole() and time.monotonic() < deadline:  # finish() returns before wandb-core has written it all
+        time.sleep(0.1)
+    return True

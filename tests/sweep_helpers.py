@@ -21,6 +21,9 @@ TINY = ["experiment=smoke", "dict_size=32", "data.n=16", "data.h=32", "data.mean
 def cli_env() -> dict[str, str]:
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_MODE", None)
+    # Each CLI its own W&B service, as a user's: a W&B run of this test process leaves the token of its
+    # service here, and a killed CLI's runs would live on in that service.
+    env.pop("WANDB_SERVICE", None)
     return env
 
 
@@ -41,6 +44,19 @@ def start_sweep(sweep_dir: Path, *args: str, log: Path | None = None) -> subproc
     out = open(log, "w") if log is not None else subprocess.DEVNULL
     return subprocess.Popen(sweep_cmd(sweep_dir, *args), cwd=sweep_dir.parent, env=cli_env(),
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+KILLED = 9  # the exit code of a process ended at a kill point (os._exit(9), sae_sweep/kill.py)
+
+
+def killed_at(point: str, sweep_dir: Path, *args: str) -> None:
+    """The sweep of ``args``, dying at kill point ``point`` (``name`` or ``name:n``, the n-th time)."""
+    from sae_sweep.kill import KILL_ENV
+
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(sweep_cmd(sweep_dir, *args), cwd=sweep_dir.parent, env={**cli_env(), KILL_ENV: point},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == KILLED, f"exit {proc.returncode}, not killed at {point}\n{proc.stderr[-3000:]}"
 
 
 def kill_group(proc: subprocess.Popen) -> None:

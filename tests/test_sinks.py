@@ -1,20 +1,29 @@
-"""W&B details read back from the offline files with the real client: the analysis run, the upload."""
+"""W&B details read back from the offline files with the real client: the analysis run, the upload, and
+the mirror of a run dir after kills (one whole run, equal to metrics.jsonl, however the attempts died)."""
 
 from __future__ import annotations
 
+import json
+import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sae_sweep.record import METRICS_FILE, SUMMARY_FILE, run_dirs  # noqa: E402
 from sae_sweep.run import run  # noqa: E402
-from sae_sweep.sinks import analysis_run_id, log_report_run, read_wandb_offline_run  # noqa: E402
+from sae_sweep.sinks import analysis_run_id, log_report_run, offline_runs, repair_wandb_mirror  # noqa: E402
 from tests.conftest import REPO, build_cfg  # noqa: E402
-from tests.sweep_helpers import cli_env  # noqa: E402
+from tests.sweep_helpers import cli_env, killed_at, ok, run_sweep  # noqa: E402
+from tests.wandb_offline import read_wandb_offline_run  # noqa: E402
+
+WALL_CLOCK = ("_runtime", "_timestamp", "_wandb/runtime")  # W&B's own timings: the rewrite's, not the run's
 
 
 def _figure(path: Path) -> Path:
@@ -54,3 +63,85 @@ def test_upload__finds_every_offline_run_of_a_sweep_and_wandb_sync_takes_them(tm
     plain = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(sweep)], env=cli_env(),
                            capture_output=True, text=True, timeout=120)
     assert "Would sync 3 run(s)" not in plain.stdout + plain.stderr  # why the command exists
+
+
+def _as_metrics_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """W&B history rows as metrics.jsonl spells them: ``step`` first, NaN as null, infinities as strings."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return v
+
+    return [{"step": r["_step"], **{k: plain(v) for k, v in r.items() if not k.startswith("_")}} for r in history]
+
+
+def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+
+
+def _without(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def test_repair_wandb_mirror__a_lost_mirror_is_written_again_as_the_run_wrote_it(tmp_path):
+    summary = run(build_cfg(wandb_mode="offline"), tmp_path, run_name="alpha=0.3", group="g1", trial=7)
+    before = read_wandb_offline_run(tmp_path)
+    assert not repair_wandb_mirror(tmp_path)  # a whole mirror is left alone
+    assert read_wandb_offline_run(tmp_path)["history"] == before["history"]
+
+    shutil.rmtree(tmp_path / "wandb")
+    assert repair_wandb_mirror(tmp_path)
+    after = read_wandb_offline_run(tmp_path)
+    for key in ("id", "name", "group", "tags", "exit_code", "config"):
+        assert after[key] == before[key], key
+    assert after["id"] == summary["wandb_run_id"] and after["exit_code"] == 0
+    assert [_without(r, WALL_CLOCK) for r in after["history"]] == [_without(r, WALL_CLOCK) for r in before["history"]]
+    assert _as_metrics_rows(after["history"]) == _metrics_rows(tmp_path)
+    assert math.isnan(after["history"][0]["loss_change"])  # metrics.jsonl's null is logged as the NaN it was
+    assert _without(after["summary"], WALL_CLOCK) == _without(before["summary"], WALL_CLOCK)
+    assert not repair_wandb_mirror(tmp_path)
+
+
+def test_grid_resume__a_cell_killed_twice_ends_with_one_whole_wandb_run_equal_to_its_metrics(tmp_path):
+    sweep, args = tmp_path / "grid", ("logger.wandb.mode=offline",)
+    killed_at("wandb_log:2", sweep, *args)  # attempt 1 dies training, at its second evaluation
+    (run_dir,) = run_dirs(sweep)
+    assert not (run_dir / SUMMARY_FILE).exists()
+    assert [r.exit_code for r in offline_runs(run_dir)] == [None]
+
+    killed_at("wandb_finish", sweep, *args)  # attempt 2 writes its record, dies before its W&B run finishes
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed"
+    # Attempt 1's run is gone; attempt 2's has neither an exit record nor history (wandb-core buffers).
+    assert [(r.run_id, r.exit_code, r.history) for r in offline_runs(run_dir)] == [(summary["wandb_run_id"], None, 0)]
+
+    ok(run_sweep(sweep, *args))  # resume: the cell is finished, so only its mirror is written
+    assert json.loads((run_dir / SUMMARY_FILE).read_text()) == summary  # not trained again
+    wb = read_wandb_offline_run(run_dir)  # raises unless there is exactly one run
+    assert wb["id"] == summary["wandb_run_id"] and wb["exit_code"] == 0
+    assert len(summary["name"]) > 0 and wb["name"] == summary["name"] and wb["group"] == "smoke"
+    assert _as_metrics_rows(wb["history"]) == _metrics_rows(run_dir) and len(wb["history"]) == 2
+    assert wb["summary"]["status"] == "completed" and wb["summary"]["mmcs"] == summary["mmcs"]
+    assert wb["config"]["alpha"] == summary["alpha"] and wb["config"]["logger"]["wandb"]["mode"] == "offline"
+
+
+def test_optuna_resume__a_trial_whose_sweeper_died_in_its_wandb_finish_is_told_and_its_run_rewritten(tmp_path):
+    import optuna
+
+    from sae_sweep.sweep.storage import open_storage, storage_spec
+
+    sweep = tmp_path / "optuna"
+    args = ("hydra/sweeper=sae_optuna", "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null",
+            "alpha=choice(0.3)", "logger.wandb.mode=offline")
+    killed_at("wandb_finish", sweep, *args)  # the trial's record is written, its W&B run unfinished
+    (run_dir,) = run_dirs(sweep)
+    assert [r.exit_code for r in offline_runs(run_dir)] == [None]
+
+    ok(run_sweep(sweep, *args))  # the dead sweeper's trial is told from its record, not run again
+    (trial,) = optuna.load_study(study_name="smoke", storage=open_storage(storage_spec(None, sweep))).get_trials()
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["recovered"] is True
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    wb = read_wandb_offline_run(run_dir)
+    assert wb["id"] == summary["wandb_run_id"] and wb["exit_code"] == 0
+    assert _as_metrics_rows(wb["history"]) == _metrics_rows(run_dir) and len(wb["history"]) == 2
+    assert wb["summary"]["trial"] == wb["config"]["trial"] == 0

@@ -1,4 +1,4 @@
-"""hydra/sweeper=sae_optuna killed at exact lines (SAE_SWEEP_KILL_AT, sae_sweep/sweep/kill.py), then re-run.
+"""hydra/sweeper=sae_optuna killed at exact lines (SAE_SWEEP_KILL_AT, sae_sweep/kill.py), then re-run.
 
 Each test runs the real CLI in a subprocess on a real SQLite study, lets it die at a named point
 as ``kill -9`` would (no cleanup), re-runs the same command and reads the study and the table back:
@@ -8,29 +8,19 @@ nothing is lost, nothing is trained twice, no trial is left running.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sae_sweep.sweep.kill import KILL_ENV
 from sae_sweep.sweep.storage import open_storage, storage_spec
-from tests.sweep_helpers import cli_env, ok, run_sweep, sweep_cmd, table
+from tests.sweep_helpers import killed_at, ok, run_sweep, table
 
 OPTUNA = ("hydra/sweeper=sae_optuna",)
-KILLED = 9  # os._exit(9) at the kill point
 
 
 pytestmark = pytest.mark.slow  # minutes of real CLI runs: pytest -n 2 -m slow
-
-def killed_at(point: str, sweep_dir: Path, *args: str) -> None:
-    """The sweep of ``args``, dying at kill point ``point`` (``name`` or ``name:n``, the n-th time)."""
-    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(sweep_cmd(sweep_dir, *args), cwd=sweep_dir.parent, env={**cli_env(), KILL_ENV: point},
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == KILLED, f"exit {proc.returncode}, not killed at {point}\n{proc.stderr[-3000:]}"
 
 
 def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:

@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sae_sweep.sinks import read_wandb_offline_run
 from sae_sweep.sweep.storage import open_storage, storage_spec
 from tests.sweep_helpers import ok, run_sweep, table
+from tests.wandb_offline import read_wandb_offline_run
 
 OPTUNA = ("hydra/sweeper=sae_optuna",)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sae_sweep.sinks import read_wandb_offline_run
 from tests.sweep_helpers import ok, run_sweep, table
+from tests.wandb_offline import read_wandb_offline_run
 
 PACKED = "hydra/launcher=packed"
 

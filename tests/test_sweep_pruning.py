@@ -41,7 +41,7 @@ def test_pruning__hopeless_trials_stop_at_their_first_evaluation_in_process_and_
 
 
 def test_pruning__pruned_trials_finish_their_wandb_runs_as_pruned_with_the_trial_number(tmp_path: Path) -> None:
-    from sae_sweep.sinks import read_wandb_offline_run
+    from tests.wandb_offline import read_wandb_offline_run
 
     sweep = tmp_path / "prune_wb"
     common = ("hydra/sweeper=sae_optuna", "train.num_samples=10000", "logger.wandb.mode=offline", *MEDIAN)

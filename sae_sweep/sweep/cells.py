@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,18 @@ def finished_cells(sweep_dir: Path) -> dict[str, Path]:
             continue
         done.setdefault(str(cell.get("cell_key")), d)
     return done
+
+
+def repair_mirrors(run_dirs: Iterable[Path]) -> int:
+    """Rewrite from its record the W&B run of every finished run dir whose run a kill left incomplete
+    (sinks.repair_wandb_mirror); logs and returns how many. For run dirs no live job writes to."""
+    from sae_sweep.sinks import repair_wandb_mirror
+
+    repaired = [d for d in run_dirs if repair_wandb_mirror(d)]
+    if repaired:
+        log.info(f"resume: rewrote the unfinished W&B runs of {len(repaired)} finished cells from their records "
+                 f"({', '.join(d.name for d in repaired[:3])}{', ...' if len(repaired) > 3 else ''})")
+    return len(repaired)
 
 
 def subdir_override(subdir: str) -> str:

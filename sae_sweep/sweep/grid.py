@@ -1,7 +1,8 @@
 """The grid sweeper: Hydra's basic sweeper that resumes and survives failed cells.
 
 Differences from ``BasicSweeper``: cells whose resolved config already completed in the sweep dir
-are skipped (so re-running an interrupted grid runs only the missing or failed cells); a failed cell
+are skipped (so re-running an interrupted grid runs only the missing or failed cells, and rewrites the
+W&B run a kill left unfinished in a skipped one: cells.repair_mirrors); a failed cell
 is logged and the grid goes on, until failures exceed ``max_failure_rate``; the results table is
 written even when the sweep stops early; a cell whose named run dir holds another cell's record
 (the name leaves out ``experiment`` and ``data.path``) runs in a dir of its own (cells.own_subdir).
@@ -20,7 +21,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from sae_sweep.record import MULTIRUN_FILE, PRUNED
-from sae_sweep.sweep.cells import cell_key, finished_cells, own_subdir, subdir_override
+from sae_sweep.sweep.cells import cell_key, finished_cells, own_subdir, repair_mirrors, subdir_override
 from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.outcome import FailureBudget, SweepAborted, job_summary
 from sae_sweep.sweep.progress import start_progress
@@ -54,11 +55,11 @@ class SaeGridSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         return [job for batch in self.split_arguments(overrides, None) for job in batch]
 
-    def _todo(self, cells: list[list[str]], sweep_dir: Path) -> list[list[str]]:
-        """Cells still to run. Every cell is composed and checked here (sweep.job.to_run_config), so a bad
-        cell stops the sweep with one line before any run starts or anything is written."""
+    def _todo(self, cells: list[list[str]], sweep_dir: Path, done: dict[str, Path]) -> list[list[str]]:
+        """Cells still to run (``done``: the finished ones). Every cell is composed and checked here
+        (sweep.job.to_run_config), so a bad cell stops the sweep with one line before any run starts or
+        anything is written."""
         assert self.hydra_context is not None and self.config is not None
-        done = finished_cells(sweep_dir) if self.resume and sweep_dir.is_dir() else {}
         todo, seen = [], set()
         composed = []
         for overrides in cells:
@@ -91,7 +92,9 @@ class SaeGridSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        todo = self._todo(self._cells(arguments), sweep_dir)
+        done = finished_cells(sweep_dir) if self.resume and sweep_dir.is_dir() else {}
+        todo = self._todo(self._cells(arguments), sweep_dir, done)
+        repair_mirrors(done.values())  # a finished cell killed before its W&B run finished is not run again
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
         start_progress(sweep_dir, len(todo))

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from sae_sweep.kill import kill_point
 from sae_sweep.record import CELL_FILE, COMPLETED, FAILED, SUMMARY_FILE, TRIAL_FILE, read_json
 from sae_sweep.sweep.cells import cell_key, write_cell
-from sae_sweep.sweep.kill import kill_point
 
 if TYPE_CHECKING:  # Hydra imports the sweepers (and so this module) on every start: keep torch out
     from sae_sweep.config import RunConfig

@@ -22,6 +22,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from sae_sweep.kill import kill_point
 from sae_sweep.record import (
     CELL_FILE,
     COMPLETED,
@@ -34,8 +35,7 @@ from sae_sweep.record import (
     check_finished,
     read_json,
 )
-from sae_sweep.sweep.cells import holds_record
-from sae_sweep.sweep.kill import kill_point
+from sae_sweep.sweep.cells import holds_record, repair_mirrors
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ def reclaim(study: optuna.Study, sweep_dir: Path, stale_after_s: float,
 
 
 def recover(study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, tell: TellFn) -> bool:
-    """Tell a dead sweeper's trial the finished result its run dir holds; False when there is none."""
+    """Tell a dead sweeper's trial the finished result its run dir holds, and mend the W&B run it left
+    unfinished (cells.repair_mirrors); False when there is no finished result."""
     uid = trial.user_attrs.get("uid")
     if not uid:
         return False
@@ -227,4 +228,5 @@ def recover(study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, tell: Tell
         tell(study, trial, summary, run_dir)
     except UpdateFinishedTrialError:
         pass  # another sweeper told it first
+    repair_mirrors([run_dir])  # its sweeper may have died before the run's W&B run finished
     return True

@@ -46,6 +46,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from sae_sweep.config import SUMMARY_METRICS
+from sae_sweep.kill import kill_point
 from sae_sweep.record import (
     CELL_FILE,
     COMPLETED,
@@ -58,7 +59,6 @@ from sae_sweep.record import (
 )
 from sae_sweep.sweep.cells import subdir_override
 from sae_sweep.sweep.job import to_run_config
-from sae_sweep.sweep.kill import kill_point
 from sae_sweep.sweep.liveness import (  # noqa: F401  (HOST, _process_start, worker_alive: the old import path)
     HOST,
     WORKER,

@@ -1,6 +1,6 @@
 """Per-trial overhead of the sae_optuna sweeper, per storage: trials/s with a minimal run.
 
-    python -m sae_sweep.sweep.overhead --trials 40 --out /tmp/overhead \\
+    .venv/bin/python benchmarks/bench_sweeper_overhead.py --trials 40 --out /tmp/overhead \\
         [--storage sqlite] [--storage journal] [--storage postgresql://postgres@127.0.0.1:5432/postgres]
 
 Each storage gets one real multirun (`python -m sae_sweep -m hydra/sweeper=sae_optuna ...`) whose run
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import optuna
 
-from sae_sweep.record import SUMMARY_FILE
-from sae_sweep.sweep.storage import open_storage, storage_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sae_sweep.record import SUMMARY_FILE  # noqa: E402
+from sae_sweep.sweep.storage import open_storage, storage_spec  # noqa: E402
 
 MINIMAL = ["experiment=smoke", "dict_size=4", "data.n=4", "data.h=8", "data.mean_active=2",
            "data.correlation_rank=2", "train.batch_size=16", "train.num_samples=16", "train.eval_every=16",

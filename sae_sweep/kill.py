@@ -4,8 +4,10 @@
 ``finally``) the first time it reaches ``kill_point("<point>")``; ``<point>:<n>`` the n-th time.
 Unset, a kill point costs one environment lookup. The points, in the order a trial meets them:
 ``asked`` (a trial was just created in the study), ``requeued`` (a dead trial was just failed, before
-its retry exists), ``job_started`` (the job recorded its cell, before training) and ``before_tell``
-(the jobs of a batch returned, before the study is told).
+its retry exists), ``job_started`` (the job recorded its cell, before training), ``wandb_log`` (an
+evaluation row is about to reach the W&B run: it dies mid-training, its W&B run open),
+``wandb_finish`` (summary.json is written, the W&B run not yet finished) and ``before_tell`` (the
+jobs of a batch returned, before the study is told). A leaf module: any layer may hold a point.
 """
 
 from __future__ import annotations
