@@ -265,11 +265,10 @@ def basin_table(cells: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     return m
 
 
-def _basin_per_alpha(cells: pd.DataFrame, tolerance: float) -> dict[float, float | None]:
-    """Per alpha: the smallest J in the basin (None where the alpha has a single J)."""
-    m = basin_table(cells, tolerance)
+def _basin_per_alpha(table: pd.DataFrame) -> dict[float, float | None]:
+    """Per alpha of a :func:`basin_table`: the smallest J in the basin (None where the alpha has a single J)."""
     return {float(a): (float(g.loc[g["in_basin"], "dict_size"].min()) if g["dict_size"].nunique() >= 2 else None)
-            for a, g in m.groupby("alpha")}
+            for a, g in table.groupby("alpha")}
 
 
 def estimate_loss_basin(cells: pd.DataFrame, *, tolerance: float = 0.02) -> Estimate:
@@ -277,16 +276,16 @@ def estimate_loss_basin(cells: pd.DataFrame, *, tolerance: float = 0.02) -> Esti
     seeds = sorted(cells["seed"].unique().tolist())
     if cells.empty or cells["dict_size"].nunique() < 2:
         return Estimate("loss_basin", None, note="needs at least two dictionary sizes")
-    per_alpha = _basin_per_alpha(cells, tolerance)
+    evidence = basin_table(cells, tolerance)
+    per_alpha = _basin_per_alpha(evidence)
     value = _median(list(per_alpha.values()))
 
     def pooled(s: Sequence[int]) -> float | None:
-        return _median(list(_basin_per_alpha(_with_seeds(cells, s), tolerance).values()))
+        return _median(list(_basin_per_alpha(basin_table(_with_seeds(cells, s), tolerance)).values()))
 
     note = ""
     if value is not None and value <= cells["dict_size"].min():
         note = "the smallest dictionary of the grid is already in the basin: h may be smaller"
-    evidence = basin_table(cells, tolerance)
     evidence["basin_h"] = evidence["alpha"].map(per_alpha)
     return Estimate("loss_basin", value, bootstrap(seeds, pooled) if value is not None else None,
                     {s: pooled([s]) for s in seeds}, per_alpha, note, evidence)
