@@ -35,6 +35,7 @@ TRIAL_FILE = "trial.json"  # left by the Optuna sweeper: how the job reaches its
 RESULTS_FILE = "runs.parquet"  # the results table, one row per cell (sweep/table.py)
 RESULTS_CSV = "runs.csv"  # the same table as CSV
 PROGRESS_FILE = "progress.json"  # cells this invocation launches and when it began (sweep/progress.py)
+PROGRESS_LOCK = ".progress.lock"  # the last count a progress line printed, under flock (sweep/progress.py)
 MULTIRUN_FILE = "multirun.yaml"  # the sweep's composed config, as the sweepers save it
 OPTUNA_DB = "optuna.db"  # an Optuna study's default storage (sweep/storage.py)
 REPORT_FILE = "report.md"  # the analysis (analysis/report.py)

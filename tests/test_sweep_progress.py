@@ -35,3 +35,16 @@ def test_multirun__prints_a_progress_line_per_finished_cell(tmp_path: Path, laun
     lines = re.findall(r"\[progress\] grid: (\d)/3 cells done \((\d) failed\), [\d:]+ elapsed, ETA [\d:?]+",
                        proc.stdout + proc.stderr)
     assert sorted(lines) == [("1", "0"), ("2", "0"), ("3", "0")], proc.stderr[-3000:]
+
+
+def test_progress_line__jobs_that_finish_together_claim_consecutive_counts(tmp_path):
+    import json
+
+    start_progress(tmp_path, 3)
+    for i in range(2):  # two records land before either job prints its line
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    counts = [re.match(r".*: (\d)/3", progress_line(tmp_path, claim=True)).group(1) for _ in range(2)]
+    assert counts == ["1", "2"]
+    start_progress(tmp_path, 3)  # a new invocation counts from 1 again
+    assert progress_line(tmp_path, claim=True).split(": ")[1].startswith("1/3")
