@@ -2,6 +2,7 @@
 
     python scripts/generalization_draw.py            # the second held-back half, i-l (seed 20261202)
     python scripts/generalization_draw.py --seed 20261203 --names m n o p   # the third, m-p
+    python scripts/generalization_draw.py --seed 20261204 --names q r s t   # the fourth, q-t
 
 Prints one line per setting over the ranges the study must span: n in {32, 48, 64, 96, 128}, h/n
 log-uniform in [1, 8] (h rounded to a multiple of 8, at least n), exponential / zipf / constant decay,

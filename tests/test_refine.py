@@ -389,7 +389,7 @@ def test_multirun__refine_rounds_refines_an_untrusted_sweep_by_itself(tmp_path):
     proc = ok(subprocess.run([sys.executable, "-m", "sae_sweep", "-m", *grid, "dict_size=16,32,64,128",
                               "hydra.callbacks.report.refine_rounds=1",
                               # seconds-long runs neither converge nor reproduce: the mechanism is under test here
-                              "hydra.callbacks.report.min_converged_share=0", "hydra.callbacks.report.min_reproduced_share=0",
+                              "hydra.callbacks.report.min_converged_share=0", "hydra.callbacks.report.min_reproduced_share=0", "hydra.callbacks.report.min_reproduced_at_h=0",
                               f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=cli_env(), capture_output=True,
                              text=True, timeout=300))
     record = json.loads((sweep_dir / RECORD_FILE).read_text())

@@ -12,7 +12,7 @@ from sae_sweep.analysis.verdict import AlphaSelection, select_alphas, verdict
 GRID = [16, 32, 64, 128, 256]
 FINE = [32, 38, 45, 49, 54, 59, 64, 76, 91]
 SELECT = {"min_converged_share": 0.5, "min_reproduced_share": 0.7, "alpha_share_margin": 0.1}
-TRUST = {"min_converged_share": 0.5, "min_reproduced_share": 0.7, "max_spread": 0.1}
+TRUST = {"min_converged_share": 0.5, "min_reproduced_at_h": 0.9, "max_spread": 0.1}
 
 
 def build_cells(peaks: dict[float, tuple[int, float]], *, grid: list[int] = GRID, seeds: tuple[int, ...] = (0, 1),
@@ -143,6 +143,19 @@ def test_verdict__low_reproducibility_at_h_hat_is_not_trusted():
     assert v.checks["reproduced_share_at_h"] == pytest.approx(0.3)  # three grid steps above the peak
     assert not v.trusted and any("at J near h-hat only 30%" in r for r in v.reasons)
 
+
+
+@pytest.mark.parametrize("share,trusted", [(0.84, False), (0.89, False), (0.9, True), (0.94, True)])
+def test_verdict__agreeing_signals_at_a_j_the_seeds_do_not_reproduce_are_not_trusted(share, trusted):
+    # setting f of the generalization study: three signals low together, 84 % reproduced at h-hat
+    cells = build_cells({0.3: (54, share)}, grid=FINE)
+    v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 54}, **TRUST)
+    assert v.checks["reproduced_share_at_h"] == pytest.approx(share)
+    assert v.trusted is trusted
+    if not trusted:
+        assert v.reasons == [f"at J near h-hat only {share:.0%} of latents are reproduced by another seed (needs 90%: "
+                             "the rarer features are not learnt the same way twice) "
+                             "(remedy: raise train.num_samples, or more seeds)"]
 
 # --- plateau rules -------------------------------------------------------------------------------
 def test_plateau_start__is_the_first_value_within_the_tolerance_of_the_largest():
