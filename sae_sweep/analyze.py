@@ -19,7 +19,7 @@ __all__ = ["main", "run_analysis"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sae_sweep.analysis.report import AnalysisSettings
+    from sae_sweep.analysis.settings import AnalysisSettings
 
     p = argparse.ArgumentParser(prog="python -m sae_sweep.analyze", description=__doc__.splitlines()[0])
     p.add_argument("sweep_dir", type=Path, help="a sweep dir, e.g. outputs/quickstart")
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    from sae_sweep.analysis.report import AnalysisSettings
+    from sae_sweep.analysis.settings import AnalysisSettings
 
     settings = AnalysisSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisSettings)})
     if not args.sweep_dir.is_dir():

@@ -7,7 +7,9 @@ Unset, a kill point costs one environment lookup. The points, in the order a tri
 its retry exists), ``job_started`` (the job recorded its cell, before training), ``wandb_log`` (an
 evaluation row is about to reach the W&B run: it dies mid-training, its W&B run open),
 ``wandb_finish`` (summary.json is written, the W&B run not yet finished) and ``before_tell`` (the
-jobs of a batch returned, before the study is told). A leaf module: any layer may hold a point.
+jobs of a batch returned, before the study is told); in ``python -m sae_sweep.refine``,
+``refine_after_record`` (a round is recorded as started, nothing launched) and ``refine_after_command``
+(one of its multiruns returned, the record not yet told). A leaf module: any layer may hold a point.
 """
 
 from __future__ import annotations

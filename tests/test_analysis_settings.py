@@ -7,7 +7,7 @@ import dataclasses
 
 import yaml
 
-from sae_sweep.analysis.report import AnalysisSettings
+from sae_sweep.analysis.settings import AnalysisSettings
 from tests.conftest import REPO
 
 

@@ -14,20 +14,17 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sae_sweep.refine import main
-from sae_sweep.sweep.refine import (
-    KILL_ENV,
-    RECORD_FILE,
+from sae_sweep.analysis.refinement import (
     DatasetPlan,
-    analysis_overrides,
-    dataset_overrides,
     plan_round,
     propose_alpha,
     propose_dict_sizes,
-    refine,
     refined_cells,
-    round_commands,
 )
+from sae_sweep.kill import KILL_ENV
+from sae_sweep.record import REFINEMENT_FILE as RECORD_FILE
+from sae_sweep.refine import main
+from sae_sweep.sweep.refine import analysis_overrides, dataset_overrides, refine, round_commands
 from tests.sweep_helpers import cli_env, ok, table
 
 GRID = ["experiment=quickstart", "train.num_samples=60000", "train.eval_every=30000", "dict_size=16,32,64",
@@ -350,12 +347,12 @@ def test_cli__refine_adds_the_new_j_at_the_grid_alpha_and_a_rerun_adds_nothing(c
 def test_cli__a_killed_refine_rerun_completes_its_round_once(coarse, tmp_path):
     sweep = _copy(coarse, tmp_path / "qs")
     new_j = _expected_new_j(sweep)
-    killed = _refine(sweep, kill_at="after_record")
+    killed = _refine(sweep, kill_at="refine_after_record")
     assert killed.returncode == 9, killed.stderr[-2000:]
     (rnd,) = json.loads((sweep / RECORD_FILE).read_text())["rounds"]
     assert rnd["status"] == "started" and len(rnd["commands"]) == 1 and len(list(sweep.glob("*/cell.json"))) == 6
 
-    killed = _refine(sweep, kill_at="after_command")  # the round's cells ran; the record did not hear of it
+    killed = _refine(sweep, kill_at="refine_after_command")  # the round's cells ran; the record did not hear of it
     assert killed.returncode == 9, killed.stderr[-2000:]
     (rnd2,) = json.loads((sweep / RECORD_FILE).read_text())["rounds"]
     assert rnd2["status"] == "started" and rnd2["commands"] == rnd["commands"]

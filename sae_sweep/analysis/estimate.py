@@ -43,7 +43,7 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    picks whichever is noisiest. No ground truth is used.
 
 Every estimator sees only the cells of the working alphas (``verdict.select_alphas``). All thresholds
-are parameters; their defaults are in ``report.AnalysisSettings``.
+are parameters; their defaults are in ``settings.AnalysisSettings``.
 """
 
 from __future__ import annotations

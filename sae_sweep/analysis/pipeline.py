@@ -13,7 +13,8 @@ from sae_sweep.record import REPORT_FILE
 if TYPE_CHECKING:  # pandas and matplotlib load only when an analysis runs
     import pandas as pd
 
-    from sae_sweep.analysis.report import AnalysisSettings, GroupReport
+    from sae_sweep.analysis.report import GroupReport
+    from sae_sweep.analysis.settings import AnalysisSettings
 
 
 def run_analysis(sweep_dir: Path, settings: AnalysisSettings | None = None, *, wandb_mode: str = "offline",

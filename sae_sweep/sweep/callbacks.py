@@ -43,7 +43,7 @@ class SweepReport(Callback):
         if not self.enabled or not sweep_dir.is_dir():
             return
         from sae_sweep.analysis.pipeline import run_analysis
-        from sae_sweep.analysis.report import AnalysisSettings
+        from sae_sweep.analysis.settings import AnalysisSettings
         from sae_sweep.analysis.sweep_data import load_cells
 
         cells = load_cells(sweep_dir)

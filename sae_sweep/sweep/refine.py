@@ -2,8 +2,8 @@
 one alpha beyond the grid's edge when the best alpha sits on it.
 
 A round reads the sweep dir's ``estimates.json`` and results table, proposes new cells per dataset
-(``propose_dict_sizes``, ``propose_alpha``: pure functions), and runs them through the real CLI into the
-same sweep dir. The grid sweeper's resume skips every cell that already finished, and the multirun's
+(``sae_sweep/analysis/refinement.py``: the rule, pure functions), and runs them through the real CLI into
+the same sweep dir. The grid sweeper's resume skips every cell that already finished, and the multirun's
 own analysis rewrites ``estimates.json``, which the next round reads.
 
 ``refinement.json`` in the sweep dir is the record: the sweep's original overrides (saved the first
@@ -16,159 +16,32 @@ commands (resume makes that free for the cells that finished) instead of proposi
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from sae_sweep.analysis.refinement import (
+    DatasetPlan,
+    RefineError,
+    plan_round,
+    read_estimates,
+    read_record,
+)
+from sae_sweep.kill import kill_point
 from sae_sweep.record import ESTIMATES_FILE, MULTIRUN_FILE, OPTUNA_DB
 from sae_sweep.record import REFINEMENT_FILE as RECORD_FILE
 
 MAX_ROUNDS = 3
-# A test hook: the refine process exits with os._exit(9) at the named point (after_record, after_command).
-KILL_ENV = "SAE_SWEEP_REFINE_KILL_AT"
 AXES = ("alpha", "dict_size", "seed")
-ALPHA_DIGITS = 3
-REFINED_COLUMNS = ["dataset", "alpha", "dict_size", "round"]
 
 Runner = Callable[[list[str], Path | None], int]
-
-
-class RefineError(ValueError):
-    """Bad input, named as ``<field> <value> <what is allowed>``."""
-
-    def __init__(self, name: str, value: object, allowed: str) -> None:
-        super().__init__(f"{name} {value} {allowed}")
-
-
-# --- the proposal rule (pure) --------------------------------------------------------------------
-def geometric_midpoint(a: int, b: int) -> int:
-    return round(math.sqrt(a * b))
-
-
-def propose_dict_sizes(grid: Sequence[int], values: Sequence[float | None]) -> list[int]:
-    """New J for one dataset: the geometric midpoints around each estimate ``v`` on the J grid.
-
-    ``v`` on a grid point G[k] adds the midpoints to both neighbours (where they exist); ``v`` strictly
-    between G[k] and G[k+1] adds their midpoint; ``v`` outside the grid, or None, adds nothing. A
-    midpoint that rounds onto a grid point is dropped.
-    """
-    g = sorted(set(int(j) for j in grid))
-    new: set[int] = set()
-    for v in values:
-        if v is None or not math.isfinite(v):
-            continue
-        for k, j in enumerate(g):
-            if math.isclose(v, j, rel_tol=1e-9):
-                if k > 0:
-                    new.add(geometric_midpoint(g[k - 1], j))
-                if k + 1 < len(g):
-                    new.add(geometric_midpoint(j, g[k + 1]))
-                break
-            if k + 1 < len(g) and j < v < g[k + 1]:
-                new.add(geometric_midpoint(j, g[k + 1]))
-                break
-    return sorted(new - set(g))
-
-
-def round_sig(x: float, digits: int = ALPHA_DIGITS) -> float:
-    return float(f"{x:.{digits}g}")
-
-
-def propose_alpha(alphas: Sequence[float], best: float | None) -> list[float]:
-    """One alpha beyond the grid when ``best`` is its smallest or largest alpha, one geometric step out.
-
-    The step is the ratio of the two alphas at that end; nothing with fewer than two alphas, without a
-    best alpha, or when the new value rounds (3 significant digits) onto the grid.
-    """
-    a = sorted(set(float(x) for x in alphas))
-    if best is None or len(a) < 2 or not math.isfinite(best):
-        return []
-    if math.isclose(best, a[0], rel_tol=1e-6) and a[0] > 0:
-        new = round_sig(a[0] / (a[1] / a[0]))
-    elif math.isclose(best, a[-1], rel_tol=1e-6) and a[-2] > 0:
-        new = round_sig(a[-1] * (a[-1] / a[-2]))
-    else:
-        return []
-    return [] if any(math.isclose(new, x, rel_tol=1e-6) for x in a) else [new]
-
-
-@dataclass
-class DatasetPlan:
-    """What one round adds to one dataset (a group of the analysis, e.g. ``data.h=64``)."""
-
-    dataset: str
-    label: dict[str, Any]
-    grid_dict_sizes: list[int]
-    grid_alphas: list[float]
-    seeds: list[int]
-    estimates: dict[str, float | None]
-    best_alpha: float | None
-    added_dict_sizes: list[int] = field(default_factory=list)
-    added_alphas: list[float] = field(default_factory=list)
-    used_alphas: list[float] = field(default_factory=list)  # the analysis's working alphas (empty: all)
-
-    @property
-    def new_j_alphas(self) -> list[float]:
-        """The alphas new J run at: the working alphas (out-of-band ones would not be pooled anyway)."""
-        return self.used_alphas or self.grid_alphas
-
-    @property
-    def empty(self) -> bool:
-        return not self.added_dict_sizes and not self.added_alphas
-
-    def cells(self) -> list[tuple[float, int]]:
-        """(alpha, J) of every cell this plan adds, each once (seeds not counted)."""
-        out = [(a, j) for j in self.added_dict_sizes for a in self.new_j_alphas]
-        out += [(a, j) for a in self.added_alphas for j in sorted({*self.grid_dict_sizes, *self.added_dict_sizes})]
-        return out
-
-
-def _plain(v: Any) -> Any:
-    """A table value (numpy scalar) as a JSON-able Python value."""
-    return v.item() if hasattr(v, "item") else v
-
-
-def plan_round(estimates: dict[str, Any], cells: pd.DataFrame, extended: set[str] = frozenset()) -> list[DatasetPlan]:
-    """One plan per dataset found both in ``estimates.json`` and among the completed ``cells``, except
-    datasets whose verdict is already TRUSTED. Datasets in ``extended`` had their alpha grid extended in an
-    earlier round and get no second extension (the most reproducible alpha can move from one edge to the
-    other as cells are added: extending after it would sweep alphas without end)."""
-    from sae_sweep.analysis.sweep_data import group_slug, split_groups
-
-    by_slug = {group_slug(g.get("label") or {}): g for g in estimates.get("groups", [])}
-    plans = []
-    for label, group in split_groups(cells):
-        slug = group_slug(label)
-        if slug not in by_slug:
-            continue
-        est = by_slug[slug]
-        if (est.get("verdict") or {}).get("verdict") == "TRUSTED":
-            continue  # already resolved: nothing to refine
-        values = {str(e.get("signal")): e.get("value") for e in est.get("estimates", [])}
-        best = (est.get("alpha_selection") or {}).get("best")
-        used = sorted(float(a) for a in (est.get("alpha_selection") or {}).get("used") or [])
-        grid_j = sorted(int(j) for j in group["dict_size"].unique())
-        grid_a = sorted(float(a) for a in group["alpha"].unique())
-        plan = DatasetPlan(
-            dataset=slug, label={k: _plain(v) for k, v in label.items()}, grid_dict_sizes=grid_j,
-            grid_alphas=grid_a, seeds=sorted(int(s) for s in group["seed"].unique()),
-            estimates={k: (None if v is None else float(v)) for k, v in values.items()},
-            best_alpha=None if best is None else float(best),
-            added_dict_sizes=propose_dict_sizes(grid_j, list(values.values())),
-            added_alphas=[] if slug in extended else propose_alpha(grid_a, None if best is None else float(best)),
-            used_alphas=[a for a in used if any(math.isclose(a, g, rel_tol=1e-6) for g in grid_a)])
-        plans.append(plan)
-    return plans
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -228,7 +101,7 @@ def analysis_overrides(settings: dict[str, Any]) -> list[str]:
     rounds' own analysis reads the sweep the same way."""
     import dataclasses
 
-    from sae_sweep.analysis.report import AnalysisSettings
+    from sae_sweep.analysis.settings import AnalysisSettings
 
     out = []
     for f in dataclasses.fields(AnalysisSettings):
@@ -267,19 +140,6 @@ def _sweeper_target(multirun: Path) -> str:
         return ""
 
 
-def read_estimates(sweep_dir: Path) -> dict[str, Any]:
-    path = sweep_dir / ESTIMATES_FILE
-    if not path.exists():
-        raise RefineError(ESTIMATES_FILE, path, f"is missing; run python -m sae_sweep.analyze {sweep_dir} first")
-    try:
-        blob = json.loads(path.read_text())
-    except ValueError as exc:
-        raise RefineError(ESTIMATES_FILE, path, f"must be JSON ({exc})") from None
-    if not isinstance(blob, dict) or not isinstance(blob.get("groups"), list):
-        raise RefineError(ESTIMATES_FILE, path, "must hold a 'groups' list (written by sae_sweep.analyze)")
-    return blob
-
-
 def read_sweep_overrides(sweep_dir: Path) -> tuple[list[str], str | None]:
     """(hydra.overrides.task, hydra.runtime.cwd) of the sweep's multirun.yaml."""
     from omegaconf import OmegaConf
@@ -296,19 +156,6 @@ def read_sweep_overrides(sweep_dir: Path) -> tuple[list[str], str | None]:
     return [str(t) for t in task], None if cwd is None else str(cwd)
 
 
-def read_record(sweep_dir: Path) -> dict[str, Any] | None:
-    path = Path(sweep_dir) / RECORD_FILE
-    if not path.exists():
-        return None
-    try:
-        blob = json.loads(path.read_text())
-    except ValueError as exc:
-        raise RefineError(RECORD_FILE, path, f"must be JSON ({exc})") from None
-    if not isinstance(blob, dict) or not isinstance(blob.get("rounds"), list):
-        raise RefineError(RECORD_FILE, path, "must hold a 'rounds' list (written by sae_sweep.refine)")
-    return blob
-
-
 def write_record(sweep_dir: Path, record: dict[str, Any]) -> None:
     path = Path(sweep_dir) / RECORD_FILE
     tmp = path.with_name(f".{RECORD_FILE}.{os.getpid()}.tmp")
@@ -316,28 +163,9 @@ def write_record(sweep_dir: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)  # atomic: a kill leaves the old record or the new one, never half
 
 
-def refined_cells(sweep_dir: Path) -> pd.DataFrame:
-    """Every (dataset, alpha, J) a refinement round added, with its round (first round wins)."""
-    record = read_record(Path(sweep_dir))
-    rows = []
-    for rnd in (record or {}).get("rounds", []):
-        for d in rnd.get("datasets", []):
-            plan = DatasetPlan(**{k: d[k] for k in DatasetPlan.__dataclass_fields__ if k in d})
-            rows += [{"dataset": plan.dataset, "alpha": float(a), "dict_size": int(j), "round": int(rnd["round"])}
-                     for a, j in plan.cells()]
-    df = pd.DataFrame(rows, columns=REFINED_COLUMNS)
-    df = df.drop_duplicates(["dataset", "alpha", "dict_size"], keep="first").reset_index(drop=True)
-    return df.astype({"dataset": str, "alpha": float, "dict_size": int, "round": int})
-
-
 # --- running -------------------------------------------------------------------------------------
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _kill_point(name: str) -> None:
-    if os.environ.get(KILL_ENV) == name:
-        os._exit(9)
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -371,7 +199,7 @@ def _run_round(sweep_dir: Path, record: dict[str, Any], rnd: dict[str, Any], run
     for cmd in rnd["commands"]:
         log(shlex.join(cmd))
         codes.append(runner(cmd, cwd))
-        _kill_point("after_command")
+        kill_point("refine_after_command")
         if codes[-1] != 0:
             break
     rnd["returncodes"] = codes
@@ -423,7 +251,7 @@ def refine(sweep_dir: Path, rounds: int = 1, extra_args: Sequence[str] = (), dry
                 return 0
             record["rounds"].append(pending)
             write_record(sweep_dir, record)
-            _kill_point("after_record")
+            kill_point("refine_after_record")
         else:
             log(f"refine: round {pending['round']} was started but not finished; running its commands again")
             if dry_run:
