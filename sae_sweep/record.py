@@ -32,7 +32,7 @@ GROUND_TRUTH_FILE = "ground_truth.safetensors"
 CELL_FILE = "cell.json"  # which cell of a sweep the run is (sweep/cells.py)
 TRIAL_FILE = "trial.json"  # left by the Optuna sweeper: how the job reaches its trial
 # --- a sweep dir -------------------------------------------------------------------------------
-RESULTS_FILE = "runs.parquet"  # the results table, one row per cell (sweep/table.py)
+RESULTS_FILE = "runs.parquet"  # the results table, one row per cell (table.py)
 RESULTS_CSV = "runs.csv"  # the same table as CSV
 PROGRESS_FILE = "progress.json"  # cells this invocation launches and when it began (sweep/progress.py)
 PROGRESS_LOCK = ".progress.lock"  # the last count a progress line printed, under flock (sweep/progress.py)
@@ -55,7 +55,7 @@ LOGGING_KEYS = ("name", "logger", "train.progress")
 # ... and how it is scheduled (threads, lanes, sparse_below and stacked change only its speed; one pack
 # shares them).
 SCHEDULING_KEYS = ("train.threads", "train.lanes", "train.sparse_below", "train.stacked")
-# Left out of a cell's key (sweep/cells.py) and of the results table's config columns (sweep/table.py).
+# Left out of a cell's key (sweep/cells.py) and of the results table's config columns (table.py).
 RESULT_NEUTRAL_KEYS = LOGGING_KEYS + SCHEDULING_KEYS
 # Override keys left out of a run dir's name: Hydra's ``hydra.job.config.override_dirname.exclude_keys``
 # in conf/config.yaml, which must stay literal YAML (tests/test_record.py checks it equals this). The

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from sae_sweep.record import RecordError, check_finished, read_tensors, tensor_header
 from sae_sweep.run import run
 from sae_sweep.sae import SAE
-from sae_sweep.sweep.table import collect_runs
+from sae_sweep.table import collect_runs
 from tests.conftest import build_cfg
 from tests.sweep_helpers import cli_env, ok, run_sweep, table
 

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sae_sweep.sweep.storage import open_storage, storage_spec
-from sae_sweep.sweep.table import write_results_table
+from sae_sweep.table import write_results_table
 from tests.sweep_helpers import PostgresServer, start_sweep
 
 N_TRIALS = 8

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from sae_sweep.record import COMPLETED, CORRUPT, GROUND_TRUTH_FILE, LATENTS_FILE, WEIGHTS_FILE, read_tensors
-from sae_sweep.sweep.table import collect_runs
+from sae_sweep.table import collect_runs
 
 # Columns of the results table that describe a run's outcome, not its configuration.
 _NOT_CONFIG = {"run", "cell_key", "trial", "status", "message", "started_at", "finished_at", "samples",

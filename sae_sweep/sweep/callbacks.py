@@ -18,7 +18,7 @@ class ResultsTable(Callback):
     """runs.parquet + runs.csv in the sweep dir, one row per cell, rebuilt from the run dirs."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sae_sweep.sweep.table import write_results_table  # pandas: not for single runs
+        from sae_sweep.table import write_results_table  # pandas: not for single runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():

@@ -114,7 +114,7 @@ class SaeGridSweeper(BasicSweeper):
                 if self.budget.exceeded:
                     raise SweepAborted(self.budget.message())
         finally:
-            from sae_sweep.sweep.table import write_results_table  # pandas: only once a sweep ends
+            from sae_sweep.table import write_results_table  # pandas: only once a sweep ends
 
             write_results_table(sweep_dir)
         if self.budget.failures:

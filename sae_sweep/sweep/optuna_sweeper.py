@@ -281,7 +281,7 @@ class SaeOptunaSweeper(Sweeper):
                         budget.add(state == TrialState.FAIL, f"trial {trial.number}", str(summary.get("message", "")))
                 trials, _ = self._reclaim(study, sweep_dir, objectives)
         finally:
-            from sae_sweep.sweep.table import write_results_table  # pandas: only once a sweep ends
+            from sae_sweep.table import write_results_table  # pandas: only once a sweep ends
 
             write_results_table(sweep_dir)
         if budget.exceeded:

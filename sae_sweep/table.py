@@ -46,7 +46,7 @@ from sae_sweep.record import (
     read_json,
     run_dirs,
 )
-from sae_sweep.sweep.cells import IGNORED_KEYS
+from sae_sweep.record import RESULT_NEUTRAL_KEYS as IGNORED_KEYS
 
 log = logging.getLogger(__name__)
 
