@@ -15,155 +15,24 @@ interval. Missing or NaN cells are blank in heatmaps and skipped in lines.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.image import AxesImage
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-DPI = 120
-TRUE_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.8}
-ESTIMATE_STYLE = {"color": "black", "linestyle": "-", "linewidth": 1.8}
-BAND_STYLE = {"color": "black", "alpha": 0.12, "linewidth": 0}
-VALUE_LABELS = {
-    "mmcs": "MMCS, true features → learned atoms",
-    "mmcs_learned": "MMCS, learned atoms → true features",
-    "recovered_90": "share of true features recovered (cos > 0.9)",
-    "recovered_99": "share of true features recovered (cos > 0.99)",
-    "fvu": "fraction of variance unexplained",
-}
-ALPHA_LABEL = "L1 coefficient α"
-J_LABEL = "dictionary size J"
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def save(fig: Figure, path: Path) -> None:
-    """Write ``fig`` as a PNG at :data:`DPI`, creating parent folders, so callers never pre-create dirs."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png", facecolor="white")
-
-
-def _finish(fig: Figure, path: Path) -> Figure:
-    """Save and hand back the figure: every public function ends here."""
-    save(fig, path)
-    return fig
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    """A pyplot-free figure on the Agg canvas; constrained layout keeps colour bars and legends clear."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _require(df: pd.DataFrame, columns: Iterable[str], name: str) -> None:
-    """Fail early with the missing column names, rather than with a KeyError deep inside matplotlib."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} is missing columns {missing}; it has {list(df.columns)}")
-    if df.empty:
-        raise ValueError(f"{name} is empty: there is nothing to plot")
-
-
-def _colours(values: Sequence[float], cmap: str = "viridis") -> dict[float, tuple[float, ...]]:
-    """One colour per value, spaced by log(value): sweep axes are geometric, so equal ratios look equal."""
-    keys = sorted(set(values))
-    if not keys:
-        return {}
-    logs = np.log([float(v) for v in keys]) if all(v > 0 for v in keys) else np.asarray(keys, dtype=float)
-    lo, hi = float(np.min(logs)), float(np.max(logs))
-    span = hi - lo
-    # Stay inside [0.05, 0.85] of the map: its yellow end is unreadable on white.
-    pos = [0.45 if span == 0 else 0.05 + 0.8 * (x - lo) / span for x in logs]
-    return {k: colormaps[cmap](p) for k, p in zip(keys, pos, strict=True)}
-
-
-def _text_colour(rgba: Sequence[float]) -> str:
-    """Black on light cells, white on dark ones, so every annotation stays legible."""
-    r, g, b = rgba[:3]
-    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-
-
-def _num(v: float) -> str:
-    """A count as an integer once it is large (1152, not 1.15e+03), else three significant digits."""
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
-
-
-def _j_label(j: float) -> str:
-    return f"{int(j)}" if float(j).is_integer() else f"{j:g}"
-
-
-def _log2_axis(ax: Axes, which: str) -> None:
-    """A base-2 log axis with plain integer tick labels (64, not 2^6)."""
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=2, nonpositive="mask")
-    axis.set_major_locator(LogLocator(base=2))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _j_ticks(ax: Axes, sizes: Iterable[float]) -> None:
-    """Tick the x axis at the sweep's own dictionary sizes (576, 1152, ... need not be powers of two)."""
-    ticks = sorted({float(j) for j in sizes})
-    if 1 < len(ticks) <= 12:
-        ax.set_xticks(ticks, [_j_label(j) for j in ticks])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _mean_grid(cells: pd.DataFrame, value: str, rows: str, cols: str) -> pd.DataFrame:
-    """Mean of ``value`` per (row, column) cell over seeds; missing cells become NaN, axes ascend."""
-    grid = cells.groupby([rows, cols])[value].mean().unstack(cols)
-    return grid.sort_index().sort_index(axis=1)
-
-
-def _draw_heatmap(ax: Axes, grid: pd.DataFrame, *, vmin: float | None, vmax: float | None,
-                  origin: str, fontsize: float) -> AxesImage:
-    """Draw ``grid`` as coloured cells annotated with 2-decimal values; NaN cells stay blank."""
-    cmap = colormaps["viridis"].with_extremes(bad="white")
-    data = np.ma.masked_invalid(grid.to_numpy(dtype=float))
-    im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, origin=origin, aspect="auto",
-                   interpolation="nearest")
-    for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=fontsize,
-                    color=_text_colour(im.cmap(im.norm(v))))
-    ax.set_xticks(range(grid.shape[1]))
-    ax.set_yticks(range(grid.shape[0]))
-    return im
-
-
-def _annotation_size(n_rows: int, n_cols: int, base: float = 9.0) -> float:
-    """Shrink annotations on dense grids so 2-decimal numbers still fit their cells."""
-    return max(5.0, min(base, base * 8 / max(n_rows, n_cols, 1)))
-
-
-def _mark_estimate_x(ax: Axes, estimate: float | None, interval: tuple[float, float] | None,
-                     true_h: int | None) -> None:
-    """Vertical lines for the estimate (solid, with its interval band) and the true h (dashed)."""
-    if interval is not None:
-        lo, hi = sorted(interval)
-        ax.axvspan(lo, hi, **BAND_STYLE, label=f"interval [{lo:.3g}, {hi:.3g}]")
-    if estimate is not None:
-        ax.axvline(estimate, **ESTIMATE_STYLE, label=f"estimate ĥ = {_num(estimate)}")
-    if true_h is not None:
-        ax.axvline(true_h, **TRUE_STYLE, label=f"true h = {true_h}")
-
-
-def _side_legend(ax: Axes, **kwargs: object) -> None:
-    """Legend outside the axes on the right: line plots with many series would hide data otherwise."""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, **kwargs)
-
+from sae_sweep.analysis import figure as fg
+from sae_sweep.analysis.figure import (
+    ALPHA_LABEL,
+    ESTIMATE_STYLE,
+    J_LABEL,
+    TRUE_STYLE,
+    VALUE_LABELS,
+)
 
 # --------------------------------------------------------------------------- 1. MMCS heatmap
 
@@ -176,20 +45,20 @@ def mmcs_heatmap(cells: pd.DataFrame, path: Path, *, value: str = "mmcs", title:
     true features; the row J = h should be where it peaks. Colour runs 0–1 when every value lies in
     [0, 1] (so figures from different sweeps compare), otherwise over the data's range.
     """
-    _require(cells, ["alpha", "dict_size", value], "cells")
-    grid = _mean_grid(cells, value, "dict_size", "alpha")  # (J, alpha)
+    fg.require(cells, ["alpha", "dict_size", value], "cells")
+    grid = fg.mean_grid(cells, value, "dict_size", "alpha")  # (J, alpha)
     finite = grid.to_numpy(dtype=float)
     finite = finite[np.isfinite(finite)]
     unit = finite.size > 0 and finite.min() >= 0.0 and finite.max() <= 1.0
     n_j, n_a = grid.shape
-    fig = _new_figure(min(16.0, max(5.5, 0.85 * n_a + 3.0)), min(12.0, max(4.0, 0.5 * n_j + 2.2)))
+    fig = fg.new_figure(min(16.0, max(5.5, 0.85 * n_a + 3.0)), min(12.0, max(4.0, 0.5 * n_j + 2.2)))
     ax = fig.add_subplot()
-    im = _draw_heatmap(ax, grid, vmin=0.0 if unit else None, vmax=1.0 if unit else None, origin="lower",
-                       fontsize=_annotation_size(n_j, n_a))
+    im = fg.draw_heatmap(ax, grid, vmin=0.0 if unit else None, vmax=1.0 if unit else None, origin="lower",
+                       fontsize=fg.annotation_size(n_j, n_a))
     label = VALUE_LABELS.get(value, value)
     ax.set_xticklabels([f"{a:.3g}" for a in grid.columns], rotation=45 if n_a > 6 else 0,
                        ha="right" if n_a > 6 else "center")
-    ylabels = [_j_label(j) for j in grid.index]
+    ylabels = [fg.j_label(j) for j in grid.index]
     suffix = ""
     if true_h is not None:
         suffix = _mark_true_row(ax, list(grid.index), n_a, true_h, ylabels)
@@ -198,7 +67,7 @@ def mmcs_heatmap(cells: pd.DataFrame, path: Path, *, value: str = "mmcs", title:
     ax.set_ylabel(J_LABEL)
     fig.colorbar(im, ax=ax, label=f"{label} (mean over seeds)")
     ax.set_title(title or f"{label} over the (α, J) grid{suffix}")
-    return _finish(fig, path)
+    return fg.finish(fig, path)
 
 
 def _mark_true_row(ax: Axes, sizes: list[float], n_cols: int, true_h: int, ylabels: list[str]) -> str:
@@ -252,11 +121,11 @@ def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | Non
     ``reproduced`` column (alive latents another seed's dictionary also has) a dashed line per α shows
     it, and a second panel its share of J, which peaks at h: that peak is the estimate ĥ.
     """
-    _require(cells, ["alpha", "dict_size", "alive"], "cells")
+    fg.require(cells, ["alpha", "dict_size", "alive"], "cells")
     stats = _seed_stats(cells, "alive")
     reproduced = _seed_stats(cells, "reproduced") if "reproduced" in cells.columns else pd.DataFrame()
-    colours = _colours(list(stats["alpha"]) + list(reproduced.get("alpha", [])), "plasma")
-    fig = _new_figure(13.0 if len(reproduced) else 8.5, 5.5)
+    colours = fg.colours(list(stats["alpha"]) + list(reproduced.get("alpha", [])), "plasma")
+    fig = fg.new_figure(13.0 if len(reproduced) else 8.5, 5.5)
     ax = fig.add_subplot(1, 2 if len(reproduced) else 1, 1)
     _alpha_lines(ax, stats, colours)
     if len(reproduced):
@@ -265,12 +134,12 @@ def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | Non
     if xs:
         ax.plot([min(xs), max(xs)], [min(xs), max(xs)], color="grey", linestyle=":", linewidth=1.5,
                 label="all latents alive (alive = J)")
-    _mark_estimate_x(ax, estimate, interval, true_h)
+    fg.mark_estimate_x(ax, estimate, interval, true_h)
     if true_h is not None:  # the plateau the lines should reach; same legend entry as the vertical line
         ax.axhline(true_h, **{**TRUE_STYLE, "linewidth": 1.0}, alpha=0.6)
-    _log2_axis(ax, "x")
-    _j_ticks(ax, stats["dict_size"])
-    _log2_axis(ax, "y")
+    fg.log2_axis(ax, "x")
+    fg.j_ticks(ax, stats["dict_size"])
+    fg.log2_axis(ax, "y")
     ax.set_xlabel(f"{J_LABEL} (log2)")
     ax.set_ylabel("alive latents (log2)")
     ax.grid(True, which="major", alpha=0.3)
@@ -281,18 +150,18 @@ def alive_vs_dict_size(cells: pd.DataFrame, path: Path, *, estimate: float | Non
         share_ax = fig.add_subplot(1, 2, 2)
         share = reproduced.assign(**{c: reproduced[c] / reproduced["dict_size"] for c in ("mean", "min", "max")})
         _alpha_lines(share_ax, share, colours)
-        _mark_estimate_x(share_ax, estimate, interval, true_h)
-        _log2_axis(share_ax, "x")
-        _j_ticks(share_ax, share["dict_size"])
+        fg.mark_estimate_x(share_ax, estimate, interval, true_h)
+        fg.log2_axis(share_ax, "x")
+        fg.j_ticks(share_ax, share["dict_size"])
         share_ax.set_ylim(0, 1.05)
         share_ax.set_xlabel(f"{J_LABEL} (log2)")
         share_ax.set_ylabel("reproduced latents / J")
         share_ax.grid(True, which="major", alpha=0.3)
         share_ax.set_title("Share of J alive and reproduced by another seed (peak: ĥ)")
-        _side_legend(share_ax)
+        fg.side_legend(share_ax)
     else:
-        _side_legend(ax)
-    return _finish(fig, path)
+        fg.side_legend(ax)
+    return fg.finish(fig, path)
 
 
 # --------------------------------------------------------------------------- 3. loss stickiness
@@ -313,7 +182,7 @@ def losses_vs_alpha(cells: pd.DataFrame, path: Path, *, estimate: float | None =
     (the loss basin); filled markers show the cells the analysis put in that basin. The estimate has
     no axis here (x is α), so it is named in the suptitle and the nearest J's legend entry.
     """
-    _require(cells, ["alpha", "dict_size", *(c for c, _, _ in LOSS_PANELS)], "cells")
+    fg.require(cells, ["alpha", "dict_size", *(c for c, _, _ in LOSS_PANELS)], "cells")
     agg: dict[str, str] = {c: "mean" for c, _, _ in LOSS_PANELS}
     has_basin = "in_basin" in cells.columns
     data = cells.copy()
@@ -322,9 +191,9 @@ def losses_vs_alpha(cells: pd.DataFrame, path: Path, *, estimate: float | None =
         agg["in_basin"] = "max"
     means = data.groupby(["dict_size", "alpha"]).agg(agg).reset_index()
     sizes = sorted(means["dict_size"].unique())
-    colours = _colours(sizes, "viridis")
+    colours = fg.colours(sizes, "viridis")
     near = _nearest_log2(sizes, estimate)
-    fig = _new_figure(16.0, 5.0)
+    fig = fg.new_figure(16.0, 5.0)
     axes = fig.subplots(1, len(LOSS_PANELS))
     for ax, (col, ylabel, panel) in zip(axes, LOSS_PANELS, strict=True):
         for j in sizes:
@@ -345,12 +214,12 @@ def losses_vs_alpha(cells: pd.DataFrame, path: Path, *, estimate: float | None =
                     Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
                            label="hollow: outside the basin")]
     axes[-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
-    notes = [f"estimate ĥ = {_num(estimate)}" if estimate is not None else "",
+    notes = [f"estimate ĥ = {fg.num(estimate)}" if estimate is not None else "",
              f"true h = {true_h}" if true_h is not None else ""]
     note = ", ".join(n for n in notes if n)
     default = "Loss stickiness: losses vs α per dictionary size"
     fig.suptitle((title or default) + (f"  ({note})" if note else ""))
-    return _finish(fig, path)
+    return fg.finish(fig, path)
 
 
 def _nearest_log2(sizes: Sequence[float], estimate: float | None) -> float | None:
@@ -362,7 +231,7 @@ def _nearest_log2(sizes: Sequence[float], estimate: float | None) -> float | Non
 
 def _size_label(j: float, true_h: int | None, near: float | None) -> str:
     tags = [t for t, on in (("true h", true_h is not None and j == true_h), ("≈ ĥ", j == near)) if on]
-    return f"J = {_j_label(j)}" + (f" ({', '.join(tags)})" if tags else "")
+    return f"J = {fg.j_label(j)}" + (f" ({', '.join(tags)})" if tags else "")
 
 
 def _loss_line(ax: Axes, g: pd.DataFrame, col: str, colour: tuple[float, ...], label: str, *, thick: bool,
@@ -394,7 +263,7 @@ def agreement_matrices(matrices: dict[float, pd.DataFrame], path: Path, *, estim
     n_rows = math.ceil(len(alphas) / n_cols)
     size = max(max(m.shape) for m in matrices.values())
     panel = min(6.0, max(3.4, 0.45 * size + 1.6))
-    fig = _new_figure(panel * n_cols + 1.4, panel * 0.92 * n_rows + (1.0 if estimate is not None else 0.6))
+    fig = fg.new_figure(panel * n_cols + 1.4, panel * 0.92 * n_rows + (1.0 if estimate is not None else 0.6))
     grid_axes = fig.subplots(n_rows, n_cols, squeeze=False)
     used = list(grid_axes.flat[: len(alphas)])
     for ax in grid_axes.flat[len(alphas):]:
@@ -402,8 +271,8 @@ def agreement_matrices(matrices: dict[float, pd.DataFrame], path: Path, *, estim
     im = None
     for ax, alpha in zip(used, alphas, strict=True):
         m = matrices[alpha].sort_index().sort_index(axis=1)
-        im = _draw_heatmap(ax, m, vmin=0.0, vmax=1.0, origin="upper",
-                           fontsize=_annotation_size(*m.shape, base=8.0))
+        im = fg.draw_heatmap(ax, m, vmin=0.0, vmax=1.0, origin="upper",
+                           fontsize=fg.annotation_size(*m.shape, base=8.0))
         ax.set_xticklabels([_tagged(j, true_h) for j in m.columns], rotation=45, ha="right")
         ax.set_yticklabels([_tagged(j, true_h) for j in m.index])
         ax.set_xlabel("compared with J (columns)")
@@ -418,15 +287,15 @@ def agreement_matrices(matrices: dict[float, pd.DataFrame], path: Path, *, estim
     fig.colorbar(im, ax=used, label="MMCS (row atoms → column dictionary)", shrink=0.9)
     if estimate is not None:
         fig.legend(handles=[Patch(fill=False, edgecolor="black", linewidth=2.0,
-                                  label=f"row nearest the estimate ĥ = {_num(estimate)}")],
+                                  label=f"row nearest the estimate ĥ = {fg.num(estimate)}")],
                    loc="outside lower center", fontsize=8, frameon=False)
     h_note = f"  (true h = {true_h}, tick marked (h))" if true_h is not None else ""
     fig.suptitle((title or "Agreement between dictionaries of different sizes, per α") + h_note)
-    return _finish(fig, path)
+    return fg.finish(fig, path)
 
 
 def _tagged(j: float, true_h: int | None) -> str:
-    return _j_label(j) + (" (h)" if true_h is not None and j == true_h else "")
+    return fg.j_label(j) + (" (h)" if true_h is not None and j == true_h else "")
 
 
 # --------------------------------------------------------------------------- 5. recovery vs frequency
@@ -440,13 +309,13 @@ def recovery_vs_frequency(features: pd.DataFrame, path: Path, *, title: str | No
     small-J curves rise only at the high-frequency end; this tests that before trusting ĥ.
     Rows of all α and seeds are pooled.
     """
-    _require(features, ["dict_size", "frequency", "best_cos"], "features")
+    fg.require(features, ["dict_size", "frequency", "best_cos"], "features")
     data = features.dropna(subset=["dict_size", "frequency", "best_cos"])
     data = data[data["frequency"] > 0]
     sizes = sorted(data["dict_size"].unique())
-    colours = _colours(sizes, "viridis")
+    colours = fg.colours(sizes, "viridis")
     edges = _log_bins(data["frequency"].to_numpy(dtype=float), 8)
-    fig = _new_figure(9.0, 5.5)
+    fig = fg.new_figure(9.0, 5.5)
     ax = fig.add_subplot()
     for j in sizes:
         g = data[data["dict_size"] == j]
@@ -454,7 +323,7 @@ def recovery_vs_frequency(features: pd.DataFrame, path: Path, *, title: str | No
         centres, means = _binned_mean(g["frequency"].to_numpy(dtype=float),
                                       g["best_cos"].to_numpy(dtype=float), edges)
         ax.plot(centres, means, color=colours[j], marker="o", markersize=4, linewidth=1.8,
-                label=f"J = {_j_label(j)}")
+                label=f"J = {fg.j_label(j)}")
     ax.axhline(threshold, color="black", linestyle=":", linewidth=1.3,
                label=f"recovered (cos > {threshold:g})")
     ax.set_xscale("log")
@@ -471,7 +340,7 @@ def recovery_vs_frequency(features: pd.DataFrame, path: Path, *, title: str | No
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     default = "Recovery vs feature frequency: do small dictionaries learn frequent features first?"
     ax.set_title(title or default, fontsize=11)
-    return _finish(fig, path)
+    return fg.finish(fig, path)
 
 
 def _log_bins(freq: np.ndarray, n_bins: int) -> np.ndarray:
