@@ -152,30 +152,27 @@ def plan_round(estimates: dict[str, Any], cells: pd.DataFrame, extended: set[str
 
 
 # --- the records ---------------------------------------------------------------------------------
+def _read_list_record(path: Path, name: str, key: str, writer: str) -> dict[str, Any]:
+    """A JSON object holding a ``key`` list, or RefineError naming the file."""
+    try:
+        blob = json.loads(path.read_text())
+    except ValueError as exc:
+        raise RefineError(name, path, f"must be JSON ({exc})") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get(key), list):
+        raise RefineError(name, path, f"must hold a '{key}' list (written by {writer})")
+    return blob
+
+
 def read_estimates(sweep_dir: Path) -> dict[str, Any]:
     path = sweep_dir / ESTIMATES_FILE
     if not path.exists():
         raise RefineError(ESTIMATES_FILE, path, f"is missing; run python -m sae_sweep.analyze {sweep_dir} first")
-    try:
-        blob = json.loads(path.read_text())
-    except ValueError as exc:
-        raise RefineError(ESTIMATES_FILE, path, f"must be JSON ({exc})") from None
-    if not isinstance(blob, dict) or not isinstance(blob.get("groups"), list):
-        raise RefineError(ESTIMATES_FILE, path, "must hold a 'groups' list (written by sae_sweep.analyze)")
-    return blob
+    return _read_list_record(path, ESTIMATES_FILE, "groups", "sae_sweep.analyze")
 
 
 def read_record(sweep_dir: Path) -> dict[str, Any] | None:
     path = Path(sweep_dir) / RECORD_FILE
-    if not path.exists():
-        return None
-    try:
-        blob = json.loads(path.read_text())
-    except ValueError as exc:
-        raise RefineError(RECORD_FILE, path, f"must be JSON ({exc})") from None
-    if not isinstance(blob, dict) or not isinstance(blob.get("rounds"), list):
-        raise RefineError(RECORD_FILE, path, "must hold a 'rounds' list (written by sae_sweep.refine)")
-    return blob
+    return _read_list_record(path, RECORD_FILE, "rounds", "sae_sweep.refine") if path.exists() else None
 
 
 def refined_cells(sweep_dir: Path) -> pd.DataFrame:
