@@ -154,8 +154,19 @@ def test_verdict__agreeing_signals_at_a_j_the_seeds_do_not_reproduce_are_not_tru
     assert v.trusted is trusted
     if not trusted:
         assert v.reasons == [f"at J near h-hat only {share:.0%} of latents are reproduced by another seed (needs 90%: "
-                             "the rarer features are not learnt the same way twice) "
-                             "(remedy: raise train.num_samples, or more seeds)"]
+                             "the rarer features are not learnt the same way twice) (remedy: the runs there "
+                             "converged, so a larger train.num_samples alone does not help (setting f of "
+                             "docs/generalization.md: 3x the samples changed no estimate); more seeds, or take "
+                             "h-hat as unresolved at this superposition)"]
+
+
+def test_verdict__low_reproducibility_with_unconverged_runs_at_h_hat_says_train_longer():
+    # most of the alpha's runs converged (the converged-share check passes), but not those at J = 54
+    cells = build_cells({0.3: (54, 0.84)}, grid=FINE)
+    cells.loc[cells["dict_size"] == 54, "converged"] = False
+    v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 54}, **TRUST)
+    assert v.checks["converged_share_at_h"] == 0.0 and not v.trusted
+    assert v.reasons[-1].endswith("(remedy: raise train.num_samples, or more seeds)")
 
 # --- plateau rules -------------------------------------------------------------------------------
 def test_plateau_start__is_the_first_value_within_the_tolerance_of_the_largest():
