@@ -4,6 +4,7 @@
     python scripts/generalization_draw.py --seed 20261203 --names m n o p   # the third, m-p
     python scripts/generalization_draw.py --seed 20261204 --names q r s t   # the fourth, q-t
     python scripts/generalization_draw.py --seed 20261205 --names u v --ratio 3 8   # the fifth, u-v
+    python scripts/generalization_draw.py --seed 20261206 --names w x y z --ratio 3 8   # the sixth, w-z
 
 Prints one line per setting over the ranges the study must span: n in {32, 48, 64, 96, 128}, h/n
 log-uniform in [1, 8] (h rounded to a multiple of 8, at least n), exponential / zipf / constant decay,
@@ -12,7 +13,7 @@ third, and a factor-2 J grid whose smallest J is h/2, h/3 or h/4 rounded down to
 sits wherever it falls, usually between grid points). Drawing, not choosing, keeps the settings from
 being picked to suit the rules; the recipes gen_<x>.yaml are written from its output before any runs.
 ``--ratio LO HI`` narrows the h/n range (still log-uniform): the fifth half draws only strong
-superposition (h/n >= 3), which the fourth half's draw happened to leave out.
+superposition (h/n >= 3), which the fourth half's draw happened to leave out; so does the sixth.
 """
 
 from __future__ import annotations

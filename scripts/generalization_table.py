@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-TUNING, HELD_BACK = tuple("abcdefghijklmnop"), tuple("qrstuv")
+TUNING, HELD_BACK = tuple("abcdefghijklmnop"), tuple("qrstuvwxyz")
 SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
