@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +69,23 @@ def _typed(text: str) -> Any:
     return value if isinstance(value, (int, float, bool, str)) else text
 
 
-def _swept(overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    """The value of every overridden run field, typed as in the resolved config (not as text)."""
+def _load_yaml(path: Path) -> Any:
+    """A run's YAML record as an OmegaConf tree; None when missing or damaged (logged once, here)."""
+    if not path.exists():
+        return None
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:  # any YAML damage: the callers fall back (other copy, overrides' text, dir name)
+        log.warning(f"results table: {path}: not readable YAML ({type(exc).__name__})")
+        return None
+
+
+def _swept(overrides: list[str], cfg: Any) -> dict[str, Any]:
+    """The value of every overridden run field, typed as in the resolved config ``cfg`` (the run's
+    .hydra/config.yaml; None when unreadable: the values come from the overrides' text)."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
     keys = [k for k in keys if not k.startswith("hydra.") and k != "experiment"
             and not any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS)]
-    cfg_path = run_dir / HYDRA_CONFIG_FILE
-    try:
-        cfg = OmegaConf.load(cfg_path) if cfg_path.exists() else None
-    except Exception as exc:  # any YAML damage: the values come from the overrides' text instead
-        log.warning(f"results table: {cfg_path}: not readable YAML ({type(exc).__name__}); values from cell.json")
-        cfg = None
     # The base axes come from the config too, so a run that failed before training still has them.
     out: dict[str, Any] = {k: OmegaConf.select(cfg, k, default=None) for k in ("alpha", "dict_size", "seed")
                            if cfg is not None}
@@ -96,16 +103,12 @@ def _ignored(key: str) -> bool:
     return any(key == i or key.startswith(i + ".") for i in IGNORED_KEYS)
 
 
-def _config_values(run_dir: Path) -> dict[str, Any]:
-    """Every leaf of the run's config as a dotted key (lists as text), from config.yaml (as run) or Hydra's."""
+def _config_values(run_dir: Path, hydra_cfg: Any) -> dict[str, Any]:
+    """Every leaf of the run's config as a dotted key (lists as text), from config.yaml (as run) or
+    Hydra's copy ``hydra_cfg`` (already read)."""
     tree: Any = None
-    for path in (run_dir / CONFIG_FILE, run_dir / HYDRA_CONFIG_FILE):
-        if not path.exists():
-            continue
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as exc:  # any YAML damage: try the other copy, else no config columns
-            log.warning(f"results table: {path}: not readable YAML ({type(exc).__name__})")
+    for loaded in (_load_yaml(run_dir / CONFIG_FILE), hydra_cfg):
+        if loaded is None:
             continue
         try:
             tree = OmegaConf.to_container(loaded, resolve=True)
@@ -127,13 +130,9 @@ def _config_values(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _sweep_name(run_dir: Path, summary: dict[str, Any] | None, sweep_dir: Path) -> str:
+def _sweep_name(hydra_cfg: Any, summary: dict[str, Any] | None, sweep_dir: Path) -> str:
     """The sweep's name (the config's ``name``: outputs/<name>/), else the sweep dir's."""
-    path = run_dir / HYDRA_CONFIG_FILE
-    try:
-        name = OmegaConf.select(OmegaConf.load(path), "name", default=None) if path.exists() else None
-    except Exception:  # damaged YAML (logged where the config values are read): fall back below
-        name = None
+    name = OmegaConf.select(hydra_cfg, "name", default=None) if hydra_cfg is not None else None
     return str(name or (summary or {}).get("group") or Path(sweep_dir).resolve().name)
 
 
@@ -186,10 +185,11 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
                 log.warning(f"results table: {exc}; the cell is marked {CORRUPT}")
         row: dict[str, Any] = {"run": str(d.relative_to(sweep_dir)), "cell_key": cell.get("cell_key"),
                                "trial": cell.get("trial"), "status": status, "message": message}
-        swept = _swept(list(cell.get("overrides") or []), d)
-        config = _config_values(d)
+        hydra_cfg = _load_yaml(d / HYDRA_CONFIG_FILE)  # read once per row: three columns' sources
+        swept = _swept(list(cell.get("overrides") or []), hydra_cfg)
+        config = _config_values(d, hydra_cfg)
         row.update(swept)
-        row.update({"sweep": _sweep_name(d, summary, sweep_dir), "run_dir": str(d.resolve()),
+        row.update({"sweep": _sweep_name(hydra_cfg, summary, sweep_dir), "run_dir": str(d.resolve()),
                     "wandb_run_id": (summary or {}).get("wandb_run_id"), "objective": _objective(d, summary)})
         row.update({k: v for k, v in config.items() if k not in swept})
         row["swept"] = ",".join(sorted(k for k in swept if k not in ("alpha", "dict_size", "seed")))
@@ -211,13 +211,28 @@ def collect_runs(sweep_dir: Path) -> pd.DataFrame:
     return df[order].sort_values(sort_cols, na_position="last").reset_index(drop=True)
 
 
+# This process's latest table per sweep dir and when it was built. A multirun's end builds it once (the
+# sweeper's ``finally``); the callbacks after it (table, report) take it rather than read every run dir
+# again, but only if it was built after their multirun started (``written_since``).
+_WRITTEN: dict[Path, tuple[float, pd.DataFrame]] = {}
+
+
 def write_results_table(sweep_dir: Path) -> pd.DataFrame:
     """Write runs.parquet and runs.csv into ``sweep_dir`` (atomically) and return the table."""
     sweep_dir = Path(sweep_dir)
+    built = time.monotonic()
     df = collect_runs(sweep_dir)
     for name, write in ((RESULTS_FILE, lambda p: df.to_parquet(p, index=False)),
                         (RESULTS_CSV, lambda p: df.to_csv(p, index=False))):
         tmp = sweep_dir / f".{name}.{os.getpid()}.tmp"  # per process: several workers may share a sweep dir
         write(tmp)
         tmp.replace(sweep_dir / name)
+    _WRITTEN[sweep_dir.resolve()] = (built, df)
     return df
+
+
+def written_since(sweep_dir: Path, since: float) -> pd.DataFrame | None:
+    """The table this process wrote for ``sweep_dir`` from run dirs read after ``since``
+    (``time.monotonic()``), else None."""
+    hit = _WRITTEN.get(Path(sweep_dir).resolve())
+    return hit[1] if hit is not None and hit[0] >= since else None

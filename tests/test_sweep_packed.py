@@ -21,13 +21,17 @@ def test_packed__a_grid_trains_as_one_pack_and_matches_the_same_grid_run_job_by_
     grid = ("alpha=0.1,0.3,1", "dict_size=16,32")
     proc = ok(run_sweep(tmp_path / "packed", PACKED, *grid))
     assert "pack 1/1: 6 jobs, dict sizes [16, 32]" in proc.stderr + proc.stdout
+    # each job is composed once: the launcher takes the configs the sweeper composed to check the cells
+    assert "6 of 6 job configs composed once" in proc.stderr + proc.stdout
     ok(run_sweep(tmp_path / "basic", *grid))
     packed, basic = _by_cell(table(tmp_path / "packed")), _by_cell(table(tmp_path / "basic"))
     assert sorted(packed) == sorted(basic) and len(packed) == 6
     for cell, row in packed.items():
         assert row.status == "completed", row.message
         assert (tmp_path / "packed" / row.run / "summary.json").exists()
-        assert (tmp_path / "packed" / row.run / ".hydra" / "config.yaml").exists()
+        for name in ("config.yaml", "overrides.yaml"):  # the job's own config, as the basic launcher composes it
+            record = (tmp_path / "packed" / row.run / ".hydra" / name).read_text()
+            assert record == (tmp_path / "basic" / basic[cell].run / ".hydra" / name).read_text()
         for metric in ("loss", "mse", "mmcs", "l0"):
             assert getattr(row, metric) == pytest.approx(getattr(basic[cell], metric), rel=1e-4), (cell, metric)
     # Re-running the finished grid launches nothing.

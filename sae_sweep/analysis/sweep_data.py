@@ -22,10 +22,11 @@ _NOT_CONFIG = {"run", "cell_key", "trial", "status", "message", "started_at", "f
                "train_time_s", "samples_per_s", "setup_time_s", "wall_time_s", "run_dir"}
 
 
-def load_cells(sweep_dir: Path) -> pd.DataFrame:
-    """The completed cells of a sweep (one row per cell) with an absolute ``run_dir`` column."""
+def load_cells(sweep_dir: Path, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The completed cells of a sweep (one row per cell) with an absolute ``run_dir`` column; from
+    ``table`` (its results table, just built) when given, else from the run dirs."""
     sweep_dir = Path(sweep_dir)
-    table = collect_runs(sweep_dir)
+    table = collect_runs(sweep_dir) if table is None else table
     if table.empty:
         return table
     for run, message in table.loc[table["status"] == CORRUPT, ["run", "message"]].itertuples(index=False):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,20 @@ log = logging.getLogger(__name__)
 
 
 class ResultsTable(Callback):
-    """runs.parquet + runs.csv in the sweep dir, one row per cell, rebuilt from the run dirs."""
+    """runs.parquet + runs.csv in the sweep dir, one row per cell, rebuilt from the run dirs (once per
+    multirun: sae_sweep's sweepers write it as they end, and this callback then writes it for others)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.monotonic()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sae_sweep.table import write_results_table  # pandas: not for single runs
+        from sae_sweep.table import write_results_table, written_since  # pandas: not for single runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            df = write_results_table(sweep_dir)
+            df = written_since(sweep_dir, getattr(self, "started", float("inf")))
+            if df is None:
+                df = write_results_table(sweep_dir)
             log.info(f"results table: {sweep_dir / RESULTS_FILE} ({len(df)} runs)")
 
 
@@ -38,6 +45,9 @@ class SweepReport(Callback):
         self.enabled, self.wandb_mode, self.project, self.settings = enabled, wandb_mode, project, settings
         self.refine_rounds = int(refine_rounds)
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not self.enabled or not sweep_dir.is_dir():
@@ -45,8 +55,9 @@ class SweepReport(Callback):
         from sae_sweep.analysis.pipeline import run_analysis
         from sae_sweep.analysis.settings import AnalysisSettings
         from sae_sweep.analysis.sweep_data import load_cells
+        from sae_sweep.table import written_since
 
-        cells = load_cells(sweep_dir)
+        cells = load_cells(sweep_dir, written_since(sweep_dir, getattr(self, "started", float("inf"))))
         if cells.empty or cells["dict_size"].nunique() < 2:
             log.info("report: skipped (needs completed runs at two or more dictionary sizes)")
             return

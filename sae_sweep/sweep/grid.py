@@ -67,12 +67,17 @@ class SaeGridSweeper(BasicSweeper):
                 master_config=self.config, sweep_overrides=list(overrides))
             to_run_config(cfg)
             composed.append((overrides, cfg))
+        reusable: dict[tuple[str, ...], DictConfig] = {}
         for overrides, cfg in composed:
             key = cell_key(cfg)
             if key in done or key in seen:
                 continue
             seen.add(key)
             todo.append(self._own_dir(overrides, cfg, sweep_dir, key))
+            if todo[-1] == list(overrides):  # a cell sent to a dir of its own is composed again
+                reusable[tuple(overrides)] = cfg
+        if hasattr(self.launcher, "reuse"):  # the packed launcher: compose each job once, not twice
+            self.launcher.reuse(reusable)
         skipped = len(cells) - len(todo)
         if skipped:
             log.info(f"resume: {skipped} of {len(cells)} cells already finished in {sweep_dir}, "
