@@ -43,7 +43,7 @@ from sae_sweep.record import (
     single_line,
     tensor_header,
 )
-from sae_sweep.sweep.kill import kill_point  # os-only test hook (SAE_SWEEP_KILL_AT)
+from sae_sweep.kill import kill_point  # os-only test hook (SAE_SWEEP_KILL_AT)
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the content changes: an older checkpoint is then ignored, never misread

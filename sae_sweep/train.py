@@ -491,6 +491,9 @@ def train(
         start, window_start, train_time = int(info["step"]), int(info["window_start"]), float(info["train_time"])
         bar.update(start * cfg.batch_size)
     feed = BatchFeed(batches, device, len(groups), on_draw=lambda: bar.update(cfg.batch_size), drawn=start)
+    for g, live in enumerate(queue.live):
+        if not live:  # retired before the checkpoint (all its members stopped): it never reads, so must not hold the others back
+            feed.leave(g)
     ckpt_every = math.ceil(cfg.checkpoint_every / cfg.batch_size) if on_checkpoint and cfg.checkpoint_every else 0
 
     def in_lanes(fns: Sequence[Callable[[], Any]]) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Checkpoints inside a run: killed at an exact line (SAE_SWEEP_KILL_AT, sae_sweep/sweep/kill.py) in a
+"""Checkpoints inside a run: killed at an exact line (SAE_SWEEP_KILL_AT, sae_sweep/kill.py) in a
 subprocess, re-run in the same run dir, and the record compared with an uninterrupted run's, bit for bit."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from sae_sweep.config import ActivationsDataConfig, ConfigError, TrainConfig
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures
 from sae_sweep.run import Job, run, run_packed
-from sae_sweep.sweep.kill import KILL_ENV
-from tests.conftest import REPO, build_cfg
+from sae_sweep.kill import KILL_ENV
+from tests.conftest import REPO, SMOKE, build_cfg, run_cli
 
 KILLED = 9  # os._exit(9) at the kill point
 # 64 steps of 128 samples: evaluations every 16 steps, checkpoints every 8 (inside windows and at evaluations).
@@ -230,3 +230,32 @@ def test_activation_run__resumes_bit_identical(tmp_path, caplog):
         run(cfg, tmp_path / "again")  # takes the last eight steps again
     assert "resuming from the checkpoint at sample 7168" in caplog.text
     assert_same_record(tmp_path / "again", tmp_path / "run")
+
+
+# The real CLI: a single run and a packed grid, each SIGKILLed (os._exit) right after its second
+# checkpoint's rename, then the same command again, against the same command run whole elsewhere.
+CLI = [*SMOKE, "data.n=16", "data.h=32", "dict_size=32", "train.batch_size=128", "train.num_samples=4096",
+       "train.eval_every=2048", "train.checkpoint_every=1024", "train.threads=1", "data.eval_size=512"]
+
+
+def _cli_run_dirs(cwd: Path) -> list[Path]:
+    return sorted(p.parent for p in (cwd / "outputs").rglob(record.CONFIG_FILE) if p.parent.name != ".hydra")
+
+
+@pytest.mark.parametrize("args", [[], ["-m", "hydra/launcher=packed", "alpha=0.3,1.0"]], ids=["single", "packed"])
+def test_cli__a_killed_run_resumes_bit_identical(tmp_path, args):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    killed.mkdir(), whole.mkdir()
+    flags, overrides = [a for a in args if a == "-m"], [a for a in args if a != "-m"]
+    command = [*flags, *CLI, *overrides]
+    res = run_cli(*command, cwd=killed, env={KILL_ENV: "checkpoint_written:2"})
+    assert res.returncode == KILLED, res.stderr[-3000:]
+    assert all((d / record.CHECKPOINT_FILE).is_file() for d in _cli_run_dirs(killed))
+    res = run_cli(*command, cwd=killed)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert run_cli(*command, cwd=whole).returncode == 0
+    resumed, fresh = _cli_run_dirs(killed), _cli_run_dirs(whole)
+    assert len(resumed) == len(fresh) == (2 if flags else 1)  # the single run continued in its killed dir
+    for a, b in zip(resumed, fresh, strict=True):
+        assert_same_record(a, b)
+        assert no_checkpoint_left(a)
