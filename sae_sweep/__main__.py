@@ -15,7 +15,10 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from sae_sweep.config import RunConfig
 
 # A checkout (or editable install) reads conf/ beside the package; an installed wheel carries the
 # same files as the package sae_sweep.conf.
@@ -101,12 +104,30 @@ def _task(cfg) -> float | None:
     except ConfigError as exc:
         _remove_fresh_run_dir(run_dir)
         _die(str(exc), EXIT_BAD_CONFIG)
+    run_dir = _resumable_run_dir(run_cfg, run_dir)
     summary = run(run_cfg, run_dir, run_name=hc.job.override_dirname or run_cfg.name, group=run_cfg.name)
     print(format_summary(summary, run_dir))
     try:
         return job_objective(summary, run_dir)
     except RunFailed as exc:
         _die(str(exc), EXIT_RUN_FAILED)
+
+
+def _resumable_run_dir(run_cfg: RunConfig, run_dir: Path) -> Path:
+    """Where a single run trains: its fresh run dir, or (its dir being named by the start time) the newest
+    sibling holding a checkpoint of the same config that a killed run of this command left; the fresh
+    dir is then removed. So the same command re-run after a kill continues that run (checkpoint.py)."""
+    from sae_sweep.checkpoint import config_key, find_resumable
+    from sae_sweep.record import CHECKPOINT_FILE
+
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        return run_dir
+    previous = find_resumable(run_dir.parent, config_key(run_cfg), run_dir)
+    if previous is None:
+        return run_dir
+    _remove_fresh_run_dir(run_dir)
+    sys.stderr.write(f"sae_sweep: continuing the run killed in {previous}\n")
+    return previous
 
 
 def _remove_fresh_run_dir(run_dir: Path) -> None:

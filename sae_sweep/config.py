@@ -367,6 +367,15 @@ class TrainConfig:
     null = the measured crossover for where the step runs (``step.auto_sparse_below``: 0.15 on one torch
     thread, as in every packed lane, 0.09 with more, dense on CUDA). Both steps compute the same
     gradients; the sparse one is faster when few latents fire."""
+    checkpoint_every: int = 1_000_000
+    """Write a checkpoint (weights, Adam state, batch-stream position, RNG states, metrics so far) every
+    this many training samples, so that the same command re-run after a kill or a requeue resumes from
+    it (``sae_sweep/checkpoint.py``); 0 = never. The default costs a file write of the weights and
+    Adam's two moments per million samples (milliseconds at the sizes here, against tens of seconds or
+    more of training) and leaves runs below a million samples (smoke runs, tests) without one."""
+    keep_checkpoint: bool = False
+    """Keep the last checkpoint after the run has ended (completed, diverged or pruned); by default it
+    is deleted then. An interrupted or failed run always keeps it, to resume from."""
 
     def validate(self, path: str = "train") -> None:
         _check(_is_num(self.lr) and self.lr > 0, f"{path}.lr", self.lr, "a number > 0")
@@ -410,6 +419,10 @@ class TrainConfig:
                self.converge_drift, "a number in (0, 1]")
         _check(_is_int(self.converge_patience) and 1 <= self.converge_patience <= 100, f"{path}.converge_patience",
                self.converge_patience, "an integer in [1, 100]")
+        _check(_is_int(self.checkpoint_every) and self.checkpoint_every >= 0, f"{path}.checkpoint_every",
+               self.checkpoint_every, "an integer >= 0 (samples; 0 = no checkpoints)")
+        _check(isinstance(self.keep_checkpoint, bool), f"{path}.keep_checkpoint", self.keep_checkpoint,
+               "true or false")
 
     def __post_init__(self) -> None:
         self.validate()

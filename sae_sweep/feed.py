@@ -28,12 +28,12 @@ class BatchFeed:
     """
 
     def __init__(self, batches: Iterator[torch.Tensor], device: torch.device, n_readers: int,
-                 on_draw: Callable[[], None], lead: int = 8):
+                 on_draw: Callable[[], None], lead: int = 8, drawn: int = 0):
         self.batches, self.device, self.on_draw, self.lead = batches, device, on_draw, lead
         self.cond = threading.Condition()
         self.held: dict[int, torch.Tensor] = {}
-        self.drawn = 0  # batches drawn so far (step numbers start at 1)
-        self.at = [0] * n_readers  # the last step each reader took a batch for; None once it left
+        self.drawn = drawn  # batches drawn so far (step numbers start at 1; a resumed run's stream starts later)
+        self.at = [drawn] * n_readers  # the last step each reader took a batch for; None once it left
         self.abort = False  # set on Ctrl-C or a failing lane: every reader gets None at its next step
 
     def get(self, reader: int, step: int) -> torch.Tensor | None:

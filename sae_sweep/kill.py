@@ -9,7 +9,9 @@ evaluation row is about to reach the W&B run: it dies mid-training, its W&B run 
 ``wandb_finish`` (summary.json is written, the W&B run not yet finished) and ``before_tell`` (the
 jobs of a batch returned, before the study is told); in ``python -m sae_sweep.refine``,
 ``refine_after_record`` (a round is recorded as started, nothing launched) and ``refine_after_command``
-(one of its multiruns returned, the record not yet told). A leaf module: any layer may hold a point.
+(one of its multiruns returned, the record not yet told); inside a run (checkpoint.py),
+``checkpoint_writing`` (halfway through a checkpoint's temp file), ``checkpoint_replacing`` (between two
+members' renames of a pack's round) and ``checkpoint_written`` (a round is renamed into place). A leaf module: any layer may hold a point.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ LATENTS_FILE = "latents.safetensors"
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 CELL_FILE = "cell.json"  # which cell of a sweep the run is (sweep/cells.py)
 TRIAL_FILE = "trial.json"  # left by the Optuna sweeper: how the job reaches its trial
+CHECKPOINT_FILE = "checkpoint.safetensors"  # the last checkpoint inside a run (checkpoint.py); gone once it ends
+CHECKPOINT_PREVIOUS_FILE = "checkpoint.prev.safetensors"  # the one before: a pack killed mid-round resumes from it
 # --- a sweep dir -------------------------------------------------------------------------------
 RESULTS_FILE = "runs.parquet"  # the results table, one row per cell (table.py)
 RESULTS_CSV = "runs.csv"  # the same table as CSV
@@ -55,8 +57,10 @@ LOGGING_KEYS = ("name", "logger", "train.progress")
 # ... and how it is scheduled (threads, lanes, sparse_below and stacked change only its speed; one pack
 # shares them).
 SCHEDULING_KEYS = ("train.threads", "train.lanes", "train.sparse_below", "train.stacked")
+# ... and whether and how often it checkpoints (a resumed run ends as the uninterrupted one).
+CHECKPOINT_KEYS = ("train.checkpoint_every", "train.keep_checkpoint")
 # Left out of a cell's key (sweep/cells.py) and of the results table's config columns (table.py).
-RESULT_NEUTRAL_KEYS = LOGGING_KEYS + SCHEDULING_KEYS
+RESULT_NEUTRAL_KEYS = LOGGING_KEYS + SCHEDULING_KEYS + CHECKPOINT_KEYS
 # Override keys left out of a run dir's name: Hydra's ``hydra.job.config.override_dirname.exclude_keys``
 # in conf/config.yaml, which must stay literal YAML (tests/test_record.py checks it equals this). The
 # result-neutral fields (of the logger only its mode: a W&B project or group set on the command line

@@ -5,12 +5,19 @@ Run dir contents: config.yaml (resolved), metrics.jsonl (a row per evaluation), 
 ``sae_lens.SAE.load_from_disk``, on raw activations: export.py), latents.safetensors (each
 latent's firing frequency and mean activation on the eval set at the last evaluation),
 ground_truth.safetensors (toy data only: real activations have none), and wandb/ when W&B is on. Imports no hydra or optuna; wandb only through sinks.py.
+
+While it trains, a run also keeps checkpoint.safetensors (and checkpoint.prev.safetensors) every
+``train.checkpoint_every`` samples (checkpoint.py). A run started in a run dir that holds one of the same
+config continues from it instead of starting over (a solo run, or every member of a pack from the
+latest step they all have), and ends as it would have without the break; the checkpoints are deleted
+when the run ends, unless ``train.keep_checkpoint`` (an interrupted or failed run keeps them).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -25,30 +32,36 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from sae_sweep import packing
+from sae_sweep import checkpoint, packing
 from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
 from sae_sweep.feed import stack_streams
 from sae_sweep.record import (
+    COMPLETED,
     CONFIG_FILE,
+    DIVERGED,
     FAILED,
     GROUND_TRUTH_FILE,
     INTERRUPTED,
     LATENTS_FILE,
     LOGGING_KEYS,
     METRICS_FILE,
+    PRUNED,
     SAE_CFG_FILE,
     SUMMARY_FILE,
     WEIGHTS_FILE,
     file_digest,
+    single_line,
     write_json_atomic,
 )
 from sae_sweep.sae import SAE
-from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink
+from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink, read_rows
 from sae_sweep.threads import single_run_threads
-from sae_sweep.train import EvalSet, MemberOutcome, StopFn, train
+from sae_sweep.train import EvalSet, MemberOutcome, MemberState, StopFn, check_member_state, train
+
+log = logging.getLogger(__name__)
 
 STREAM_SAE_INIT = 3
 RECORDED_FILES = (WEIGHTS_FILE, SAE_CFG_FILE, LATENTS_FILE, GROUND_TRUTH_FILE)
@@ -141,8 +154,11 @@ def _data_fields(cfg: RunConfig, data: ToyFeatures | ActivationShards) -> dict[s
     return {"n": cfg.data.n, "h": cfg.data.h, "data_seed": cfg.data.seed}
 
 
-def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.device, wall0: float) -> _Prepared:
-    """Write the run's config, build its SAE (seeded by the run seed) and open its sinks."""
+def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.device, wall0: float,
+             rows: list[dict[str, Any]] | None = None) -> _Prepared:
+    """Write the run's config, build its SAE (seeded by the run seed) and open its sinks.
+
+    ``rows``: the metrics rows of the run this one resumes (kept in metrics.jsonl, replayed to W&B)."""
     cfg, run_dir = job.cfg, Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_dict = dataclasses.asdict(cfg)
@@ -162,12 +178,14 @@ def _prepare(job: Job, data: ToyFeatures | ActivationShards, device: torch.devic
         "device": str(device), "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
-    prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / METRICS_FILE)], summary)
+    prepared = _Prepared(job, wall0, sae, [JsonlSink(run_dir / METRICS_FILE, keep=rows)], summary)
     if isinstance(data, ActivationShards) and (cfg.data.center or data.scale != 1.0):
         prepared.input_mean_N, prepared.input_scale = torch.from_numpy(data.mean_N), data.scale
     if cfg.logger.wandb.mode != "disabled":
         prepared.sinks.append(WandbSink(run_dir, cfg_dict, name=run_name, group=job.group, trial=job.trial))
         summary["wandb_run_id"] = prepared.sinks[-1].run.id
+        for row in rows or ():  # a resumed run's W&B run is a new one: it gets the history so far first
+            prepared.sinks[-1].log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
     if job.extra_sinks is not None:
         prepared.sinks.extend(job.extra_sinks())
     return prepared
@@ -208,6 +226,8 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
     # The digests let resume and the analysis tell a whole record from a damaged one (record.py).
     summary["files"] = {name: file_digest(run_dir / name) for name in RECORDED_FILES if (run_dir / name).is_file()}
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    if summary["status"] in (COMPLETED, DIVERGED, PRUNED) and not cfg.train.keep_checkpoint:
+        checkpoint.discard(run_dir)  # the run has ended: nothing to resume (interrupted or failed: kept)
     for sink in p.sinks:
         sink.finish(summary)
     return summary
@@ -258,18 +278,21 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
         torch.set_num_threads(threads)
     device = resolve_device(cfg.train.device)
     data, eval_set = _load_data(cfg, device)
+    seeds = sorted({batch_seed(j.cfg) for j in jobs})
+    stream = [seeds.index(batch_seed(j.cfg)) for j in jobs]
+    keys = [checkpoint.config_key(j.cfg) for j in jobs]
+    resumed = _resume(jobs, keys, data, seeds, stream)
+    streams = resumed[2] if resumed else [data.batches(cfg.train.batch_size, s) for s in seeds]
     prepared: list[_Prepared] = []
     outcomes: list[MemberOutcome | None] = [None] * len(jobs)
     error: BaseException | None = None
     try:
-        for j in jobs:  # one by one, so a failure still finishes the sinks already opened
-            prepared.append(_prepare(j, data, device, wall0))
+        for i, j in enumerate(jobs):  # one by one, so a failure still finishes the sinks already opened
+            prepared.append(_prepare(j, data, device, wall0, resumed[1][i] if resumed else None))
         setup_s = time.perf_counter() - wall0
         for p in prepared:
             p.setup_s = setup_s
         lanes = 1 if device.type != "cpu" else (cfg.train.lanes or torch.get_num_threads())
-        seeds = sorted({batch_seed(j.cfg) for j in jobs})
-        stream = [seeds.index(batch_seed(j.cfg)) for j in jobs]
         parts = packing.plan([j.cfg.dict_size for j in jobs], stream, cfg.data.n, cfg.train.batch_size, lanes,
                              device.type, cfg.train.stacked)
         packs = [SAE.stack([prepared[i].sae for i in part.members], pad=part.stacked) for part in parts]
@@ -280,11 +303,24 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
             hook = hooks[m]
             return hook is not None and hook(0, samples, row)
 
-        streams = [data.batches(cfg.train.batch_size, s) for s in seeds]
         batches = streams[0] if len(streams) == 1 else stack_streams(streams)
+
+        def on_checkpoint(step: int, states: list[MemberState]) -> None:
+            rng = torch.get_rng_state()
+            checkpoint.write_round([
+                (jobs[i].run_dir, {**st.tensors, "rng.torch": rng},
+                 {"key": keys[i], "step": step, "samples": step * cfg.train.batch_size, "member": st.info,
+                  "metrics_rows": prepared[i].sinks[0].rows, "stream": streams[stream[i]].position()})
+                for i, st in zip(order, states, strict=True)])
+
+        if resumed:
+            torch.set_rng_state(resumed[0][0].tensors["rng.torch"])
+            log.info(f"resuming from the checkpoint at sample {resumed[0][0].info['samples']}: "
+                     f"{', '.join(str(j.run_dir) for j in jobs)}")
         results = train(packs, [trainer_alpha(jobs[i].cfg) for i in order], batches, cfg.train, eval_set,
                         [prepared[i].sinks for i in order], should_stop, streams=[stream[i] for i in order],
-                        stacked=[part.stacked for part in parts])
+                        stacked=[part.stacked for part in parts], on_checkpoint=on_checkpoint,
+                        resume=[_member_state(resumed[0][i]) for i in order] if resumed else None)
         for m, i in enumerate(order):
             outcomes[i] = results[m]
     except Exception as exc:
@@ -295,6 +331,43 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
     if any(s["status"] == INTERRUPTED for s in summaries):
         raise KeyboardInterrupt
     return summaries
+
+
+def _member_state(ckpt: MemberState) -> MemberState:
+    """The trainer's part of a checkpoint (its tensors without the process's RNG, its member info)."""
+    return MemberState({k: v for k, v in ckpt.tensors.items() if k != "rng.torch"}, ckpt.info["member"])
+
+
+def _resume(jobs: list[Job], keys: list[str], data: ToyFeatures | ActivationShards, seeds: list[int],
+            stream: list[int]) -> tuple[list[MemberState], list[list[dict[str, Any]]], list[Any]] | None:
+    """What the pack continues from, when every job's run dir holds a whole checkpoint of its config at one
+    step: (each job's checkpoint as tensors and its whole state, each job's metrics rows so far, the batch
+    streams at that step). None: the pack starts over, and any checkpoint it left is removed, with one
+    log line naming the reason."""
+    found = checkpoint.load_round([j.run_dir for j in jobs], keys)
+    if found is None:
+        for j in jobs:
+            checkpoint.discard(j.run_dir)
+        return None
+    try:
+        ckpts = [MemberState(tensors, state) for tensors, state in found]
+        for j, c in zip(jobs, ckpts, strict=True):
+            check_member_state(MemberState(c.tensors, c.info["member"]), j.cfg.data.n, j.cfg.dict_size,
+                               j.cfg.sae.decoder_bias)
+            if c.info["member"]["step"] != c.info["step"] or c.tensors.get("rng.torch") is None:
+                raise ValueError(f"{j.run_dir}: checkpoint state inconsistent")
+        rows = [read_rows(j.run_dir / METRICS_FILE, int(c.info["metrics_rows"])) for j, c in zip(jobs, ckpts, strict=True)]
+        positions = {stream[i]: ckpts[i].info["stream"] for i in range(len(jobs))}
+        streams = [data.batches(jobs[0].cfg.train.batch_size, s, positions[k]) for k, s in enumerate(seeds)]
+        torch.Generator().set_state(ckpts[0].tensors["rng.torch"])  # a bad RNG state raises here, not later
+    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
+        log.warning(f"checkpoint ignored: {single_line(exc)}; the run starts over")
+        for j in jobs:
+            checkpoint.discard(j.run_dir)
+        return None
+    for j in jobs:
+        checkpoint.clean_temp(j.run_dir)
+    return ckpts, rows, streams
 
 
 def format_summary(summary: dict[str, Any], run_dir: Path | None = None) -> str:

@@ -49,17 +49,45 @@ def _logged_value(v: Any) -> Any:
     return float(v) if v in ("inf", "-inf") else v
 
 
-class JsonlSink:
-    """Appends one JSON object per evaluation to ``metrics.jsonl`` (flushed each line)."""
+def read_rows(path: Path, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows of a metrics.jsonl file; ValueError when it holds fewer whole rows."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if len(rows) == n:
+                break
+            if not line.endswith("\n"):
+                break  # a row cut short by a kill
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: row {len(rows) + 1} is not a JSON object")
+            rows.append(row)
+    if len(rows) < n:
+        raise ValueError(f"{path}: {len(rows)} whole rows, the checkpoint stands for {n}")
+    return rows
 
-    def __init__(self, path: Path):
+
+class JsonlSink:
+    """Appends one JSON object per evaluation to ``metrics.jsonl`` (flushed each line).
+
+    ``keep``: rows already logged by the run this one continues (a resumed run, checkpoint.py): the
+    file is cut back to them (rows logged after its checkpoint are logged again), else it starts empty."""
+
+    def __init__(self, path: Path, keep: list[dict[str, Any]] | None = None):
         self.path = path
-        self._f = open(path, "w", encoding="utf-8")
+        self.rows = 0  # rows in the file: what a checkpoint taken now stands for
+        if keep:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in keep), encoding="utf-8")
+            tmp.replace(path)
+            self.rows = len(keep)
+        self._f = open(path, "a" if keep else "w", encoding="utf-8")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         row = {"step": step, **{k: _json_safe(v) for k, v in metrics.items()}}
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        self.rows += 1
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._f.close()

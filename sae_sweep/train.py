@@ -55,6 +55,25 @@ class MemberOutcome:
     converged: bool = False  # the convergence rule held at the last evaluation (convergence.py)
 
 
+# on_checkpoint(step, states): every member's state after ``step`` steps (run.py writes them to disk).
+CheckpointFn = Callable[[int, list["MemberState"]], None]
+
+
+@dataclass
+class MemberState:
+    """One member's whole training state between two steps: what a checkpoint holds for it and what
+    ``train(resume=...)`` continues from, so that the run ends exactly as without the break.
+
+    ``tensors`` (CPU, the member's own J): ``param.<name>`` its parameters (stopped members:
+    ``stopped.<name>``, the weights it stopped with), ``adam.<key>.<name>`` Adam's state of each
+    parameter, ``conv_atoms`` the convergence rule's last atoms, ``latent_frequency`` / ``latent_mean``.
+    ``info`` (JSON): the step reached, the open loss window, the outcome so far, the rule's streak.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+
 @torch.no_grad()
 def eval_stats(sae: SAE, eval_set: EvalSet) -> list[metrics.CodeStats]:
     """Every member's CodeStats over the held-out set."""
@@ -249,6 +268,145 @@ class _State:
         self.window_mse, self.window_l1, self.window_steps, self.window_l1_steps = [0.0] * m, [0.0] * m, [0] * m, [0] * m
 
 
+def _drop_stopped(groups: Sequence[_Group], members: list[_Member], running: Sequence[bool]) -> None:
+    """Stopped members leave their stacked group (a retired group stays as it is)."""
+    for group in groups:
+        ks = [k for k, m in enumerate(group.member_ids) if running[m]]
+        if group.stacked and ks and len(ks) < group.sae.k:
+            for k, m in enumerate(group.member_ids):
+                if k not in ks:
+                    members[m].k = -1
+            group.keep(ks)
+            for k, m in enumerate(group.member_ids):
+                members[m].k = k
+
+
+def _tensors_of(sae: SAE, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{name}": t.detach().cpu().clone() for name, t in
+            (dict(sae.named_buffers()) | dict(sae.named_parameters())).items()}
+
+
+def _sae_from(tensors: dict[str, torch.Tensor], prefix: str, like: SAE, j: int) -> SAE:
+    """A single-member SAE of size ``j`` holding ``tensors[prefix.<name>]``."""
+    out = SAE(like.n, j, 1, decoder_bias=like.decoder_bias, device=like.W_dec_KJN.device)
+    with torch.no_grad():
+        for name, t in (dict(out.named_buffers()) | dict(out.named_parameters())).items():
+            src = tensors[f"{prefix}.{name}"]
+            if src.shape != t.shape:
+                raise ValueError(f"{prefix}.{name} has shape {list(src.shape)}, expected {list(t.shape)}")
+            t.copy_(src)
+    return out
+
+
+def check_member_state(st: MemberState, n: int, j: int, decoder_bias: bool) -> None:
+    """ValueError unless ``st`` is a whole state of a member of input dim n and size j (before any of it is used)."""
+    info, t = st.info, st.tensors
+    for key, kind in (("step", int), ("window_start", int), ("train_time", float), ("running", bool),
+                      ("status", str), ("message", str), ("samples", int), ("final", dict), ("converged", bool),
+                      ("window", list)):
+        if not isinstance(info.get(key), (int, float) if kind is float else kind):
+            raise ValueError(f"member state: {key} must be {kind.__name__}, got {info.get(key)!r}")
+    if len(info["window"]) != 4 or not 1 <= info["window_start"] <= info["step"] + 1:
+        raise ValueError(f"member state: bad loss window {info['window']} from step {info['window_start']}")
+    like = SAE(n, 1, 1, decoder_bias=decoder_bias)
+    prefix = "param" if info["running"] else "stopped"
+    sae = _sae_from(t, prefix, like, j) if f"{prefix}.W_dec_KJN" in t else None
+    if sae is None:
+        raise ValueError(f"member state: no {prefix}.* weights")
+    if info["running"]:
+        for name, p in sae.named_parameters():
+            moments = [k for k in t if k.startswith("adam.") and k.endswith(f".{name}") and t[k].dim() == p.dim()]
+            if not moments or any(t[k].shape != p.shape for k in moments):
+                raise ValueError(f"member state: Adam's moments of {name} missing or of the wrong shape")
+    conv = info.get("conv")
+    if conv is not None and (not isinstance(conv, dict) or "conv_atoms" not in t or t["conv_atoms"].shape != (j, n)):
+        raise ValueError("member state: the convergence rule's state is incomplete")
+    if ("latent_frequency" in t) != ("latent_mean" in t) or ("latent_frequency" in t and t["latent_frequency"].shape != (j,)):
+        raise ValueError("member state: latent statistics incomplete or of the wrong size")
+
+
+@torch.no_grad()
+def _snapshot(m: int, group: _Group, mem: _Member, state: _State, tracker: ConvergenceTracker,
+              pack: dict[str, Any]) -> MemberState:
+    """Member m's state now (between steps), copied to the CPU."""
+    out, tensors = state.outcomes[m], {}
+    if state.running[m]:
+        member = group.sae.member(mem.k)
+        tensors.update(_tensors_of(member, "param"))
+        params = dict(member.named_parameters())
+        for name, p in group.sae.named_parameters():
+            for key, v in group.opt.state.get(p, {}).items():
+                if v.shape == p.shape:  # a moment: the member's own slice, at its J
+                    moment = torch.zeros_like(params[name])
+                    copy_member_tensors_({name: moment}, {name: v}, [mem.k])
+                    tensors[f"adam.{key}.{name}"] = moment.cpu()
+                else:  # Adam's step count
+                    tensors[f"adam.{key}.{name}"] = v.detach().cpu().clone()
+    elif out.weights is not None:
+        tensors.update(_tensors_of(out.weights, "stopped"))
+    if out.latent_frequency_J is not None:
+        tensors["latent_frequency"], tensors["latent_mean"] = out.latent_frequency_J.clone(), out.latent_mean_J.clone()
+    prev = tracker.prev[m]
+    if prev is not None:
+        tensors["conv_atoms"] = prev[2].cpu().clone()
+    info = {**pack, "running": state.running[m], "status": out.status, "message": out.message,
+            "samples": out.samples, "final": out.final, "converged": out.converged,
+            "window": [state.window_mse[m], state.window_l1[m], state.window_steps[m], state.window_l1_steps[m]],
+            "conv": None if prev is None else {"samples": prev[0], "loss": prev[1], "streak": tracker.streak[m]},
+            "dict_size": group.sae.sizes_K[mem.k] if mem.k >= 0 else None}
+    return MemberState(tensors, info)
+
+
+@torch.no_grad()
+def _restore(resume: Sequence[MemberState], groups: list[_Group], members: list[_Member], state: _State,
+             tracker: ConvergenceTracker, like: Sequence[SAE]) -> None:
+    """Put every member back as ``resume`` had it: parameters and Adam's state into its group, its
+    outcome, loss window and convergence streak; stopped members leave their stacked groups as at the
+    evaluation that stopped them. Raises ValueError when a state does not fit the member."""
+    if len(resume) != len(members):
+        raise ValueError(f"{len(resume)} member states for {len(members)} members")
+    steps = {int(r.info["step"]) for r in resume}
+    if len(steps) != 1:
+        raise ValueError(f"member states of different steps {sorted(steps)}")
+    for m, (r, mem) in enumerate(zip(resume, members, strict=True)):
+        group, t, info = groups[mem.g], r.tensors, r.info
+        j = group.sae.sizes_K[mem.k]
+        out = state.outcomes[m]
+        out.status, out.message, out.samples = str(info["status"]), str(info["message"]), int(info["samples"])
+        out.final, out.converged = dict(info["final"]), bool(info["converged"])
+        if "latent_frequency" in t:
+            out.latent_frequency_J, out.latent_mean_J = t["latent_frequency"], t["latent_mean"]
+        state.running[m] = bool(info["running"])
+        mse, l1, n_steps, n_l1 = info["window"]
+        state.window_mse[m], state.window_l1[m] = float(mse), float(l1)
+        state.window_steps[m], state.window_l1_steps[m] = int(n_steps), int(n_l1)
+        conv = info["conv"]
+        if conv is not None:
+            tracker.prev[m] = (int(conv["samples"]), float(conv["loss"]), t["conv_atoms"].to(group.sae.W_dec_KJN.device))
+            tracker.streak[m] = int(conv["streak"])
+        if not state.running[m]:
+            out.weights = _sae_from(t, "stopped", like[mem.g], j)
+            continue
+        member = _sae_from(t, "param", like[mem.g], j)
+        dst = dict(group.sae.named_buffers()) | dict(group.sae.named_parameters())
+        copy_member_tensors_(dst, dict(member.named_buffers()) | dict(member.named_parameters()), [0], at=mem.k)
+        for name, p in group.sae.named_parameters():
+            keys = [key.split(".")[1] for key in t if key.startswith("adam.") and key.endswith(f".{name}")]
+            st = group.opt.state[p]
+            for key in keys:
+                v = t[f"adam.{key}.{name}"]
+                if v.dim() == p.dim():  # a moment
+                    if key not in st:
+                        st[key] = torch.zeros_like(p)
+                    copy_member_tensors_({name: st[key]}, {name: v.to(p.device)}, [0], at=mem.k)
+                else:
+                    st[key] = v.to(p.device if group.opt.defaults.get("fused") else "cpu").clone()
+    for g, group in enumerate(groups):
+        if not any(state.running[m] for m in group.member_ids):
+            state.queue.retire(g)
+    _drop_stopped(groups, members, state.running)
+
+
 def train(
     saes: SAE | Sequence[SAE],
     alpha_K: Sequence[float],
@@ -260,6 +418,8 @@ def train(
     *,
     streams: Sequence[int] | None = None,
     stacked: Sequence[bool] | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+    resume: Sequence[MemberState] | None = None,
 ) -> list[MemberOutcome]:
     """Train every member of ``saes`` for ``cfg.num_samples`` samples; one outcome per member.
 
@@ -287,6 +447,14 @@ def train(
     finite is marked diverged, one stopped by ``should_stop`` pruned; either keeps a copy of its
     weights at that moment (``MemberOutcome.weights``) and is no longer reported. Training stops when
     no member is running. Ctrl-C ends training and marks the running members interrupted.
+
+    Every ``cfg.checkpoint_every`` samples (rounded up to whole steps; before the last step) the
+    segment ends there and ``on_checkpoint(step, states)`` gets every member's :class:`MemberState`.
+    ``resume`` (one state per member, all of one step, e.g. read back from those checkpoints) continues
+    from that step: ``batches`` must then yield the batches after it. Nothing in a step depends on
+    which lane ran it or on what the step's buffers held, so the resumed run takes exactly the steps
+    the uninterrupted one would and ends with the same weights, bit for bit (on one device, thread
+    count and lane count; tests/test_checkpoint.py).
     """
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     members = _members(saes)
@@ -316,8 +484,17 @@ def train(
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
     state = _State(members, outcomes, groups, [float(a) for a in alpha_K], cfg.batch_size, queue)
-    feed = BatchFeed(batches, device, len(groups), on_draw=lambda: bar.update(cfg.batch_size))
-    train_time = 0.0
+    start, window_start, train_time = 0, 1, 0.0
+    if resume is not None:
+        _restore(resume, groups, members, state, tracker, saes)
+        info = resume[0].info
+        start, window_start, train_time = int(info["step"]), int(info["window_start"]), float(info["train_time"])
+        bar.update(start * cfg.batch_size)
+    feed = BatchFeed(batches, device, len(groups), on_draw=lambda: bar.update(cfg.batch_size), drawn=start)
+    for g, live in enumerate(queue.live):
+        if not live:  # retired before the checkpoint (all its members stopped): it never reads, so must not hold the others back
+            feed.leave(g)
+    ckpt_every = math.ceil(cfg.checkpoint_every / cfg.batch_size) if on_checkpoint and cfg.checkpoint_every else 0
 
     def in_lanes(fns: Sequence[Callable[[], Any]]) -> list[Any]:
         """Every fn(), spread over the lanes when there are several."""
@@ -335,16 +512,21 @@ def train(
         else:
             lane()
 
+    def checkpoint(step: int, window_start: int, train_time: float) -> None:
+        assert on_checkpoint is not None
+        pack = {"step": step, "window_start": window_start, "train_time": train_time}
+        on_checkpoint(step, [_snapshot(m, groups[mem.g], mem, state, tracker, pack) for m, mem in enumerate(members)])
+
     if pool is not None:
         torch.set_num_threads(1)  # one core per lane
     try:
-        first = 1
+        first = start + 1
         while first <= steps and any(state.running):
-            last = min(steps, ((first - 1) // every + 1) * every)  # the next evaluation step
+            eval_at = min(steps, ((first - 1) // every + 1) * every)  # the next evaluation step
+            last = min(eval_at, ((first - 1) // ckpt_every + 1) * ckpt_every) if ckpt_every else eval_at
             t0 = time.perf_counter()
-            window_start = first
-            if first == 1:  # step 1 in this thread: it builds each SAE's step buffers outside the lanes
-                segment(1, 1, window_start, concurrent=False)
+            if first == start + 1:  # this process's first step in this thread: it builds each SAE's step buffers outside the lanes
+                segment(first, first, window_start, concurrent=False)
                 first += 1
             if first <= last:
                 segment(first, last, window_start, concurrent=True)
@@ -353,6 +535,9 @@ def train(
             first = last + 1
             if not any(state.running):
                 break
+            if last < eval_at:  # a checkpoint inside the evaluation window
+                checkpoint(last, window_start, train_time)
+                continue
 
             live = [g for g, group in enumerate(groups) if any(state.running[m] for m in group.member_ids)]
             stats_G = dict(zip(live, in_lanes([functools.partial(eval_stats, groups[g].sae, eval_set) for g in live]),
@@ -382,20 +567,15 @@ def train(
                         state.stop(m, PRUNED, f"stopped at sample {samples}")
                     if state.running[m] and cfg.converge and outcomes[m].converged and last < steps:
                         state.stop(m, COMPLETED, f"converged at sample {samples}")
-            for group in groups:  # stopped members leave a stacked group (a retired group stays as it is)
-                ks = [k for k, m in enumerate(group.member_ids) if state.running[m]]
-                if group.stacked and ks and len(ks) < group.sae.k:
-                    for k, m in enumerate(group.member_ids):
-                        if k not in ks:
-                            members[m].k = -1
-                    group.keep(ks)
-                    for k, m in enumerate(group.member_ids):
-                        members[m].k = k
+            _drop_stopped(groups, members, state.running)
             state.reset_windows()
+            window_start = last + 1
             head = next((rows[m] for m in sorted(rows) if state.running[m]), next(iter(rows.values()), None))
             if head is not None:
                 bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
                                  **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
+            if ckpt_every and last % ckpt_every == 0 and last < steps and any(state.running):
+                checkpoint(last, window_start, train_time)
     except KeyboardInterrupt:
         feed.stop()
         queue.stop()

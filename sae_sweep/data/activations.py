@@ -106,29 +106,82 @@ class ActivationShards:
         step = self.cfg.chunk_rows
         return [(lo, min(lo + step, self.train_rows)) for lo in range(0, self.train_rows, step)]
 
-    def batches(self, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-        """Endless iterator of float32 (batch_size, n) training batches; the stream is fixed by ``seed``."""
-        chunks = self.chunks()
+    def batches(self, batch_size: int, seed: int, position: dict[str, Any] | None = None) -> ActivationStream:
+        """Endless iterator of float32 (batch_size, n) training batches; the stream is fixed by ``seed``.
+
+        ``position``: an :meth:`ActivationStream.position` of the same stream, to continue from there."""
+        return ActivationStream(self, batch_size, seed, position)
+
+
+class ActivationStream:
+    """The training stream of the module docstring, able to say where it is.
+
+    After any batch, what follows is fixed by (epoch, group of chunks, the generator's state before
+    that group's row permutation, rows of the group already taken): the rows carried over from the
+    previous group are always used up by then. :meth:`position` is that, as JSON; a stream built from
+    it re-reads the group, draws the same permutation and goes on from the same row.
+    """
+
+    def __init__(self, shards: ActivationShards, batch_size: int, seed: int, position: dict[str, Any] | None = None):
+        self.shards, self.batch_size, self.seed = shards, batch_size, seed
+        self._pos: dict[str, Any] | None = None
+        if position is not None:
+            ok = (position.get("kind") == "activations" and position.get("seed") == seed
+                  and position.get("batch_size") == batch_size and position.get("rows") == shards.train_rows)
+            if not ok:
+                raise ValueError(f"not a position of this activation stream (seed {seed}, batch {batch_size}, "
+                                 f"{shards.train_rows} training rows): {str(position)[:120]}")
+            np.random.default_rng().bit_generator.state = position["rng"]  # a bad state raises here
+        self._it = self._batches(position)
+
+    def __iter__(self) -> ActivationStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return next(self._it)
+
+    def position(self) -> dict[str, Any]:
+        """Where the stream stands (JSON), after the last batch drawn; None before the first."""
+        return self._pos  # type: ignore[return-value]
+
+    def _batches(self, resume: dict[str, Any] | None) -> Iterator[torch.Tensor]:
+        shards, batch_size, seed = self.shards, self.batch_size, self.seed
+        chunks = shards.chunks()
+        rows = shards._rows_RN
         # Rows stay in their stored dtype (float16: half the bytes) until a batch is cut; each batch is
         # gathered with torch's (parallel) index_select and only then converted, centred and scaled.
-        carry = torch.from_numpy(np.empty((0, self.n), dtype=self._rows_RN.dtype))
-        epoch = 0
+        carry = torch.from_numpy(np.empty((0, shards.n), dtype=rows.dtype))
+        epoch = 0 if resume is None else int(resume["epoch"])
         while True:
             rng = np.random.default_rng((seed, epoch))
             order = rng.permutation(len(chunks))
-            for g in range(0, len(order), self.cfg.shuffle_chunks):
-                group = [chunks[i] for i in order[g : g + self.cfg.shuffle_chunks]]
-                y_RN = torch.from_numpy(np.concatenate([self._rows_RN[lo:hi] for lo, hi in group]))
+            for gi, g in enumerate(range(0, len(order), shards.cfg.shuffle_chunks)):
+                if resume is not None:
+                    if gi < resume["group"]:
+                        continue
+                    rng.bit_generator.state = resume["rng"]
+                group = [chunks[i] for i in order[g : g + shards.cfg.shuffle_chunks]]
+                y_RN = torch.from_numpy(np.concatenate([rows[lo:hi] for lo, hi in group]))
+                before = rng.bit_generator.state
                 perm = torch.from_numpy(rng.permutation(y_RN.shape[0]))
                 start = 0
-                if carry.shape[0] > 0:
+                if resume is not None:  # the carried rows were used up before the position was taken
+                    start, resume = int(resume["start"]), None
+                elif carry.shape[0] > 0:
                     start = min(batch_size - carry.shape[0], perm.numel())
                     carry = torch.cat([carry, y_RN.index_select(0, perm[:start])])
                     if carry.shape[0] < batch_size:
                         continue
-                    yield self._finish(carry)
+                    self._pos = self._position(epoch, gi, before, start)
+                    yield shards._finish(carry)
                 while start + batch_size <= perm.numel():
-                    yield self._finish(y_RN.index_select(0, perm[start : start + batch_size]))
+                    batch = y_RN.index_select(0, perm[start : start + batch_size])
                     start += batch_size
+                    self._pos = self._position(epoch, gi, before, start)
+                    yield shards._finish(batch)
                 carry = y_RN.index_select(0, perm[start:])
             epoch += 1
+
+    def _position(self, epoch: int, group: int, rng_state: dict[str, Any], start: int) -> dict[str, Any]:
+        return {"kind": "activations", "seed": self.seed, "batch_size": self.batch_size,
+                "rows": self.shards.train_rows, "epoch": epoch, "group": group, "rng": rng_state, "start": start}

@@ -24,6 +24,7 @@ import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -293,8 +294,31 @@ class ToyFeatures:
             [self.sample(min(8192, self.cfg.eval_size - i), g) for i in range(0, self.cfg.eval_size, 8192)]
         )
 
-    def batches(self, batch_size: int, seed: int):
-        """Endless iterator of training batches; the stream is fixed by (data seed, run seed)."""
-        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, STREAM_TRAIN, seed))
-        while True:
-            yield self.sample(batch_size, g)
+    def batches(self, batch_size: int, seed: int, position: dict[str, Any] | None = None) -> ToyStream:
+        """Endless iterator of training batches; the stream is fixed by (data seed, run seed).
+
+        ``position``: a :meth:`ToyStream.position` of the same stream, to continue from there."""
+        return ToyStream(self, batch_size, derive_seed(self.cfg.seed, STREAM_TRAIN, seed), position)
+
+
+class ToyStream:
+    """A toy training stream that can say where it is: every batch is drawn from one generator, whose
+    state after a batch is the whole position (a checkpoint stores it; checkpoint.py)."""
+
+    def __init__(self, toy: ToyFeatures, batch_size: int, seed: int, position: dict[str, Any] | None = None):
+        self.toy, self.batch_size, self.seed = toy, batch_size, seed
+        self.g = torch.Generator().manual_seed(seed)
+        if position is not None:
+            if position.get("kind") != "toy" or position.get("seed") != seed:
+                raise ValueError(f"not a position of this toy stream (seed {seed}): {str(position)[:80]}")
+            self.g.set_state(torch.tensor(position["generator"], dtype=torch.uint8))
+
+    def __iter__(self) -> ToyStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return self.toy.sample(self.batch_size, self.g)
+
+    def position(self) -> dict[str, Any]:
+        """Where the stream stands (JSON): the next batch is the one after the last drawn."""
+        return {"kind": "toy", "seed": self.seed, "generator": self.g.get_state().tolist()}

@@ -1,0 +1,208 @@
+"""Checkpoints inside a run: one file per run dir, written atomically, read back only if it is whole.
+
+A checkpoint is one safetensors file (record.CHECKPOINT_FILE): the member's tensors (``train.MemberState``:
+weights, Adam's state, the convergence rule's atoms, latent statistics) and, in its header's metadata,
+one JSON object: the member's state, the batch stream's position, the torch RNG state, how many rows
+of metrics.jsonl it stands for, the run config's key and a SHA-256 of the tensors. One file, so one
+``os.replace`` makes it visible whole or not at all; no pickle anywhere (safetensors and JSON only).
+
+A pack writes a round (one checkpoint per member, same step) as: every member's new file to a temp
+file, then member by member the current checkpoint becomes the previous one
+(record.CHECKPOINT_PREVIOUS_FILE) and the temp file the current one. A kill inside a round leaves
+every member with the round before it, current or previous, so :func:`load_round` resumes the pack
+from the latest step every member has whole. Anything else (a damaged or truncated file, another
+config, a format this code does not read) is ignored with one log line per file: the run starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from sae_sweep.config import RunConfig
+from sae_sweep.record import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_PREVIOUS_FILE,
+    FAILED,
+    INTERRUPTED,
+    RESULT_NEUTRAL_KEYS,
+    SUMMARY_FILE,
+    RecordError,
+    read_json,
+    single_line,
+    tensor_header,
+)
+from sae_sweep.kill import kill_point  # os-only test hook (SAE_SWEEP_KILL_AT)
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # bump when the content changes: an older checkpoint is then ignored, never misread
+_META_KEY = "sae_sweep.checkpoint"
+
+
+def config_key(cfg: RunConfig) -> str:
+    """What the checkpoint must have been taken of: the run config without the fields that do not change
+    the result (record.RESULT_NEUTRAL_KEYS: naming, logging, scheduling, checkpointing)."""
+    tree = dataclasses.asdict(cfg)
+    for dotted in RESULT_NEUTRAL_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _tmp(run_dir: Path) -> Path:
+    return run_dir / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+
+
+def write_round(rounds: Sequence[tuple[Path, dict[str, torch.Tensor], dict[str, Any]]]) -> None:
+    """Write one checkpoint per (run dir, tensors, state) of a pack, all taken at one step (module doc).
+
+    Kill points (tests): ``checkpoint_writing`` halfway through a temp file, ``checkpoint_replacing``
+    between two members' replaces, ``checkpoint_written`` once the round is on disk."""
+    tmps = []
+    for run_dir, tensors, state in rounds:
+        tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        meta = {**state, "format": FORMAT, "digest": _digest(tensors), "host": socket.gethostname(), "pid": os.getpid()}
+        data = save(tensors, metadata={_META_KEY: json.dumps(meta)})
+        tmp = _tmp(run_dir)
+        with open(tmp, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            kill_point("checkpoint_writing")
+            fh.write(data[len(data) // 2 :])
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmps.append(tmp)
+    for i, ((run_dir, _, _), tmp) in enumerate(zip(rounds, tmps, strict=True)):
+        if i:
+            kill_point("checkpoint_replacing")
+        current = run_dir / CHECKPOINT_FILE
+        if current.exists():
+            current.replace(run_dir / CHECKPOINT_PREVIOUS_FILE)
+        tmp.replace(current)
+    kill_point("checkpoint_written")
+
+
+def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, state) of one checkpoint file; RecordError naming the file when it is not whole."""
+    tensor_header(path)  # truncated, padded or not safetensors at all: RecordError
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = (fh.metadata() or {}).get(_META_KEY)
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    except Exception as exc:  # safetensors raises its own error types for a damaged body
+        raise RecordError(path, f"not readable ({type(exc).__name__}: {single_line(exc)})") from None
+    try:
+        state = json.loads(meta) if meta is not None else None
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):
+        raise RecordError(path, "has no checkpoint state in its header")
+    if state.get("format") != FORMAT:
+        raise RecordError(path, f"checkpoint format {state.get('format')!r}, this version reads {FORMAT}")
+    if state.get("digest") != _digest(tensors):
+        raise RecordError(path, "damaged (its tensors' SHA-256 differs from the one written with them)")
+    return tensors, state
+
+
+def _candidates(run_dir: Path, key: str, quiet: bool = False) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """step -> (tensors, state) of the run dir's whole checkpoints of this config; one log line per bad one."""
+    out = {}
+    for name in (CHECKPOINT_FILE, CHECKPOINT_PREVIOUS_FILE):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            tensors, state = read(path)
+            if state.get("key") != key:
+                raise RecordError(path, f"taken of another config (key {state.get('key')}, this run's {key})")
+            step = state.get("step")
+            if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+                raise RecordError(path, f"step must be a positive integer, got {step!r}")
+        except RecordError as exc:
+            if not quiet:
+                log.warning(f"checkpoint ignored: {exc}")
+            continue
+        out.setdefault(step, (tensors, state))
+    return out
+
+
+def load_round(run_dirs: Sequence[Path], keys: Sequence[str]) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None:
+    """Every member's checkpoint of the latest step they all have whole (a pack resumes together), or None."""
+    found = [_candidates(Path(d), k) for d, k in zip(run_dirs, keys, strict=True)]
+    if not any(found):
+        return None
+    common = set.intersection(*(set(f) for f in found))
+    if not common:
+        steps = "; ".join(f"{d}: {sorted(f) or 'none'}" for d, f in zip(run_dirs, found, strict=True))
+        log.warning(f"checkpoint ignored: the pack's {len(found)} members have no step in common ({steps})")
+        return None
+    step = max(common)
+    return [f[step] for f in found]
+
+
+def find_resumable(runs_dir: Path, key: str, exclude: Path) -> Path | None:
+    """The newest run dir under ``runs_dir`` (other than ``exclude``) that holds a whole checkpoint of this
+    config, has not ended (no summary.json, or an interrupted or failed one) and whose writer is gone:
+    where a single run (whose run dir is named by its start time) killed earlier continues."""
+    if not Path(runs_dir).is_dir():
+        return None
+    for d in sorted(Path(runs_dir).iterdir(), reverse=True):
+        if d == exclude or not (d / CHECKPOINT_FILE).is_file() and not (d / CHECKPOINT_PREVIOUS_FILE).is_file():
+            continue
+        summary = read_json(d / SUMMARY_FILE)
+        if summary is not None and summary.get("status") not in (INTERRUPTED, FAILED):
+            continue
+        found = _candidates(d, key, quiet=True)
+        if found and not any(alive_elsewhere(state) for _, state in found.values()):
+            return d
+    return None
+
+
+def clean_temp(run_dir: Path) -> None:
+    """Remove temp files a killed checkpoint write left."""
+    for tmp in Path(run_dir).glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def discard(run_dir: Path) -> None:
+    """Remove the run dir's checkpoints and any temp file a killed write left."""
+    run_dir = Path(run_dir)
+    for name in (CHECKPOINT_FILE, CHECKPOINT_PREVIOUS_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    clean_temp(run_dir)
+
+
+def alive_elsewhere(state: dict[str, Any]) -> bool:
+    """The process that wrote a checkpoint still runs on this host (so its run dir is not free to take)."""
+    pid = state.get("pid")
+    if state.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
