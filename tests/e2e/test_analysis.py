@@ -13,13 +13,11 @@ import subprocess
 import sys
 
 import matplotlib.image as mpimg
-import numpy as np
 import pandas as pd
 import pytest
 
-from sae_sweep.analysis.report import match_cosines, with_reproduced
-from tests.sweep_helpers import cli_env, ok, run_sweep
-from tests.wandb_offline import read_wandb_offline_run
+from tests.helpers.sweep import cli_env, ok, run_sweep
+from tests.helpers.wandb_offline import read_wandb_offline_run
 
 GRID = ["experiment=quickstart", "dict_size=32,64,128", "alpha=0.3,1", "seed=0,1", "train.threads=1",
         "train.progress=false", "data.eval_size=2048", "train.num_samples=2000000",
@@ -184,43 +182,3 @@ def test_grid_without_weights__report_still_written_from_the_table(tmp_path):
     assert "agreement" not in group["figures"] and "alive_vs_dict_size" in group["figures"]
     assert by_signal["dictionary_agreement"]["value"] is None
     assert (sweep_dir / "report.md").exists()
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def test_with_reproduced__counts_alive_atoms_matched_by_another_seed_at_the_same_cell():
-    rng = np.random.default_rng(0)
-    shared = _unit(rng.standard_normal((3, 8)))
-    d = {  # run dir -> (atoms, firing frequency)
-        "a0": (np.vstack([shared, _unit(rng.standard_normal((2, 8)))]), np.array([0.1, 0.1, 0.0, 0.1, 0.1])),
-        "a1": (np.vstack([shared[::-1], _unit(rng.standard_normal((2, 8)))]), np.full(5, 0.1)),
-        "b0": (shared[:2], np.full(2, 0.1)),  # another alpha: no partner seed
-    }
-    cells = pd.DataFrame({"run_dir": ["a0", "a1", "b0", "nw"], "alpha": [0.1, 0.1, 1.0, 0.1],
-                          "dict_size": [5, 5, 2, 5], "seed": [0, 1, 0, 2]})
-    matches = match_cosines(cells, d, min_frequency=0.0)
-    out = with_reproduced(cells, matches, min_cos=0.99).set_index("run_dir")["reproduced"]
-    # a0: shared[2] never fires, so 2 of its atoms are reproduced; a1's copy of shared[2] finds no alive
-    # partner in a0; b0 has no other seed and "nw" saved no weights: unknown, not zero.
-    assert out["a0"] == 2 and out["a1"] == 2
-    assert np.isnan(out["b0"]) and np.isnan(out["nw"])
-    assert with_reproduced(cells, matches, min_cos=-1.0).set_index("run_dir").loc["a1", "reproduced"] == 5
-    # min_frequency decides which atoms take part on both sides: with a higher bar, a0's first atom drops out
-    d["a0"][1][0] = 0.05
-    assert with_reproduced(cells, match_cosines(cells, d, min_frequency=0.06), 0.99).set_index(
-        "run_dir").loc["a1", "reproduced"] == 1
-
-
-def test_with_reproduced__with_three_seeds_averages_over_the_other_two():
-    rng = np.random.default_rng(1)
-    shared = _unit(rng.standard_normal((4, 16)))
-    own = [_unit(rng.standard_normal((k, 16))) for k in (4, 4, 6)]  # atoms no other seed has
-    d = {"s0": (np.vstack([shared, own[0]]), np.full(8, 0.1)),  # s1 holds all four shared atoms, s2 two
-         "s1": (np.vstack([shared, own[1]]), np.full(8, 0.1)),
-         "s2": (np.vstack([shared[:2], own[2]]), np.full(8, 0.1))}
-    cells = pd.DataFrame({"run_dir": list(d), "alpha": 0.3, "dict_size": 8, "seed": [0, 1, 2]})
-    out = with_reproduced(cells, match_cosines(cells, d, 0.0), min_cos=0.99).set_index("run_dir")["reproduced"]
-    assert out["s0"] == (4 + 2) / 2  # a mean over pairs, not "found in any other seed" (which would be 4)
-    assert out["s1"] == (4 + 2) / 2 and out["s2"] == (2 + 2) / 2

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import SMOKE, run_cli
+from tests.helpers.cli import SMOKE, run_cli
 
 OPTUNA = ["-m", "hydra/sweeper=sae_optuna", "hydra.sweeper.n_trials=2", "alpha=interval(0.1,1)"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMOKE, run_cli
+from tests.helpers.cli import REPO, SMOKE, run_cli
 
 
 def _run_dirs(root: Path) -> list[Path]:

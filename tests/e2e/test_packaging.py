@@ -9,7 +9,7 @@ import subprocess
 import sys
 import zipfile
 
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 SOURCES = ("pyproject.toml", "README.md", "sae_sweep", "conf", "hydra_plugins")
 

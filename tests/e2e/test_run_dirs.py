@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.sweep_helpers import TINY, cli_env, ok, run_sweep, table
+from tests.helpers.sweep import TINY, cli_env, ok, run_sweep, table
 
 QUIET = ["logger.wandb.mode=disabled", "train.threads=1", "train.progress=false", "train.save_weights=false"]
 

@@ -1,11 +1,11 @@
-"""W&B details read back from the offline files with the real client: the analysis run, the upload, and
-the mirror of a run dir after kills (one whole run, equal to metrics.jsonl, however the attempts died)."""
+"""W&B details read back from the offline files with the real client: the upload, and the mirror of a run
+dir after kills (one whole run, equal to metrics.jsonl, however the attempts died).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from sae_sweep.record import METRICS_FILE, SUMMARY_FILE, run_dirs  # noqa: E402
 from sae_sweep.run import run  # noqa: E402
-from sae_sweep.sinks import analysis_run_id, log_report_run, offline_runs, repair_wandb_mirror  # noqa: E402
-from tests.conftest import REPO, build_cfg  # noqa: E402
-from tests.sweep_helpers import cli_env, killed_at, ok, run_sweep  # noqa: E402
-from tests.wandb_offline import read_wandb_offline_run  # noqa: E402
-
-WALL_CLOCK = ("_runtime", "_timestamp", "_wandb/runtime")  # W&B's own timings: the rewrite's, not the run's
+from sae_sweep.sinks import analysis_run_id, log_report_run, offline_runs  # noqa: E402
+from tests.helpers.build import build_cfg  # noqa: E402
+from tests.helpers.cli import REPO  # noqa: E402
+from tests.helpers.sweep import cli_env, killed_at, ok, run_sweep  # noqa: E402
+from tests.helpers.wandb_offline import read_wandb_offline_run  # noqa: E402
 
 
 def _figure(path: Path) -> Path:
@@ -32,19 +31,6 @@ def _figure(path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def test_log_report_run__a_second_analysis_of_a_sweep_resumes_its_one_run(tmp_path):
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    image = _figure(tmp_path / "fig.png")
-    for value in (48, 64):
-        log_report_run(run_dir=sweep, mode="offline", project="p", name="sweep/analysis", group="sweep",
-                       images={"all/fig": image}, summary={"all/consensus": value})
-    assert len(list(sweep.glob("wandb/offline-run-*"))) == 1  # the superseded local copy is gone
-    wb = read_wandb_offline_run(sweep)
-    assert wb["id"] == analysis_run_id(sweep) and wb["exit_code"] == 0
-    assert wb["summary"]["all/consensus"] == 64
 
 
 def test_upload__finds_every_offline_run_of_a_sweep_and_wandb_sync_takes_them(tmp_path):
@@ -77,29 +63,6 @@ def _as_metrics_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-
-
-def _without(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in keys}
-
-
-def test_repair_wandb_mirror__a_lost_mirror_is_written_again_as_the_run_wrote_it(tmp_path):
-    summary = run(build_cfg(wandb_mode="offline"), tmp_path, run_name="alpha=0.3", group="g1", trial=7)
-    before = read_wandb_offline_run(tmp_path)
-    assert not repair_wandb_mirror(tmp_path)  # a whole mirror is left alone
-    assert read_wandb_offline_run(tmp_path)["history"] == before["history"]
-
-    shutil.rmtree(tmp_path / "wandb")
-    assert repair_wandb_mirror(tmp_path)
-    after = read_wandb_offline_run(tmp_path)
-    for key in ("id", "name", "group", "tags", "exit_code", "config"):
-        assert after[key] == before[key], key
-    assert after["id"] == summary["wandb_run_id"] and after["exit_code"] == 0
-    assert [_without(r, WALL_CLOCK) for r in after["history"]] == [_without(r, WALL_CLOCK) for r in before["history"]]
-    assert _as_metrics_rows(after["history"]) == _metrics_rows(tmp_path)
-    assert math.isnan(after["history"][0]["loss_change"])  # metrics.jsonl's null is logged as the NaN it was
-    assert _without(after["summary"], WALL_CLOCK) == _without(before["summary"], WALL_CLOCK)
-    assert not repair_wandb_mirror(tmp_path)
 
 
 def test_grid_resume__a_cell_killed_twice_ends_with_one_whole_wandb_run_equal_to_its_metrics(tmp_path):

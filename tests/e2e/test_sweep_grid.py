@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.sweep_helpers import kill_group, ok, run_sweep, start_sweep, table
-from tests.wandb_offline import read_wandb_offline_run
+from tests.helpers.sweep import kill_group, ok, run_sweep, start_sweep, table
+from tests.helpers.wandb_offline import read_wandb_offline_run
 
 
 def test_grid__one_run_dir_per_cell_one_wandb_run_each_and_a_results_table(tmp_path: Path) -> None:

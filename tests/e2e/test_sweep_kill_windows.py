@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sae_sweep.sweep.storage import open_storage, storage_spec
-from tests.sweep_helpers import killed_at, ok, run_sweep, table
+from tests.helpers.sweep import killed_at, ok, run_sweep, table
 
 OPTUNA = ("hydra/sweeper=sae_optuna",)
 

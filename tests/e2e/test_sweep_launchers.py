@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.sweep_helpers import REPO, cli_env, free_port, ok, run_sweep, table
+from tests.helpers.sweep import REPO, cli_env, free_port, ok, run_sweep, table
 
 
 def test_submitit__a_grid_runs_through_submitit_and_a_failed_cell_does_not_stop_it(tmp_path: Path) -> None:

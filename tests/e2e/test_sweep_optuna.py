@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sae_sweep.sweep.storage import open_storage, storage_spec
-from tests.sweep_helpers import ok, run_sweep, table
-from tests.wandb_offline import read_wandb_offline_run
+from tests.helpers.sweep import ok, run_sweep, table
+from tests.helpers.wandb_offline import read_wandb_offline_run
 
 OPTUNA = ("hydra/sweeper=sae_optuna",)
 
@@ -101,7 +101,7 @@ def test_optuna__multi_objective_nsgaii_minimises_fvu_and_l0(tmp_path: Path) -> 
         assert t.values == pytest.approx([row["fvu"], row["l0"]])
 
 
-# (a journal file storage is covered by tests/test_sweep_workers.py)
+# (a journal file storage is covered by tests/e2e/test_sweep_workers.py)
 def test_optuna__an_rdb_url_storage_holds_the_named_study(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/studies/s.db"
     ok(run_sweep(tmp_path / "st", *OPTUNA, f"hydra.sweeper.storage='{url}'", "hydra.sweeper.study_name=mine",
@@ -125,7 +125,7 @@ def test_optuna__bad_sweeper_input_is_a_one_line_error(tmp_path: Path, bad: tupl
 def test_optuna_resume__a_sweeper_killed_mid_trial_reruns_that_point_and_completes_the_grid(tmp_path: Path) -> None:
     import time
 
-    from tests.sweep_helpers import kill_group, start_sweep
+    from tests.helpers.sweep import kill_group, start_sweep
 
     sweep = tmp_path / "killed"
     args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "train.num_samples=40000",

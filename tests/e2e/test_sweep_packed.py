@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sweep_helpers import ok, run_sweep, table
-from tests.wandb_offline import read_wandb_offline_run
+from tests.helpers.sweep import ok, run_sweep, table
+from tests.helpers.wandb_offline import read_wandb_offline_run
 
 PACKED = "hydra/launcher=packed"
 
@@ -38,7 +38,7 @@ def test_packed__a_grid_trains_as_one_pack_and_matches_the_same_grid_run_job_by_
 def test_packed__a_diverging_member_fails_alone(tmp_path: Path) -> None:
     sweep = tmp_path / "grid"
     # init_scale 1e30 makes that member's loss overflow at the first step. (A grid holding a bad cell,
-    # e.g. alpha=-1, is refused before any cell runs: tests/test_bad_inputs.py.)
+    # e.g. alpha=-1, is refused before any cell runs: tests/e2e/test_bad_inputs.py.)
     ok(run_sweep(sweep, PACKED, "alpha=0.3,0.1", "sae.init_scale=1,1e30"))
     df = table(sweep)
     status = {(float(r["alpha"]), float(r["sae.init_scale"])): r["status"] for _, r in df.iterrows()}

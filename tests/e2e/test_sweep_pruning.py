@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sae_sweep.sweep.storage import open_storage, storage_spec
-from tests.sweep_helpers import ok, run_sweep, table
+from tests.helpers.sweep import ok, run_sweep, table
 
 MEDIAN = ("hydra.sweeper.pruner=median", "+hydra.sweeper.pruner_kwargs.n_startup_trials=1",
           "+hydra.sweeper.pruner_kwargs.n_warmup_steps=0")
@@ -41,7 +41,7 @@ def test_pruning__hopeless_trials_stop_at_their_first_evaluation_in_process_and_
 
 
 def test_pruning__pruned_trials_finish_their_wandb_runs_as_pruned_with_the_trial_number(tmp_path: Path) -> None:
-    from tests.wandb_offline import read_wandb_offline_run
+    from tests.helpers.wandb_offline import read_wandb_offline_run
 
     sweep = tmp_path / "prune_wb"
     common = ("hydra/sweeper=sae_optuna", "train.num_samples=10000", "logger.wandb.mode=offline", *MEDIAN)

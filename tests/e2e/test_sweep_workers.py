@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from sae_sweep.sweep.storage import open_storage, storage_spec
 from sae_sweep.table import write_results_table
-from tests.sweep_helpers import PostgresServer, start_sweep
+from tests.helpers.sweep import PostgresServer, start_sweep
 
 N_TRIALS = 8
 
@@ -72,7 +72,7 @@ def test_workers__a_live_or_remote_sweepers_running_trial_is_left_alone_and_a_de
     import subprocess
 
     from sae_sweep.sweep.optuna_sweeper import HOST, _process_start
-    from tests.sweep_helpers import ok, run_sweep
+    from tests.helpers.sweep import ok, run_sweep
 
     def worker(pid: int) -> str:
         start = _process_start(pid)

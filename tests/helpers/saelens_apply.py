@@ -1,6 +1,6 @@
 """Runs in the SAELens environment (never the project's): load an exported dir, apply it to inputs.
 
-    python _saelens_apply.py SAE_DIR INPUTS OUT
+    python saelens_apply.py SAE_DIR INPUTS OUT
 
 INPUTS is a safetensors file with ``y`` (B, N); OUT gets ``codes`` (B, J) and ``recon`` (B, N) as
 SAELens computes them (``SAE.load_from_disk(SAE_DIR)``, ``encode``, ``decode``). Prints the version.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # A run of a few seconds on one thread (the suite runs two test workers on two cores).
 TINY = ["experiment=smoke", "dict_size=32", "data.n=16", "data.h=32", "data.mean_active=3",
         "train.num_samples=5000", "train.eval_every=2500", "train.batch_size=128", "data.eval_size=512",

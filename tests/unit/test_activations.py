@@ -1,23 +1,18 @@
-"""data=activations: a memory-mapped .npy file of real activations streamed into the trainer."""
+"""data=activations in process: a memory-mapped .npy file of real activations streamed into the trainer."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-import yaml
 
-from sae_sweep.config import ActivationsDataConfig, ConfigError, RunConfig, TrainConfig, trainer_alpha
+from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.run import run
-from tests.conftest import REPO, run_cli
 
 ROWS, N, EVAL = 5000, 16, 1000
 TRAIN = ROWS - EVAL
@@ -47,87 +42,6 @@ def _stream(src: ActivationShards, rows: int, batch_size: int, seed: int = 0) ->
     batches = list(islice(src.batches(batch_size, seed), -(-rows // batch_size)))
     assert all(b.shape == (batch_size, src.n) and b.dtype == torch.float32 for b in batches)
     return torch.cat(batches).numpy()[:rows]
-
-
-# --- config validation ---------------------------------------------------------------------------------
-
-
-def test_config__reads_n_from_the_file_and_stores_the_absolute_path(tmp_path, monkeypatch):
-    _save(tmp_path, _indexed_rows().astype(np.float16))
-    monkeypatch.chdir(tmp_path)
-    cfg = ActivationsDataConfig(path="acts.npy", eval_size=EVAL)
-    assert cfg.n == N and cfg.path == str(tmp_path / "acts.npy")
-    assert ActivationsDataConfig(path=cfg.path, n=N, eval_size=EVAL).n == N
-
-
-def _truncated(tmp_path: Path) -> Path:
-    path = _save(tmp_path, _indexed_rows(), "truncated.npy")
-    path.write_bytes(path.read_bytes()[:-1000])
-    return path
-
-
-def _bad_file(tmp_path: Path, kind: str) -> Path:
-    if kind == "truncated":
-        return _truncated(tmp_path)
-    if kind == "1-D":
-        return _save(tmp_path, np.zeros(ROWS, dtype=np.float32))
-    if kind == "int":
-        return _save(tmp_path, np.zeros((ROWS, N), dtype=np.int32))
-    path = tmp_path / "acts.npy"
-    if kind == "pickle":
-        np.save(path, np.array([[{"a": 1}, 2]], dtype=object), allow_pickle=True)
-    else:  # not an .npy file at all
-        path.write_text("hello")
-    return path
-
-
-BAD_FILES = {"truncated": "mmap length is greater than file size", "1-D": "shape (5000,)", "int": "dtype int32",
-             "pickle": "Python objects", "text": "no .npy header"}
-
-
-@pytest.mark.parametrize("kind", BAD_FILES)
-def test_config__unreadable_file_is_a_one_line_error(tmp_path, kind):
-    path, reason = _bad_file(tmp_path, kind), BAD_FILES[kind]
-    with pytest.raises(ConfigError) as err:
-        ActivationsDataConfig(path=str(path), eval_size=EVAL)
-    msg = str(err.value)
-    assert msg.startswith(f"data.path: {path} is not a readable 2-D float .npy file (") and reason in msg, msg
-    assert "\n" not in msg
-
-
-@pytest.mark.parametrize(
-    "kw, start",
-    [
-        ({"path": "missing.npy"}, "data.path must be an existing .npy file, got 'missing.npy'"),
-        ({"n": 8}, "data.n must be 0 (read from the file) or the file's width 16, got 8"),
-        ({"eval_size": ROWS}, "data.eval_size must be an integer in [1, 4999]"),
-        ({"eval_size": 0}, "data.eval_size must be an integer >= 1"),
-        ({"scale": "l2"}, "data.scale must be one of none, unit_norm, got 'l2'"),
-        ({"chunk_rows": 0}, "data.chunk_rows must be an integer >= 1"),
-        ({"shuffle_chunks": 0}, "data.shuffle_chunks must be an integer >= 1"),
-    ],
-)
-def test_config__bad_value_names_the_field(tmp_path, kw, start):
-    path = _save(tmp_path, _indexed_rows())
-    with pytest.raises(ConfigError) as err:
-        ActivationsDataConfig(**{"path": str(path), "eval_size": EVAL, **kw})
-    assert str(err.value).startswith(start), str(err.value)
-
-
-def test_config__sidecar_mean_of_the_wrong_length_is_an_error(tmp_path):
-    path = _save(tmp_path, _indexed_rows(), meta={"mean": [0.0] * (N - 1)})
-    with pytest.raises(ConfigError, match=r"data.path: the \"mean\" in .* must be a list of 16 finite numbers"):
-        ActivationsDataConfig(path=str(path), eval_size=EVAL)
-
-
-def test_run_config__accepts_activation_data_and_uses_its_width(tmp_path):
-    path = _save(tmp_path, _indexed_rows())
-    cfg = RunConfig(data=ActivationsDataConfig(path=str(path), eval_size=EVAL), dict_size=64, alpha=0.5,
-                    train=TrainConfig(num_samples=1000))
-    cfg.sae.l1_norm = "inputs"
-    assert trainer_alpha(cfg) == pytest.approx(0.5 * 64 / N)
-    with pytest.raises(ConfigError, match=r"^data must be a data config \(data=toy or data=activations\)"):
-        RunConfig(data={"kind": "activations"})
 
 
 # --- the stream ----------------------------------------------------------------------------------------
@@ -237,63 +151,3 @@ def test_run__in_process_writes_the_record_without_ground_truth(tmp_path):
     assert summary["status"] == "completed" and summary["h"] is None and summary["mmcs"] is None
     assert summary["n"] == N and summary["data_rows"] == 20_000 and summary["data_path"] == str(path)
     assert not (tmp_path / "run" / "ground_truth.safetensors").exists()
-
-
-def test_cli__trains_on_a_planted_activation_file(tmp_path):
-    path = _planted(tmp_path)
-    res = run_cli("data=activations", f"data.path={path}", "dict_size=32", "train.num_samples=20000",
-                  "train.eval_every=10000", "train.progress=false", "logger.wandb.mode=disabled",
-                  "data.eval_size=1024", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
-    assert res.returncode == 0, res.stderr
-    run_dir = tmp_path / "run"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    for key in ("mse", "fvu", "l0", "dead"):
-        assert summary[key] is not None, key
-    assert summary["mmcs"] is None and summary["h"] is None and summary["n"] == N
-    assert summary["data_path"] == str(path) and summary["data_rows"] == 20_000
-    assert summary["fvu"] < 0.5
-    assert not (run_dir / "ground_truth.safetensors").exists()
-    assert (run_dir / "latents.safetensors").exists() and (run_dir / "sae.safetensors").exists()
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and "mmcs" not in rows[-1]
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert cfg["data"]["kind"] == "activations" and cfg["data"]["n"] == N and cfg["data"]["path"] == str(path)
-
-
-@pytest.mark.parametrize("bad", ["truncated", "n_mismatch"])
-def test_cli__bad_activation_file_stops_with_one_line(tmp_path, bad):
-    if bad == "truncated":
-        args = [f"data.path={_truncated(tmp_path)}"]
-        start = "sae_sweep: error: data.path: "
-    else:
-        args = [f"data.path={_save(tmp_path, _indexed_rows())}", "data.n=8"]
-        start = "sae_sweep: error: data.n must be"
-    res = run_cli("data=activations", *args, "data.eval_size=100", "logger.wandb.mode=disabled",
-                  f"hydra.run.dir={tmp_path}/run", cwd=REPO)
-    assert res.returncode == 2, (res.returncode, res.stderr)
-    lines = [x for x in res.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith(start), res.stderr
-    assert "Traceback" not in res.stderr
-    assert not list(tmp_path.glob("**/metrics.jsonl")), "training must not start"
-
-
-def test_multirun__sweeps_an_activation_file_into_a_table_and_a_report_without_ground_truth(tmp_path):
-    """A grid over J on real-style data: one row per cell, and the analysis runs with no true h."""
-    from tests.sweep_helpers import cli_env, ok
-
-    path = _planted(tmp_path)
-    sweep_dir = tmp_path / "sweep"
-    proc = ok(subprocess.run(
-        [sys.executable, "-m", "sae_sweep", "-m", "data=activations", f"data.path={path}", "data.eval_size=1024",
-         "dict_size=8,16,32", "alpha=0.3", "train.num_samples=20000", "train.eval_every=10000",
-         "train.progress=false", "train.threads=1", "logger.wandb.mode=disabled", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300))
-    table = pd.read_parquet(sweep_dir / "runs.parquet")
-    assert sorted(table["dict_size"]) == [8, 16, 32] and set(table["status"]) == {"completed"}
-    assert table["mmcs"].isna().all() and table["fvu"].notna().all()
-    blob = json.loads((sweep_dir / "estimates.json").read_text())
-    (group,) = blob["groups"]
-    assert group["true_h"] is None and group["cells"] == 3
-    assert "agreement" in group["figures"] and "mmcs_heatmap" not in group["figures"]
-    assert "estimate h" in proc.stdout

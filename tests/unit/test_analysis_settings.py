@@ -8,7 +8,7 @@ import dataclasses
 import yaml
 
 from sae_sweep.analysis.settings import AnalysisSettings
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 
 def test_report_callback_yaml__lists_every_analysis_setting_at_its_default():

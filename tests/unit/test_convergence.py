@@ -10,7 +10,7 @@ import torch
 
 from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
 from sae_sweep.run import Job, run, run_packed
-from tests.conftest import build_cfg
+from tests.helpers.build import build_cfg
 
 RULE = ConvergenceRule(loss_rtol=0.01, drift=0.01, patience=2)
 

@@ -7,27 +7,12 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from sae_sweep.run import Job, pack_key, run, run_packed
 from sae_sweep.sae import SAE
-from tests.conftest import build_cfg
-from tests.wandb_offline import read_wandb_offline_run
-
-COMPARED = ("loss", "mse", "l1", "mmcs", "fvu", "l0", "dead")
-
-
-def _assert_same_run(packed_dir, solo_dir, packed: dict, solo: dict) -> None:
-    assert packed["status"] == solo["status"] == "completed"
-    for key in COMPARED:
-        assert packed[key] == pytest.approx(solo[key], rel=1e-4, abs=1e-6), key
-    a, b = load_file(str(packed_dir / "sae.safetensors")), load_file(str(solo_dir / "sae.safetensors"))
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
-    rows_p = [json.loads(x) for x in (packed_dir / "metrics.jsonl").read_text().splitlines()]
-    rows_s = [json.loads(x) for x in (solo_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["samples"] for r in rows_p] == [r["samples"] for r in rows_s]
-    assert [r["loss"] for r in rows_p] == pytest.approx([r["loss"] for r in rows_s], rel=1e-4)
+from tests.helpers.build import build_cfg
+from tests.helpers.packed import assert_same_run
+from tests.helpers.wandb_offline import read_wandb_offline_run
 
 
 def test_run_packed__members_differing_in_alpha_seed_and_dict_size_equal_their_solo_runs(tmp_path):
@@ -37,7 +22,7 @@ def test_run_packed__members_differing_in_alpha_seed_and_dict_size_equal_their_s
     packed = run_packed([Job(c, tmp_path / f"packed_{i}") for i, c in enumerate(cfgs)])
     for i, cfg in enumerate(cfgs):
         solo = run(cfg, tmp_path / f"solo_{i}")
-        _assert_same_run(tmp_path / f"packed_{i}", tmp_path / f"solo_{i}", packed[i], solo)
+        assert_same_run(tmp_path / f"packed_{i}", tmp_path / f"solo_{i}", packed[i], solo)
         assert packed[i]["dict_size"] == cfg.dict_size and packed[i]["seed"] == cfg.seed
     # The members really differ: different seeds and alphas give different dictionaries.
     assert packed[0]["loss"] != pytest.approx(packed[1]["loss"], rel=1e-3)
@@ -49,7 +34,7 @@ def test_run_packed__a_diverging_member_fails_alone(tmp_path):
     out = run_packed([Job(good, tmp_path / "good"), Job(bad, tmp_path / "bad")])
     assert out[0]["status"] == "completed" and out[1]["status"] == "diverged", out[1]
     solo = run(good, tmp_path / "solo")
-    _assert_same_run(tmp_path / "good", tmp_path / "solo", out[0], solo)
+    assert_same_run(tmp_path / "good", tmp_path / "solo", out[0], solo)
     assert json.loads((tmp_path / "bad" / "summary.json").read_text())["status"] == "diverged"
 
 
@@ -94,7 +79,7 @@ def test_run_packed__on_cuda_members_equal_their_solo_runs_and_the_cpu_result(tm
     packed = run_packed([Job(c, tmp_path / f"packed_{i}") for i, c in enumerate(cfgs)])
     for i, cfg in enumerate(cfgs):
         solo = run(cfg, tmp_path / f"solo_{i}")
-        _assert_same_run(tmp_path / f"packed_{i}", tmp_path / f"solo_{i}", packed[i], solo)
+        assert_same_run(tmp_path / f"packed_{i}", tmp_path / f"solo_{i}", packed[i], solo)
         cpu = run(build_cfg(alpha=cfg.alpha, dict_size=cfg.dict_size), tmp_path / f"cpu_{i}")
         assert packed[i]["device"].startswith("cuda")
         assert packed[i]["loss"] == pytest.approx(cpu["loss"], rel=1e-2)

@@ -13,8 +13,8 @@ from sae_sweep import packing
 from sae_sweep.run import Job, run, run_packed
 from sae_sweep.sae import SAE
 from sae_sweep.step import loss_and_grads, loss_and_grads_stacked
-from tests.conftest import build_cfg
-from tests.test_packed import _assert_same_run
+from tests.helpers.build import build_cfg
+from tests.helpers.packed import assert_same_run
 
 MIXED = [(0.1, 16, 0), (1.0, 24, 1), (0.3, 64, 0), (0.3, 16, 2), (1.0, 64, 1), (0.1, 48, 2)]  # (alpha, J, seed)
 
@@ -91,7 +91,7 @@ def test_run_packed__mixed_j_alpha_and_seed_in_one_padded_group_equal_their_solo
         solo_cfg = build_cfg(alpha=cfg.alpha, dict_size=cfg.dict_size, seed=cfg.seed,
                              train={"stacked": "never", "sparse_below": sparse_below})
         solo = run(solo_cfg, tmp_path / f"solo_{i}")
-        _assert_same_run(tmp_path / f"packed_{i}", tmp_path / f"solo_{i}", packed[i], solo)
+        assert_same_run(tmp_path / f"packed_{i}", tmp_path / f"solo_{i}", packed[i], solo)
         # No padded latent reaches a record: every file has the member's own J.
         d, j = tmp_path / f"packed_{i}", cfg.dict_size
         assert load_file(str(d / "sae.safetensors"))["W_dec"].shape == (16, j)
@@ -119,7 +119,7 @@ def test_run_packed__stopped_members_leave_the_stack_and_the_others_still_equal_
                              train={"stacked": "never", "num_samples": samples})
         solo = run(solo_cfg, tmp_path / f"s{i}")
         solo["status"] = packed[i]["status"] = "completed"
-        _assert_same_run(tmp_path / f"p{i}", tmp_path / f"s{i}", packed[i], solo)
+        assert_same_run(tmp_path / f"p{i}", tmp_path / f"s{i}", packed[i], solo)
 
 
 def test_run_packed__convergence_stops_each_padded_member_as_its_solo_run(tmp_path):
@@ -131,7 +131,7 @@ def test_run_packed__convergence_stops_each_padded_member_as_its_solo_run(tmp_pa
         solo = run(build_cfg(alpha=cfg.alpha, dict_size=cfg.dict_size, seed=cfg.seed,
                              train={**train, "stacked": "never"}), tmp_path / f"s{i}")
         assert (packed[i]["samples"], packed[i]["converged"]) == (solo["samples"], solo["converged"]), i
-        _assert_same_run(tmp_path / f"p{i}", tmp_path / f"s{i}", packed[i], solo)
+        assert_same_run(tmp_path / f"p{i}", tmp_path / f"s{i}", packed[i], solo)
 
 
 def test_plan__small_sizes_bucket_by_cost_large_ones_step_per_member_and_lanes_get_a_group_each():

@@ -9,9 +9,9 @@ import yaml
 from sae_sweep import record
 from sae_sweep.run import pack_key
 from sae_sweep.sweep.cells import IGNORED_KEYS
-from tests.conftest import build_cfg
+from tests.helpers.build import build_cfg
 
-CONFIG_YAML = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"
+CONFIG_YAML = Path(__file__).resolve().parents[2] / "conf" / "config.yaml"
 
 
 def test_config_yaml__run_dir_names_leave_out_exactly_record_dirname_excluded_keys():

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from sae_sweep.run import run
 from sae_sweep.sae import SAE
-from tests.conftest import build_cfg
-from tests.wandb_offline import read_wandb_offline_run
+from tests.helpers.build import build_cfg
+from tests.helpers.wandb_offline import read_wandb_offline_run
 
 
 def test_run__writes_the_complete_record(tmp_path):

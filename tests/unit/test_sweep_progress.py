@@ -1,14 +1,10 @@
-"""The sweep's progress line (sweep/progress.py): cells done / total, failures and an ETA, per launcher."""
+"""The sweep's progress line (sweep/progress.py): cells done / total, failures and an ETA."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import pytest
 
 from sae_sweep.sweep.progress import format_eta, progress_line, start_progress
-from tests.sweep_helpers import ok, run_sweep
 
 
 def test_progress_line__counts_records_written_since_the_start_and_extrapolates(tmp_path):
@@ -26,15 +22,6 @@ def test_progress_line__counts_records_written_since_the_start_and_extrapolates(
     assert progress_line(tmp_path, now=t0 + 10) == (
         f"{tmp_path.name}: 2/4 cells done (1 failed), 0:00:10 elapsed, ETA 0:00:10")
     assert format_eta(3725) == "1:02:05"
-
-
-@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
-                                      ("hydra/launcher=packed",)], ids=["basic", "joblib", "packed"])
-def test_multirun__prints_a_progress_line_per_finished_cell(tmp_path: Path, launcher: tuple[str, ...]) -> None:
-    proc = ok(run_sweep(tmp_path / "grid", *launcher, "alpha=0.1,0.2,0.3"))
-    lines = re.findall(r"\[progress\] grid: (\d)/3 cells done \((\d) failed\), [\d:]+ elapsed, ETA [\d:?]+",
-                       proc.stdout + proc.stderr)
-    assert sorted(lines) == [("1", "0"), ("2", "0"), ("3", "0")], proc.stderr[-3000:]
 
 
 def test_progress_line__jobs_that_finish_together_claim_consecutive_counts(tmp_path):
