@@ -38,7 +38,7 @@ from sae_sweep.sae import SAE
 SAELENS_DIR = "saelens"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"  # SAELens's own name (as is sae_sweep's SAE_CFG_FILE; the formats differ)
-SAELENS_FORMAT_VERSION = "6.54.12"  # the release the export is tested against (tests/test_saelens_export.py)
+SAELENS_FORMAT_VERSION = "6.54.12"  # the release the export is tested against (tests/e2e/test_saelens_export.py)
 
 
 class ExportError(RuntimeError):

@@ -62,7 +62,7 @@ CHECKPOINT_KEYS = ("train.checkpoint_every", "train.keep_checkpoint")
 # Left out of a cell's key (sweep/cells.py) and of the results table's config columns (table.py).
 RESULT_NEUTRAL_KEYS = LOGGING_KEYS + SCHEDULING_KEYS + CHECKPOINT_KEYS
 # Override keys left out of a run dir's name: Hydra's ``hydra.job.config.override_dirname.exclude_keys``
-# in conf/config.yaml, which must stay literal YAML (tests/test_record.py checks it equals this). The
+# in conf/config.yaml, which must stay literal YAML (tests/unit/test_record.py checks it equals this). The
 # result-neutral fields (of the logger only its mode: a W&B project or group set on the command line
 # names the dir), the recipe (``experiment``) and a data path (its slashes would nest run dirs).
 DIRNAME_EXCLUDED_KEYS = ("name", "experiment", "logger.wandb.mode",

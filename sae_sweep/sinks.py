@@ -10,7 +10,7 @@ is kept, as W&B keeps any finished run); a run killed after summary.json was wri
 W&B run finished is a finished cell that no attempt runs again, so a resumed sweep rewrites its mirror
 from the record (:func:`repair_wandb_mirror`). Telling a finished offline run from an unfinished one
 needs its records read from disk (:func:`read_wandb_records`): that much of the file format lives
-here for it; the tests' reader of a whole run (history, summary, config) is tests/wandb_offline.py.
+here for it; the tests' reader of a whole run (history, summary, config) is tests/helpers/wandb_offline.py.
 """
 
 from __future__ import annotations

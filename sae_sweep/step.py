@@ -23,7 +23,7 @@ wait), only ReLU, its mask and ``y - b_dec`` remain elementwise, the
 full reductions (L1, MSE) use torch's reduction kernels, and every (B, J) and (B, N) buffer is
 allocated once and reused across steps (fresh 64 MB tensors cost page faults on every step).
 
-The result equals autograd's through ``SAE.loss`` to float tolerance (tests/test_step.py).
+The result equals autograd's through ``SAE.loss`` to float tolerance (tests/unit/test_step.py).
 
 The sparse path
 ---------------
@@ -67,7 +67,7 @@ count costs a dense member: the "dense step, counted" case of benchmarks/bench_s
 With f = 0 nothing is counted and every member runs the dense path. The trainer passes
 ``TrainConfig.sparse_below``, or when that is null
 :func:`auto_sparse_below` (the measured crossover for its device and threads). Both paths give the
-same loss and gradients to float rounding (tests/test_sparse_step.py). The shares of the last call
+same loss and gradients to float rounding (tests/unit/test_sparse_step.py). The shares of the last call
 are kept for :func:`last_active_share`.
 
 Buffers

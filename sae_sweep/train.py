@@ -454,7 +454,7 @@ def train(
     from that step: ``batches`` must then yield the batches after it. Nothing in a step depends on
     which lane ran it or on what the step's buffers held, so the resumed run takes exactly the steps
     the uninterrupted one would and ends with the same weights, bit for bit (on one device, thread
-    count and lane count; tests/test_checkpoint.py).
+    count and lane count; tests/e2e/test_checkpoint.py).
     """
     saes = [saes] if isinstance(saes, SAE) else list(saes)
     members = _members(saes)

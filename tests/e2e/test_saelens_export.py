@@ -1,0 +1,112 @@
+"""The SAELens export against SAELens itself: what it computes from the export equals ours on raw inputs.
+
+The checks run SAELens's own client in its own environment, never the project's:
+    python -m venv ~/.cache/sae_sweep/saelens-venv && ~/.cache/sae_sweep/saelens-venv/bin/pip install torch sae-lens
+and SAE_SWEEP_SAELENS=1 (SAE_SWEEP_SAELENS_PYTHON names another interpreter); they skip otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig
+from sae_sweep.export import SAELENS_DIR, export_run
+from sae_sweep.run import run
+from sae_sweep.sae import SAE
+from tests.helpers.cli import REPO
+
+SAELENS_PYTHON = Path(os.environ.get("SAE_SWEEP_SAELENS_PYTHON",
+                                     Path.home() / ".cache/sae_sweep/saelens-venv/bin/python"))
+needs_saelens = pytest.mark.skipif(
+    os.environ.get("SAE_SWEEP_SAELENS") != "1" or not SAELENS_PYTHON.exists(),
+    reason="SAELens check: set SAE_SWEEP_SAELENS=1 with sae-lens in ~/.cache/sae_sweep/saelens-venv")
+
+
+def _random_sae(n: int, j: int, seed: int = 0) -> SAE:
+    """An SAE with asymmetric encoder and non-zero biases, so a wrong transpose or sign shows."""
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(n, j, generator=g)
+    with torch.no_grad():
+        sae.W_enc_KNJ.copy_(torch.randn(1, n, j, generator=g) / n ** 0.5)
+        sae.b_enc_KJ.copy_(0.1 * torch.randn(1, j, generator=g))
+        sae.b_dec_KN.copy_(0.5 * torch.randn(1, n, generator=g))
+    return sae
+
+
+def _ours(sae: SAE, y_BN: torch.Tensor, mean_N: torch.Tensor | None = None, scale: float = 1.0):
+    """Our codes and raw-space reconstructions of raw inputs y: normalise, apply, map back."""
+    mean_N = torch.zeros(y_BN.shape[1]) if mean_N is None else mean_N
+    with torch.no_grad():
+        z_KBN, c_KBJ = sae((y_BN - mean_N) / scale)
+    return c_KBJ[0], z_KBN[0] * scale + mean_N
+
+
+def _saelens(out: Path, y_BN: torch.Tensor, tmp_path: Path):
+    save_file({"y": y_BN.contiguous()}, str(tmp_path / "y.safetensors"))
+    res = subprocess.run([str(SAELENS_PYTHON), str(REPO / "tests" / "helpers" / "saelens_apply.py"), str(out),
+                          str(tmp_path / "y.safetensors"), str(tmp_path / "saelens_out.safetensors")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "StandardSAE" in res.stdout, res.stdout
+    t = load_file(str(tmp_path / "saelens_out.safetensors"))
+    return t["codes"], t["recon"]
+
+
+def _activation_file(tmp_path: Path, rows: int = 6000, n: int = 12) -> Path:
+    """Planted sparse activations far from the origin and far from unit scale, so both folds matter."""
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(24, n))
+    codes = rng.uniform(0, 1, (rows, 24)) * (rng.uniform(size=(rows, 24)) < 0.15)
+    y = 7.0 * codes @ atoms + rng.normal(3.0, 1.0, size=n)
+    path = tmp_path / "acts.npy"
+    np.save(path, y.astype(np.float32))
+    return path
+
+
+def _activation_run(tmp_path: Path, dict_size: int, scale: str = "unit_norm") -> tuple[Path, RunConfig]:
+    cfg = RunConfig(data=ActivationsDataConfig(path=str(_activation_file(tmp_path)), eval_size=512,
+                                               chunk_rows=2048, center=True, scale=scale),
+                    dict_size=dict_size, alpha=0.05, name="test",
+                    train=TrainConfig(batch_size=128, num_samples=4000, eval_every=4000, progress=False))
+    cfg.logger.wandb.mode = "disabled"
+    run_dir = tmp_path / "run"
+    assert run(cfg, run_dir)["status"] == "completed"
+    return run_dir, cfg
+
+
+def _raw_and_map(run_dir: Path, cfg: RunConfig):
+    from sae_sweep.data.activations import ActivationShards
+
+    shards = ActivationShards(cfg.data)
+    y_raw = torch.from_numpy(np.load(cfg.data.path)[-64:].astype(np.float32))
+    return y_raw, torch.from_numpy(shards.mean_N), shards.scale
+
+
+# --- with SAELens itself, in its own environment ---------------------------------------------------------
+
+@needs_saelens
+@pytest.mark.parametrize("n, j", [(12, 40), (12, 12)])  # square J = n: only the names tell W_enc from W_dec
+def test_saelens__loads_the_export_and_matches_our_codes_and_reconstructions(tmp_path, n, j):
+    sae = _random_sae(n, j)
+    sae.save(tmp_path / "old")
+    out = export_run(tmp_path / "old", tmp_path / "out")
+    y = torch.randn(32, n, generator=torch.Generator().manual_seed(1)) + 0.5
+    c_ours, z_ours = _ours(sae, y)
+    c, z = _saelens(out, y, tmp_path)
+    assert (c_ours > 0).any() and torch.allclose(c, c_ours, atol=1e-5) and torch.allclose(z, z_ours, atol=1e-5)
+
+
+@needs_saelens
+def test_saelens__a_run_on_normalised_activations_reconstructs_raw_rows_as_we_do(tmp_path):
+    run_dir, cfg = _activation_run(tmp_path, dict_size=12)  # square as well
+    y_raw, mean_N, s = _raw_and_map(run_dir, cfg)
+    c_ours, z_ours = _ours(SAE.load(run_dir), y_raw, mean_N, s)
+    c, z = _saelens(run_dir / SAELENS_DIR, y_raw, tmp_path)
+    assert torch.allclose(c, c_ours, atol=1e-4) and torch.allclose(z, z_ours, atol=1e-3 * z_ours.abs().max())

@@ -1,0 +1,137 @@
+"""hydra/sweeper=sae_optuna killed at exact lines (SAE_SWEEP_KILL_AT, sae_sweep/kill.py), then re-run.
+
+Each test runs the real CLI in a subprocess on a real SQLite study, lets it die at a named point
+as ``kill -9`` would (no cleanup), re-runs the same command and reads the study and the table back:
+nothing is lost, nothing is trained twice, no trial is left running.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sae_sweep.sweep.storage import open_storage, storage_spec
+from tests.helpers.sweep import killed_at, ok, run_sweep, table
+
+OPTUNA = ("hydra/sweeper=sae_optuna",)
+
+
+pytestmark = pytest.mark.slow  # minutes of real CLI runs: pytest -n 2 -m slow
+
+
+def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(storage_spec(None, sweep_dir))
+    return optuna.load_study(study_name="smoke", storage=storage).get_trials()
+
+
+def states(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    return [t.state.name for t in trials]
+
+
+def test_kill_after_ask__the_rerun_reclaims_the_new_trial_and_ends_with_n_trials_complete(tmp_path: Path) -> None:
+    sweep = tmp_path / "asked"
+    args = (*OPTUNA, "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0", "hydra.sweeper.n_trials=2",
+            "alpha=interval(0.05,0.5)")
+    killed_at("asked:2", sweep, *args)  # trial 1 was just created in the study, nothing else happened
+    assert states(trials_of(sweep)) == ["COMPLETE", "RUNNING"]
+
+    ok(run_sweep(sweep, *args))
+    trials = trials_of(sweep)
+    assert states(trials) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["orphaned"] and trials[2].user_attrs["retry_of"] == 1
+    df = table(sweep)
+    assert sorted(df["trial"]) == [0, 2] and set(df["status"]) == {"completed"}
+
+
+def test_kill_in_the_last_trial__its_retry_runs_also_after_a_kill_before_the_retry_exists(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1,0.3)")
+    killed_at("job_started:2", sweep, *args)  # the grid's last point dies while training
+    killed_at("requeued", sweep, *args)  # the re-run dies right after failing it, before a retry exists
+    assert states(trials_of(sweep)) == ["COMPLETE", "FAIL"]
+
+    ok(run_sweep(sweep, *args))
+    trials = trials_of(sweep)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sorted(t.params["alpha"] for t in trials if t.state == TrialState.COMPLETE) == [0.1, 0.3]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == 1]  # trial 1's point, run by its retry
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[1].params
+    df = table(sweep)  # the killed attempt and its retry are one cell: one row, the completed one
+    assert sorted(df["alpha"]) == [0.1, 0.3] and set(df["status"]) == {"completed"}
+
+
+def test_kill_in_the_last_trial__a_waiting_retry_is_not_counted_and_runs(tmp_path: Path) -> None:
+    sweep = tmp_path / "random"
+    args = (*OPTUNA, "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0", "hydra.sweeper.n_trials=2",
+            "alpha=interval(0.05,0.5)")
+    killed_at("job_started:2", sweep, *args)
+    # A trial queued by hand (as an earlier sweeper left its retries) is run, not counted as existing.
+    study = optuna.load_study(study_name="smoke", storage=open_storage(storage_spec(None, sweep)))
+    study.enqueue_trial({"alpha": 0.2})
+
+    ok(run_sweep(sweep, *args, "hydra.sweeper.n_trials=3"))
+    trials = trials_of(sweep)
+    assert states(trials) == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["orphaned"] and trials[2].user_attrs["queued"]
+    assert {t.user_attrs["retry_of"] for t in trials[3:]} == {1, 2}
+    assert 0.2 in [t.params["alpha"] for t in trials[3:]]
+    assert sorted(table(sweep)["trial"]) == [0, 3, 4]
+
+
+def test_kill_between_summary_and_tell__the_rerun_tells_the_finished_result_without_retraining(
+        tmp_path: Path) -> None:
+    sweep = tmp_path / "tell"
+    args = (*OPTUNA, "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0", "hydra.sweeper.n_trials=2",
+            "alpha=interval(0.05,0.5)")
+    killed_at("before_tell:2", sweep, *args)
+    summary_path = sweep / "trial_00001" / "summary.json"
+    summary, mtime = json.loads(summary_path.read_text()), summary_path.stat().st_mtime_ns
+    assert summary["status"] == "completed" and states(trials_of(sweep)) == ["COMPLETE", "RUNNING"]
+
+    proc = ok(run_sweep(sweep, *args))
+    assert "Launching" not in proc.stdout + proc.stderr  # nothing trained again
+    assert summary_path.stat().st_mtime_ns == mtime
+    trials = trials_of(sweep)
+    assert states(trials) == ["COMPLETE", "COMPLETE"]
+    assert trials[1].value == pytest.approx(summary["mmcs"]) and trials[1].user_attrs["recovered"]
+    df = table(sweep)
+    assert list(df["trial"]) == [0, 1] and list(df["mmcs"]) == pytest.approx([t.value for t in trials])
+
+
+def test_trials_that_repeat_parameters__each_keep_their_own_row(tmp_path: Path) -> None:
+    sweep = tmp_path / "repeat"
+    ok(run_sweep(sweep, *OPTUNA, "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0",
+                 "hydra.sweeper.n_trials=3", "alpha=choice(0.1,0.3)"))  # three draws of two values: a repeat
+    trials = trials_of(sweep)
+    assert states(trials) == ["COMPLETE"] * 3 and len({t.params["alpha"] for t in trials}) < 3
+    df = table(sweep)
+    assert list(df["trial"]) == [0, 1, 2] and df["cell_key"].nunique() == 3
+    assert list(df["alpha"]) == [t.params["alpha"] for t in trials]
+
+
+@pytest.mark.parametrize("age_s, reclaimed", [(10_000.0, True), (5.0, False)])
+def test_kill_on_another_host__a_stale_heartbeat_is_reclaimed_and_a_fresh_one_left_alone(
+        tmp_path: Path, age_s: float, reclaimed: bool) -> None:
+    import time
+
+    sweep = tmp_path / "hosts"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1)")
+    killed_at("job_started", sweep, *args)  # the only trial dies while training
+    (running,) = trials_of(sweep)
+    assert running.state == TrialState.RUNNING and running.user_attrs["heartbeat"] > 0  # stamped on launch
+    # As if its sweeper had run on another machine (no pid to check here), last seen age_s ago.
+    storage = open_storage(storage_spec(None, sweep))
+    storage.set_trial_user_attr(running._trial_id, "worker", "elsewhere.example:4242:1")
+    storage.set_trial_user_attr(running._trial_id, "heartbeat", time.time() - age_s)
+
+    ok(run_sweep(sweep, *args, "hydra.sweeper.stale_after_s=600"))
+    trials = trials_of(sweep)
+    if reclaimed:
+        assert states(trials) == ["FAIL", "COMPLETE"] and trials[0].user_attrs["orphaned"]
+        assert trials[1].user_attrs["retry_of"] == 0 and set(table(sweep)["status"]) == {"completed"}
+    else:  # a live sweeper elsewhere still owns it: the grid point is taken, nothing runs
+        assert states(trials) == ["RUNNING"]

@@ -1,0 +1,131 @@
+"""The SAELens export (sae_sweep/export.py): codes and reconstructions by SAELens's documented formula
+equal ours on raw inputs (the fold checked without SAELens; tests/e2e/test_saelens_export.py runs SAELens).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig
+from sae_sweep.export import SAELENS_CFG, SAELENS_DIR, SAELENS_WEIGHTS, export_run, main
+from sae_sweep.run import run
+from sae_sweep.sae import SAE
+from tests.helpers.build import build_cfg
+
+
+def _random_sae(n: int, j: int, seed: int = 0) -> SAE:
+    """An SAE with asymmetric encoder and non-zero biases, so a wrong transpose or sign shows."""
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(n, j, generator=g)
+    with torch.no_grad():
+        sae.W_enc_KNJ.copy_(torch.randn(1, n, j, generator=g) / n ** 0.5)
+        sae.b_enc_KJ.copy_(0.1 * torch.randn(1, j, generator=g))
+        sae.b_dec_KN.copy_(0.5 * torch.randn(1, n, generator=g))
+    return sae
+
+
+def _ours(sae: SAE, y_BN: torch.Tensor, mean_N: torch.Tensor | None = None, scale: float = 1.0):
+    """Our codes and raw-space reconstructions of raw inputs y: normalise, apply, map back."""
+    mean_N = torch.zeros(y_BN.shape[1]) if mean_N is None else mean_N
+    with torch.no_grad():
+        z_KBN, c_KBJ = sae((y_BN - mean_N) / scale)
+    return c_KBJ[0], z_KBN[0] * scale + mean_N
+
+
+def _saelens_formula(out: Path, y_BN: torch.Tensor):
+    """SAELens's standard forward with apply_b_dec_to_input, written out from its documented layout."""
+    t = load_file(str(out / SAELENS_WEIGHTS))
+    c = torch.relu((y_BN - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    return c, c @ t["W_dec"] + t["b_dec"]
+
+
+def _activation_file(tmp_path: Path, rows: int = 6000, n: int = 12) -> Path:
+    """Planted sparse activations far from the origin and far from unit scale, so both folds matter."""
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(24, n))
+    codes = rng.uniform(0, 1, (rows, 24)) * (rng.uniform(size=(rows, 24)) < 0.15)
+    y = 7.0 * codes @ atoms + rng.normal(3.0, 1.0, size=n)
+    path = tmp_path / "acts.npy"
+    np.save(path, y.astype(np.float32))
+    return path
+
+
+def _activation_run(tmp_path: Path, dict_size: int, scale: str = "unit_norm") -> tuple[Path, RunConfig]:
+    cfg = RunConfig(data=ActivationsDataConfig(path=str(_activation_file(tmp_path)), eval_size=512,
+                                               chunk_rows=2048, center=True, scale=scale),
+                    dict_size=dict_size, alpha=0.05, name="test",
+                    train=TrainConfig(batch_size=128, num_samples=4000, eval_every=4000, progress=False))
+    cfg.logger.wandb.mode = "disabled"
+    run_dir = tmp_path / "run"
+    assert run(cfg, run_dir)["status"] == "completed"
+    return run_dir, cfg
+
+
+def _raw_and_map(run_dir: Path, cfg: RunConfig):
+    from sae_sweep.data.activations import ActivationShards
+
+    shards = ActivationShards(cfg.data)
+    y_raw = torch.from_numpy(np.load(cfg.data.path)[-64:].astype(np.float32))
+    return y_raw, torch.from_numpy(shards.mean_N), shards.scale
+
+
+# --- without SAELens: the files and the fold ------------------------------------------------------------
+
+def test_load__accepts_a_str_path(tmp_path):
+    sae = _random_sae(8, 16)
+    sae.save(str(tmp_path))
+    assert torch.equal(SAE.load(str(tmp_path)).W_enc_KNJ, sae.W_enc_KNJ)
+
+
+def test_run__writes_a_saelens_dir_beside_our_own_files_which_still_load(tmp_path):
+    run_dir = tmp_path / "run"
+    run(build_cfg(), run_dir)
+    cfg = json.loads((run_dir / SAELENS_DIR / SAELENS_CFG).read_text())
+    assert cfg["d_in"] == 16 and cfg["d_sae"] == 64 and cfg["architecture"] == "standard"
+    assert cfg["dtype"] == "float32" and cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
+    assert int(cfg["metadata"]["sae_lens_version"].split(".")[0]) >= 6
+    t = load_file(str(run_dir / SAELENS_DIR / SAELENS_WEIGHTS))
+    assert t["W_enc"].shape == (16, 64) and t["W_dec"].shape == (64, 16)
+    ours = SAE.load(run_dir)  # our cfg.json and sae.safetensors are untouched
+    assert ours.n == 16 and ours.dict_size == 64
+
+
+@pytest.mark.parametrize("n, j", [(12, 40), (12, 12)])
+def test_export__old_run_dir_gives_our_codes_and_reconstructions_by_saelens_formula(tmp_path, n, j):
+    sae = _random_sae(n, j)
+    sae.save(tmp_path / "old")  # a run dir from before the export: no saelens/
+    out = export_run(tmp_path / "old", tmp_path / "out")
+    y = torch.randn(32, n, generator=torch.Generator().manual_seed(1)) + 0.5
+    c_ours, z_ours = _ours(sae, y)
+    c, z = _saelens_formula(out, y)
+    assert torch.allclose(c, c_ours, atol=1e-5) and torch.allclose(z, z_ours, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", ["unit_norm", "none"])
+def test_export__normalised_activations_are_folded_so_the_export_acts_on_raw_rows(tmp_path, scale):
+    run_dir, cfg = _activation_run(tmp_path, dict_size=20, scale=scale)
+    y_raw, mean_N, s = _raw_and_map(run_dir, cfg)
+    assert mean_N.abs().max() > 1.0 and (scale == "none" or abs(s - 1.0) > 0.5)
+    c_ours, z_ours = _ours(SAE.load(run_dir), y_raw, mean_N, s)
+    written = _saelens_formula(run_dir / SAELENS_DIR, y_raw)
+    shutil.rmtree(run_dir / SAELENS_DIR)  # as in a run dir from before the export: rebuilt from the data file
+    rebuilt = _saelens_formula(export_run(run_dir, tmp_path / "out"), y_raw)
+    for c, z in (written, rebuilt):
+        assert torch.allclose(c, c_ours, atol=1e-4) and torch.allclose(z, z_ours, atol=1e-3 * z_ours.abs().max())
+
+
+def test_export_cli__writes_the_dir_and_says_how_to_load_it(tmp_path, capsys):
+    _random_sae(6, 10).save(tmp_path / "old")
+    main([str(tmp_path / "old"), str(tmp_path / "out")])
+    assert "load_from_disk" in capsys.readouterr().out
+    assert (tmp_path / "out" / SAELENS_CFG).is_file() and (tmp_path / "out" / SAELENS_WEIGHTS).is_file()
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "nothing"), str(tmp_path / "out2")])
+    assert exc.value.code == 2
