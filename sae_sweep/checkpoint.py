@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from sae_sweep.config import RunConfig
+from sae_sweep.kill import kill_point  # os-only test hook (SAE_SWEEP_KILL_AT)
 from sae_sweep.record import (
     CHECKPOINT_FILE,
     CHECKPOINT_PREVIOUS_FILE,
@@ -43,7 +44,6 @@ from sae_sweep.record import (
     single_line,
     tensor_header,
 )
-from sae_sweep.kill import kill_point  # os-only test hook (SAE_SWEEP_KILL_AT)
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the content changes: an older checkpoint is then ignored, never misread

@@ -12,31 +12,17 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.helpers.activation_files import indexed_rows, save_rows
 from tests.helpers.cli import REPO, run_cli
 
 ROWS, N, EVAL = 5000, 16, 1000
-
-
-def _indexed_rows(rows: int = ROWS, n: int = N, seed: int = 0) -> np.ndarray:
-    """float32 rows whose coordinate 0 is the row index, the rest random."""
-    y = np.random.default_rng(seed).standard_normal((rows, n)).astype(np.float32)
-    y[:, 0] = np.arange(rows)
-    return y
-
-
-def _save(tmp_path: Path, y: np.ndarray, name: str = "acts.npy", meta: dict | None = None) -> Path:
-    path = tmp_path / name
-    np.save(path, y)
-    if meta is not None:
-        Path(f"{path}.json").write_text(json.dumps(meta))
-    return path
 
 
 # --- config validation ---------------------------------------------------------------------------------
 
 
 def _truncated(tmp_path: Path) -> Path:
-    path = _save(tmp_path, _indexed_rows(), "truncated.npy")
+    path = save_rows(tmp_path, indexed_rows(), "truncated.npy")
     path.write_bytes(path.read_bytes()[:-1000])
     return path
 
@@ -50,7 +36,7 @@ def _planted(tmp_path: Path, rows: int = 20_000, n: int = N, h: int = 24) -> Pat
     features = rng.standard_normal((h, n))
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     codes = rng.uniform(0.0, 1.0, (rows, h)) * (rng.uniform(size=(rows, h)) < 3.0 / h)
-    return _save(tmp_path, (codes @ features).astype(np.float16), "planted.npy",
+    return save_rows(tmp_path, (codes @ features).astype(np.float16), "planted.npy",
                  meta={"model": "planted", "layer": 0})
 
 
@@ -82,7 +68,7 @@ def test_cli__bad_activation_file_stops_with_one_line(tmp_path, bad):
         args = [f"data.path={_truncated(tmp_path)}"]
         start = "sae_sweep: error: data.path: "
     else:
-        args = [f"data.path={_save(tmp_path, _indexed_rows())}", "data.n=8"]
+        args = [f"data.path={save_rows(tmp_path, indexed_rows())}", "data.n=8"]
         start = "sae_sweep: error: data.n must be"
     res = run_cli("data=activations", *args, "data.eval_size=100", "logger.wandb.mode=disabled",
                   f"hydra.run.dir={tmp_path}/run", cwd=REPO)

@@ -20,8 +20,8 @@ from sae_sweep import record
 from sae_sweep.config import ActivationsDataConfig, ConfigError, TrainConfig
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures
-from sae_sweep.run import Job, run, run_packed
 from sae_sweep.kill import KILL_ENV
+from sae_sweep.run import Job, run, run_packed
 from tests.helpers.build import build_cfg
 from tests.helpers.cli import REPO, SMOKE, run_cli
 

@@ -11,16 +11,14 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig
 from sae_sweep.export import SAELENS_DIR, export_run
-from sae_sweep.run import run
 from sae_sweep.sae import SAE
 from tests.helpers.cli import REPO
+from tests.helpers.export import activation_run, raw_and_map
 
 SAELENS_PYTHON = Path(os.environ.get("SAE_SWEEP_SAELENS_PYTHON",
                                      Path.home() / ".cache/sae_sweep/saelens-venv/bin/python"))
@@ -59,36 +57,6 @@ def _saelens(out: Path, y_BN: torch.Tensor, tmp_path: Path):
     return t["codes"], t["recon"]
 
 
-def _activation_file(tmp_path: Path, rows: int = 6000, n: int = 12) -> Path:
-    """Planted sparse activations far from the origin and far from unit scale, so both folds matter."""
-    rng = np.random.default_rng(0)
-    atoms = rng.normal(size=(24, n))
-    codes = rng.uniform(0, 1, (rows, 24)) * (rng.uniform(size=(rows, 24)) < 0.15)
-    y = 7.0 * codes @ atoms + rng.normal(3.0, 1.0, size=n)
-    path = tmp_path / "acts.npy"
-    np.save(path, y.astype(np.float32))
-    return path
-
-
-def _activation_run(tmp_path: Path, dict_size: int, scale: str = "unit_norm") -> tuple[Path, RunConfig]:
-    cfg = RunConfig(data=ActivationsDataConfig(path=str(_activation_file(tmp_path)), eval_size=512,
-                                               chunk_rows=2048, center=True, scale=scale),
-                    dict_size=dict_size, alpha=0.05, name="test",
-                    train=TrainConfig(batch_size=128, num_samples=4000, eval_every=4000, progress=False))
-    cfg.logger.wandb.mode = "disabled"
-    run_dir = tmp_path / "run"
-    assert run(cfg, run_dir)["status"] == "completed"
-    return run_dir, cfg
-
-
-def _raw_and_map(run_dir: Path, cfg: RunConfig):
-    from sae_sweep.data.activations import ActivationShards
-
-    shards = ActivationShards(cfg.data)
-    y_raw = torch.from_numpy(np.load(cfg.data.path)[-64:].astype(np.float32))
-    return y_raw, torch.from_numpy(shards.mean_N), shards.scale
-
-
 # --- with SAELens itself, in its own environment ---------------------------------------------------------
 
 @needs_saelens
@@ -105,8 +73,8 @@ def test_saelens__loads_the_export_and_matches_our_codes_and_reconstructions(tmp
 
 @needs_saelens
 def test_saelens__a_run_on_normalised_activations_reconstructs_raw_rows_as_we_do(tmp_path):
-    run_dir, cfg = _activation_run(tmp_path, dict_size=12)  # square as well
-    y_raw, mean_N, s = _raw_and_map(run_dir, cfg)
+    run_dir, cfg = activation_run(tmp_path, dict_size=12)  # square as well
+    y_raw, mean_N, s = raw_and_map(run_dir, cfg)
     c_ours, z_ours = _ours(SAE.load(run_dir), y_raw, mean_N, s)
     c, z = _saelens(run_dir / SAELENS_DIR, y_raw, tmp_path)
     assert torch.allclose(c, c_ours, atol=1e-4) and torch.allclose(z, z_ours, atol=1e-3 * z_ours.abs().max())

@@ -5,24 +5,26 @@ dir after kills (one whole run, equal to metrics.jsonl, however the attempts die
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sae_sweep.record import METRICS_FILE, SUMMARY_FILE, run_dirs  # noqa: E402
+from sae_sweep.record import SUMMARY_FILE, run_dirs  # noqa: E402
 from sae_sweep.run import run  # noqa: E402
 from sae_sweep.sinks import analysis_run_id, log_report_run, offline_runs  # noqa: E402
 from tests.helpers.build import build_cfg  # noqa: E402
 from tests.helpers.cli import REPO  # noqa: E402
 from tests.helpers.sweep import cli_env, killed_at, ok, run_sweep  # noqa: E402
-from tests.helpers.wandb_offline import read_wandb_offline_run  # noqa: E402
+from tests.helpers.wandb_offline import (
+    as_metrics_rows,
+    metrics_rows,
+    read_wandb_offline_run,  # noqa: E402
+)
 
 
 def _figure(path: Path) -> Path:
@@ -51,20 +53,6 @@ def test_upload__finds_every_offline_run_of_a_sweep_and_wandb_sync_takes_them(tm
     assert "Would sync 3 run(s)" not in plain.stdout + plain.stderr  # why the command exists
 
 
-def _as_metrics_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """W&B history rows as metrics.jsonl spells them: ``step`` first, NaN as null, infinities as strings."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return v
-
-    return [{"step": r["_step"], **{k: plain(v) for k, v in r.items() if not k.startswith("_")}} for r in history]
-
-
-def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-
-
 def test_grid_resume__a_cell_killed_twice_ends_with_one_whole_wandb_run_equal_to_its_metrics(tmp_path):
     sweep, args = tmp_path / "grid", ("logger.wandb.mode=offline",)
     killed_at("wandb_log:2", sweep, *args)  # attempt 1 dies training, at its second evaluation
@@ -83,7 +71,7 @@ def test_grid_resume__a_cell_killed_twice_ends_with_one_whole_wandb_run_equal_to
     wb = read_wandb_offline_run(run_dir)  # raises unless there is exactly one run
     assert wb["id"] == summary["wandb_run_id"] and wb["exit_code"] == 0
     assert len(summary["name"]) > 0 and wb["name"] == summary["name"] and wb["group"] == "smoke"
-    assert _as_metrics_rows(wb["history"]) == _metrics_rows(run_dir) and len(wb["history"]) == 2
+    assert as_metrics_rows(wb["history"]) == metrics_rows(run_dir) and len(wb["history"]) == 2
     assert wb["summary"]["status"] == "completed" and wb["summary"]["mmcs"] == summary["mmcs"]
     assert wb["config"]["alpha"] == summary["alpha"] and wb["config"]["logger"]["wandb"]["mode"] == "offline"
 
@@ -106,5 +94,5 @@ def test_optuna_resume__a_trial_whose_sweeper_died_in_its_wandb_finish_is_told_a
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     wb = read_wandb_offline_run(run_dir)
     assert wb["id"] == summary["wandb_run_id"] and wb["exit_code"] == 0
-    assert _as_metrics_rows(wb["history"]) == _metrics_rows(run_dir) and len(wb["history"]) == 2
+    assert as_metrics_rows(wb["history"]) == metrics_rows(run_dir) and len(wb["history"]) == 2
     assert wb["summary"]["trial"] == wb["config"]["trial"] == 0

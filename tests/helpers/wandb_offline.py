@@ -7,10 +7,12 @@ finished run from a killed one); what each record means for a test is read here.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
+from sae_sweep.record import METRICS_FILE
 from sae_sweep.sinks import read_wandb_records
 
 
@@ -58,3 +60,17 @@ def _parse_run_file(path: Path) -> dict[str, Any]:
         elif which == "exit":
             out["exit_code"] = rec.exit.exit_code
     return {**out, "history": history, "summary": summary, "config": config}
+
+
+def as_metrics_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """W&B history rows as metrics.jsonl spells them: ``step`` first, NaN as null, infinities as strings."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return v
+
+    return [{"step": r["_step"], **{k: plain(v) for k, v in r.items() if not k.startswith("_")}} for r in history]
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]

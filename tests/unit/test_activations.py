@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from itertools import islice
 from pathlib import Path
 
@@ -13,24 +12,10 @@ import torch
 from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.run import run
+from tests.helpers.activation_files import indexed_rows, save_rows
 
 ROWS, N, EVAL = 5000, 16, 1000
 TRAIN = ROWS - EVAL
-
-
-def _indexed_rows(rows: int = ROWS, n: int = N, seed: int = 0) -> np.ndarray:
-    """float32 rows whose coordinate 0 is the row index, the rest random."""
-    y = np.random.default_rng(seed).standard_normal((rows, n)).astype(np.float32)
-    y[:, 0] = np.arange(rows)
-    return y
-
-
-def _save(tmp_path: Path, y: np.ndarray, name: str = "acts.npy", meta: dict | None = None) -> Path:
-    path = tmp_path / name
-    np.save(path, y)
-    if meta is not None:
-        Path(f"{path}.json").write_text(json.dumps(meta))
-    return path
 
 
 def _source(path: Path, **kw) -> ActivationShards:
@@ -54,8 +39,8 @@ def _stream(src: ActivationShards, rows: int, batch_size: int, seed: int = 0) ->
 def test_batches__every_training_row_exactly_once_per_epoch_and_never_an_eval_row(
     tmp_path, chunk_rows, shuffle_chunks, batch_size
 ):
-    y = _indexed_rows()
-    src = _source(_save(tmp_path, y), center=False, chunk_rows=chunk_rows, shuffle_chunks=shuffle_chunks)
+    y = indexed_rows()
+    src = _source(save_rows(tmp_path, y), center=False, chunk_rows=chunk_rows, shuffle_chunks=shuffle_chunks)
     assert isinstance(src._rows_RN, np.memmap) and src.ground_truth is None
     streamed = _stream(src, 2 * TRAIN, batch_size)
     index = streamed[:, 0].astype(np.int64)
@@ -66,13 +51,13 @@ def test_batches__every_training_row_exactly_once_per_epoch_and_never_an_eval_ro
 
 
 def test_batches__mix_distant_parts_of_the_file(tmp_path):
-    src = _source(_save(tmp_path, _indexed_rows()), center=False, chunk_rows=100, shuffle_chunks=4)
+    src = _source(save_rows(tmp_path, indexed_rows()), center=False, chunk_rows=100, shuffle_chunks=4)
     first = next(src.batches(256, 0))[:, 0].numpy()
     assert len({int(i) // 100 for i in first}) == 4  # rows of all four chunks of the first group
 
 
 def test_batches__epochs_differ_and_the_seed_fixes_the_stream(tmp_path):
-    src = _source(_save(tmp_path, _indexed_rows()), center=False, chunk_rows=200, shuffle_chunks=2)
+    src = _source(save_rows(tmp_path, indexed_rows()), center=False, chunk_rows=200, shuffle_chunks=2)
     a = _stream(src, 2 * TRAIN, 100, seed=0)[:, 0]
     assert not np.array_equal(a[:TRAIN], a[TRAIN:])
     assert np.array_equal(a, _stream(src, 2 * TRAIN, 100, seed=0)[:, 0])
@@ -93,7 +78,7 @@ def _offset_rows(seed: int = 0) -> np.ndarray:
 
 def test_center_and_unit_norm__training_rows_have_zero_mean_and_mean_squared_norm_n(tmp_path):
     y = _offset_rows()
-    src = _source(_save(tmp_path, y), center=True, scale="unit_norm", chunk_rows=256)
+    src = _source(save_rows(tmp_path, y), center=True, scale="unit_norm", chunk_rows=256)
     epoch = _stream(src, TRAIN, 80).astype(np.float64)
     assert np.abs(epoch.mean(axis=0)).max() < 1e-4
     assert (epoch**2).sum(axis=1).mean() == pytest.approx(N, rel=1e-4)
@@ -105,7 +90,7 @@ def test_center_and_unit_norm__training_rows_have_zero_mean_and_mean_squared_nor
 
 def test_center_only__removes_the_mean_and_keeps_the_scale(tmp_path):
     y = _offset_rows()
-    src = _source(_save(tmp_path, y), center=True, scale="none")
+    src = _source(save_rows(tmp_path, y), center=True, scale="none")
     epoch = _stream(src, TRAIN, 100).astype(np.float64)
     assert np.abs(epoch.mean(axis=0)).max() < 1e-4
     np.testing.assert_allclose(epoch.var(axis=0), y[:TRAIN].astype(np.float64).var(axis=0), rtol=1e-4)
@@ -114,7 +99,7 @@ def test_center_only__removes_the_mean_and_keeps_the_scale(tmp_path):
 def test_center__uses_the_sidecar_mean_when_present(tmp_path):
     y = _offset_rows()
     meta = {"model": "toy-lm", "layer": 3, "mean": [1.0] * N, "tokens": TRAIN}
-    src = _source(_save(tmp_path, y, meta=meta), center=True, scale="none")
+    src = _source(save_rows(tmp_path, y, meta=meta), center=True, scale="none")
     assert src.metadata() == meta
     np.testing.assert_allclose(src.eval_set().numpy(), y[TRAIN:].astype(np.float32) - 1.0, atol=1e-6)
     epoch = _stream(src, TRAIN, 100).astype(np.float64)
@@ -123,7 +108,7 @@ def test_center__uses_the_sidecar_mean_when_present(tmp_path):
 
 def test_no_center__leaves_rows_as_stored_and_metadata_is_empty_without_sidecar(tmp_path):
     y = _offset_rows()
-    src = _source(_save(tmp_path, y), center=False, scale="none")
+    src = _source(save_rows(tmp_path, y), center=False, scale="none")
     assert src.metadata() == {}
     assert np.array_equal(src.eval_set().numpy(), y[TRAIN:].astype(np.float32))
 
@@ -137,7 +122,7 @@ def _planted(tmp_path: Path, rows: int = 20_000, n: int = N, h: int = 24) -> Pat
     features = rng.standard_normal((h, n))
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     codes = rng.uniform(0.0, 1.0, (rows, h)) * (rng.uniform(size=(rows, h)) < 3.0 / h)
-    return _save(tmp_path, (codes @ features).astype(np.float16), "planted.npy",
+    return save_rows(tmp_path, (codes @ features).astype(np.float16), "planted.npy",
                  meta={"model": "planted", "layer": 0})
 
 

@@ -4,37 +4,22 @@ bad values rejected with the field's name.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sae_sweep.config import ActivationsDataConfig, ConfigError, RunConfig, TrainConfig, trainer_alpha
+from tests.helpers.activation_files import indexed_rows, save_rows
 
 ROWS, N, EVAL = 5000, 16, 1000
-
-
-def _indexed_rows(rows: int = ROWS, n: int = N, seed: int = 0) -> np.ndarray:
-    """float32 rows whose coordinate 0 is the row index, the rest random."""
-    y = np.random.default_rng(seed).standard_normal((rows, n)).astype(np.float32)
-    y[:, 0] = np.arange(rows)
-    return y
-
-
-def _save(tmp_path: Path, y: np.ndarray, name: str = "acts.npy", meta: dict | None = None) -> Path:
-    path = tmp_path / name
-    np.save(path, y)
-    if meta is not None:
-        Path(f"{path}.json").write_text(json.dumps(meta))
-    return path
 
 
 # --- config validation ---------------------------------------------------------------------------------
 
 
 def test_config__reads_n_from_the_file_and_stores_the_absolute_path(tmp_path, monkeypatch):
-    _save(tmp_path, _indexed_rows().astype(np.float16))
+    save_rows(tmp_path, indexed_rows().astype(np.float16))
     monkeypatch.chdir(tmp_path)
     cfg = ActivationsDataConfig(path="acts.npy", eval_size=EVAL)
     assert cfg.n == N and cfg.path == str(tmp_path / "acts.npy")
@@ -42,7 +27,7 @@ def test_config__reads_n_from_the_file_and_stores_the_absolute_path(tmp_path, mo
 
 
 def _truncated(tmp_path: Path) -> Path:
-    path = _save(tmp_path, _indexed_rows(), "truncated.npy")
+    path = save_rows(tmp_path, indexed_rows(), "truncated.npy")
     path.write_bytes(path.read_bytes()[:-1000])
     return path
 
@@ -51,9 +36,9 @@ def _bad_file(tmp_path: Path, kind: str) -> Path:
     if kind == "truncated":
         return _truncated(tmp_path)
     if kind == "1-D":
-        return _save(tmp_path, np.zeros(ROWS, dtype=np.float32))
+        return save_rows(tmp_path, np.zeros(ROWS, dtype=np.float32))
     if kind == "int":
-        return _save(tmp_path, np.zeros((ROWS, N), dtype=np.int32))
+        return save_rows(tmp_path, np.zeros((ROWS, N), dtype=np.int32))
     path = tmp_path / "acts.npy"
     if kind == "pickle":
         np.save(path, np.array([[{"a": 1}, 2]], dtype=object), allow_pickle=True)
@@ -89,20 +74,20 @@ def test_config__unreadable_file_is_a_one_line_error(tmp_path, kind):
     ],
 )
 def test_config__bad_value_names_the_field(tmp_path, kw, start):
-    path = _save(tmp_path, _indexed_rows())
+    path = save_rows(tmp_path, indexed_rows())
     with pytest.raises(ConfigError) as err:
         ActivationsDataConfig(**{"path": str(path), "eval_size": EVAL, **kw})
     assert str(err.value).startswith(start), str(err.value)
 
 
 def test_config__sidecar_mean_of_the_wrong_length_is_an_error(tmp_path):
-    path = _save(tmp_path, _indexed_rows(), meta={"mean": [0.0] * (N - 1)})
+    path = save_rows(tmp_path, indexed_rows(), meta={"mean": [0.0] * (N - 1)})
     with pytest.raises(ConfigError, match=r"data.path: the \"mean\" in .* must be a list of 16 finite numbers"):
         ActivationsDataConfig(path=str(path), eval_size=EVAL)
 
 
 def test_run_config__accepts_activation_data_and_uses_its_width(tmp_path):
-    path = _save(tmp_path, _indexed_rows())
+    path = save_rows(tmp_path, indexed_rows())
     cfg = RunConfig(data=ActivationsDataConfig(path=str(path), eval_size=EVAL), dict_size=64, alpha=0.5,
                     train=TrainConfig(num_samples=1000))
     cfg.sae.l1_norm = "inputs"

@@ -8,16 +8,15 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig
 from sae_sweep.export import SAELENS_CFG, SAELENS_DIR, SAELENS_WEIGHTS, export_run, main
 from sae_sweep.run import run
 from sae_sweep.sae import SAE
 from tests.helpers.build import build_cfg
+from tests.helpers.export import activation_run, raw_and_map
 
 
 def _random_sae(n: int, j: int, seed: int = 0) -> SAE:
@@ -44,36 +43,6 @@ def _saelens_formula(out: Path, y_BN: torch.Tensor):
     t = load_file(str(out / SAELENS_WEIGHTS))
     c = torch.relu((y_BN - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
     return c, c @ t["W_dec"] + t["b_dec"]
-
-
-def _activation_file(tmp_path: Path, rows: int = 6000, n: int = 12) -> Path:
-    """Planted sparse activations far from the origin and far from unit scale, so both folds matter."""
-    rng = np.random.default_rng(0)
-    atoms = rng.normal(size=(24, n))
-    codes = rng.uniform(0, 1, (rows, 24)) * (rng.uniform(size=(rows, 24)) < 0.15)
-    y = 7.0 * codes @ atoms + rng.normal(3.0, 1.0, size=n)
-    path = tmp_path / "acts.npy"
-    np.save(path, y.astype(np.float32))
-    return path
-
-
-def _activation_run(tmp_path: Path, dict_size: int, scale: str = "unit_norm") -> tuple[Path, RunConfig]:
-    cfg = RunConfig(data=ActivationsDataConfig(path=str(_activation_file(tmp_path)), eval_size=512,
-                                               chunk_rows=2048, center=True, scale=scale),
-                    dict_size=dict_size, alpha=0.05, name="test",
-                    train=TrainConfig(batch_size=128, num_samples=4000, eval_every=4000, progress=False))
-    cfg.logger.wandb.mode = "disabled"
-    run_dir = tmp_path / "run"
-    assert run(cfg, run_dir)["status"] == "completed"
-    return run_dir, cfg
-
-
-def _raw_and_map(run_dir: Path, cfg: RunConfig):
-    from sae_sweep.data.activations import ActivationShards
-
-    shards = ActivationShards(cfg.data)
-    y_raw = torch.from_numpy(np.load(cfg.data.path)[-64:].astype(np.float32))
-    return y_raw, torch.from_numpy(shards.mean_N), shards.scale
 
 
 # --- without SAELens: the files and the fold ------------------------------------------------------------
@@ -110,8 +79,8 @@ def test_export__old_run_dir_gives_our_codes_and_reconstructions_by_saelens_form
 
 @pytest.mark.parametrize("scale", ["unit_norm", "none"])
 def test_export__normalised_activations_are_folded_so_the_export_acts_on_raw_rows(tmp_path, scale):
-    run_dir, cfg = _activation_run(tmp_path, dict_size=20, scale=scale)
-    y_raw, mean_N, s = _raw_and_map(run_dir, cfg)
+    run_dir, cfg = activation_run(tmp_path, dict_size=20, scale=scale)
+    y_raw, mean_N, s = raw_and_map(run_dir, cfg)
     assert mean_N.abs().max() > 1.0 and (scale == "none" or abs(s - 1.0) > 0.5)
     c_ours, z_ours = _ours(SAE.load(run_dir), y_raw, mean_N, s)
     written = _saelens_formula(run_dir / SAELENS_DIR, y_raw)

@@ -4,7 +4,6 @@ of a run dir mended after it was lost.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -15,11 +14,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sae_sweep.record import METRICS_FILE  # noqa: E402
 from sae_sweep.run import run  # noqa: E402
 from sae_sweep.sinks import analysis_run_id, log_report_run, repair_wandb_mirror  # noqa: E402
 from tests.helpers.build import build_cfg  # noqa: E402
-from tests.helpers.wandb_offline import read_wandb_offline_run  # noqa: E402
+from tests.helpers.wandb_offline import (
+    as_metrics_rows,
+    metrics_rows,
+    read_wandb_offline_run,  # noqa: E402
+)
 
 WALL_CLOCK = ("_runtime", "_timestamp", "_wandb/runtime")  # W&B's own timings: the rewrite's, not the run's
 
@@ -45,20 +47,6 @@ def test_log_report_run__a_second_analysis_of_a_sweep_resumes_its_one_run(tmp_pa
     assert wb["summary"]["all/consensus"] == 64
 
 
-def _as_metrics_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """W&B history rows as metrics.jsonl spells them: ``step`` first, NaN as null, infinities as strings."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return v
-
-    return [{"step": r["_step"], **{k: plain(v) for k, v in r.items() if not k.startswith("_")}} for r in history]
-
-
-def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-
-
 def _without(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k not in keys}
 
@@ -76,7 +64,7 @@ def test_repair_wandb_mirror__a_lost_mirror_is_written_again_as_the_run_wrote_it
         assert after[key] == before[key], key
     assert after["id"] == summary["wandb_run_id"] and after["exit_code"] == 0
     assert [_without(r, WALL_CLOCK) for r in after["history"]] == [_without(r, WALL_CLOCK) for r in before["history"]]
-    assert _as_metrics_rows(after["history"]) == _metrics_rows(tmp_path)
+    assert as_metrics_rows(after["history"]) == metrics_rows(tmp_path)
     assert math.isnan(after["history"][0]["loss_change"])  # metrics.jsonl's null is logged as the NaN it was
     assert _without(after["summary"], WALL_CLOCK) == _without(before["summary"], WALL_CLOCK)
     assert not repair_wandb_mirror(tmp_path)
