@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers.activation_files import indexed_rows, save_rows
+from tests.helpers.activation_files import indexed_rows, planted, save_rows
 from tests.helpers.cli import REPO, run_cli
 
 ROWS, N, EVAL = 5000, 16, 1000
@@ -30,18 +29,8 @@ def _truncated(tmp_path: Path) -> Path:
 # --- the whole run -------------------------------------------------------------------------------------
 
 
-def _planted(tmp_path: Path, rows: int = 20_000, n: int = N, h: int = 24) -> Path:
-    """y = sparse non-negative codes @ random unit features, float16."""
-    rng = np.random.default_rng(0)
-    features = rng.standard_normal((h, n))
-    features /= np.linalg.norm(features, axis=1, keepdims=True)
-    codes = rng.uniform(0.0, 1.0, (rows, h)) * (rng.uniform(size=(rows, h)) < 3.0 / h)
-    return save_rows(tmp_path, (codes @ features).astype(np.float16), "planted.npy",
-                 meta={"model": "planted", "layer": 0})
-
-
 def test_cli__trains_on_a_planted_activation_file(tmp_path):
-    path = _planted(tmp_path)
+    path = planted(tmp_path)
     res = run_cli("data=activations", f"data.path={path}", "dict_size=32", "train.num_samples=20000",
                   "train.eval_every=10000", "train.progress=false", "logger.wandb.mode=disabled",
                   "data.eval_size=1024", f"hydra.run.dir={tmp_path}/run", cwd=REPO)
@@ -83,7 +72,7 @@ def test_multirun__sweeps_an_activation_file_into_a_table_and_a_report_without_g
     """A grid over J on real-style data: one row per cell, and the analysis runs with no true h."""
     from tests.helpers.sweep import cli_env, ok
 
-    path = _planted(tmp_path)
+    path = planted(tmp_path)
     sweep_dir = tmp_path / "sweep"
     proc = ok(subprocess.run(
         [sys.executable, "-m", "sae_sweep", "-m", "data=activations", f"data.path={path}", "data.eval_size=1024",

@@ -18,32 +18,13 @@ from safetensors.torch import load_file, save_file
 from sae_sweep.export import SAELENS_DIR, export_run
 from sae_sweep.sae import SAE
 from tests.helpers.cli import REPO
-from tests.helpers.export import activation_run, raw_and_map
+from tests.helpers.export import activation_run, ours, random_sae, raw_and_map
 
 SAELENS_PYTHON = Path(os.environ.get("SAE_SWEEP_SAELENS_PYTHON",
                                      Path.home() / ".cache/sae_sweep/saelens-venv/bin/python"))
 needs_saelens = pytest.mark.skipif(
     os.environ.get("SAE_SWEEP_SAELENS") != "1" or not SAELENS_PYTHON.exists(),
     reason="SAELens check: set SAE_SWEEP_SAELENS=1 with sae-lens in ~/.cache/sae_sweep/saelens-venv")
-
-
-def _random_sae(n: int, j: int, seed: int = 0) -> SAE:
-    """An SAE with asymmetric encoder and non-zero biases, so a wrong transpose or sign shows."""
-    g = torch.Generator().manual_seed(seed)
-    sae = SAE(n, j, generator=g)
-    with torch.no_grad():
-        sae.W_enc_KNJ.copy_(torch.randn(1, n, j, generator=g) / n ** 0.5)
-        sae.b_enc_KJ.copy_(0.1 * torch.randn(1, j, generator=g))
-        sae.b_dec_KN.copy_(0.5 * torch.randn(1, n, generator=g))
-    return sae
-
-
-def _ours(sae: SAE, y_BN: torch.Tensor, mean_N: torch.Tensor | None = None, scale: float = 1.0):
-    """Our codes and raw-space reconstructions of raw inputs y: normalise, apply, map back."""
-    mean_N = torch.zeros(y_BN.shape[1]) if mean_N is None else mean_N
-    with torch.no_grad():
-        z_KBN, c_KBJ = sae((y_BN - mean_N) / scale)
-    return c_KBJ[0], z_KBN[0] * scale + mean_N
 
 
 def _saelens(out: Path, y_BN: torch.Tensor, tmp_path: Path):
@@ -62,11 +43,11 @@ def _saelens(out: Path, y_BN: torch.Tensor, tmp_path: Path):
 @needs_saelens
 @pytest.mark.parametrize("n, j", [(12, 40), (12, 12)])  # square J = n: only the names tell W_enc from W_dec
 def test_saelens__loads_the_export_and_matches_our_codes_and_reconstructions(tmp_path, n, j):
-    sae = _random_sae(n, j)
+    sae = random_sae(n, j)
     sae.save(tmp_path / "old")
     out = export_run(tmp_path / "old", tmp_path / "out")
     y = torch.randn(32, n, generator=torch.Generator().manual_seed(1)) + 0.5
-    c_ours, z_ours = _ours(sae, y)
+    c_ours, z_ours = ours(sae, y)
     c, z = _saelens(out, y, tmp_path)
     assert (c_ours > 0).any() and torch.allclose(c, c_ours, atol=1e-5) and torch.allclose(z, z_ours, atol=1e-5)
 
@@ -75,6 +56,6 @@ def test_saelens__loads_the_export_and_matches_our_codes_and_reconstructions(tmp
 def test_saelens__a_run_on_normalised_activations_reconstructs_raw_rows_as_we_do(tmp_path):
     run_dir, cfg = activation_run(tmp_path, dict_size=12)  # square as well
     y_raw, mean_N, s = raw_and_map(run_dir, cfg)
-    c_ours, z_ours = _ours(SAE.load(run_dir), y_raw, mean_N, s)
+    c_ours, z_ours = ours(SAE.load(run_dir), y_raw, mean_N, s)
     c, z = _saelens(run_dir / SAELENS_DIR, y_raw, tmp_path)
     assert torch.allclose(c, c_ours, atol=1e-4) and torch.allclose(z, z_ours, atol=1e-3 * z_ours.abs().max())

@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from sae_sweep.record import SUMMARY_FILE, run_dirs  # noqa: E402
 from sae_sweep.run import run  # noqa: E402
 from sae_sweep.sinks import analysis_run_id, log_report_run, offline_runs  # noqa: E402
 from tests.helpers.build import build_cfg  # noqa: E402
 from tests.helpers.cli import REPO  # noqa: E402
+from tests.helpers.figure import figure  # noqa: E402
 from tests.helpers.sweep import cli_env, killed_at, ok, run_sweep  # noqa: E402
 from tests.helpers.wandb_offline import (
     as_metrics_rows,
@@ -27,20 +26,12 @@ from tests.helpers.wandb_offline import (
 )
 
 
-def _figure(path: Path) -> Path:
-    fig, ax = plt.subplots()
-    ax.plot([0, 1], [1, 0])
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def test_upload__finds_every_offline_run_of_a_sweep_and_wandb_sync_takes_them(tmp_path):
     sweep = tmp_path / "sweep"
     for i in range(2):
         run(build_cfg(wandb_mode="offline", seed=i), sweep / f"run_{i}")
     log_report_run(run_dir=sweep, mode="offline", project="p", name="sweep/analysis", group="sweep",
-                   images={"all/fig": _figure(tmp_path / "fig.png")}, summary={})
+                   images={"all/fig": figure(tmp_path / "fig.png")}, summary={})
     # The real client, without network: --dry-run lists what `wandb sync` would upload.
     proc = subprocess.run([sys.executable, "-m", "sae_sweep.upload", str(sweep), "--dry-run"], cwd=REPO,
                           env=cli_env(), capture_output=True, text=True, timeout=120)

@@ -23,3 +23,13 @@ def save_rows(tmp_path: Path, y: np.ndarray, name: str = "acts.npy", meta: dict 
     if meta is not None:
         Path(f"{path}.json").write_text(json.dumps(meta))
     return path
+
+
+def planted(tmp_path: Path, rows: int = 20_000, n: int = N, h: int = 24) -> Path:
+    """y = sparse non-negative codes @ random unit features, float16."""
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((h, n))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    codes = rng.uniform(0.0, 1.0, (rows, h)) * (rng.uniform(size=(rows, h)) < 3.0 / h)
+    return save_rows(tmp_path, (codes @ features).astype(np.float16), "planted.npy",
+                 meta={"model": "planted", "layer": 0})

@@ -12,7 +12,7 @@ import torch
 from sae_sweep.config import ActivationsDataConfig, RunConfig, TrainConfig
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.run import run
-from tests.helpers.activation_files import indexed_rows, save_rows
+from tests.helpers.activation_files import indexed_rows, planted, save_rows
 
 ROWS, N, EVAL = 5000, 16, 1000
 TRAIN = ROWS - EVAL
@@ -116,18 +116,8 @@ def test_no_center__leaves_rows_as_stored_and_metadata_is_empty_without_sidecar(
 # --- the whole run -------------------------------------------------------------------------------------
 
 
-def _planted(tmp_path: Path, rows: int = 20_000, n: int = N, h: int = 24) -> Path:
-    """y = sparse non-negative codes @ random unit features, float16."""
-    rng = np.random.default_rng(0)
-    features = rng.standard_normal((h, n))
-    features /= np.linalg.norm(features, axis=1, keepdims=True)
-    codes = rng.uniform(0.0, 1.0, (rows, h)) * (rng.uniform(size=(rows, h)) < 3.0 / h)
-    return save_rows(tmp_path, (codes @ features).astype(np.float16), "planted.npy",
-                 meta={"model": "planted", "layer": 0})
-
-
 def test_run__in_process_writes_the_record_without_ground_truth(tmp_path):
-    path = _planted(tmp_path)
+    path = planted(tmp_path)
     cfg = RunConfig(data=ActivationsDataConfig(path=str(path), eval_size=1024, chunk_rows=4096), dict_size=32,
                     alpha=0.1, name="test", train=TrainConfig(batch_size=128, num_samples=5000, eval_every=5000,
                                                               progress=False))

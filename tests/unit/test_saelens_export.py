@@ -16,26 +16,7 @@ from sae_sweep.export import SAELENS_CFG, SAELENS_DIR, SAELENS_WEIGHTS, export_r
 from sae_sweep.run import run
 from sae_sweep.sae import SAE
 from tests.helpers.build import build_cfg
-from tests.helpers.export import activation_run, raw_and_map
-
-
-def _random_sae(n: int, j: int, seed: int = 0) -> SAE:
-    """An SAE with asymmetric encoder and non-zero biases, so a wrong transpose or sign shows."""
-    g = torch.Generator().manual_seed(seed)
-    sae = SAE(n, j, generator=g)
-    with torch.no_grad():
-        sae.W_enc_KNJ.copy_(torch.randn(1, n, j, generator=g) / n ** 0.5)
-        sae.b_enc_KJ.copy_(0.1 * torch.randn(1, j, generator=g))
-        sae.b_dec_KN.copy_(0.5 * torch.randn(1, n, generator=g))
-    return sae
-
-
-def _ours(sae: SAE, y_BN: torch.Tensor, mean_N: torch.Tensor | None = None, scale: float = 1.0):
-    """Our codes and raw-space reconstructions of raw inputs y: normalise, apply, map back."""
-    mean_N = torch.zeros(y_BN.shape[1]) if mean_N is None else mean_N
-    with torch.no_grad():
-        z_KBN, c_KBJ = sae((y_BN - mean_N) / scale)
-    return c_KBJ[0], z_KBN[0] * scale + mean_N
+from tests.helpers.export import activation_run, ours, random_sae, raw_and_map
 
 
 def _saelens_formula(out: Path, y_BN: torch.Tensor):
@@ -48,7 +29,7 @@ def _saelens_formula(out: Path, y_BN: torch.Tensor):
 # --- without SAELens: the files and the fold ------------------------------------------------------------
 
 def test_load__accepts_a_str_path(tmp_path):
-    sae = _random_sae(8, 16)
+    sae = random_sae(8, 16)
     sae.save(str(tmp_path))
     assert torch.equal(SAE.load(str(tmp_path)).W_enc_KNJ, sae.W_enc_KNJ)
 
@@ -68,11 +49,11 @@ def test_run__writes_a_saelens_dir_beside_our_own_files_which_still_load(tmp_pat
 
 @pytest.mark.parametrize("n, j", [(12, 40), (12, 12)])
 def test_export__old_run_dir_gives_our_codes_and_reconstructions_by_saelens_formula(tmp_path, n, j):
-    sae = _random_sae(n, j)
+    sae = random_sae(n, j)
     sae.save(tmp_path / "old")  # a run dir from before the export: no saelens/
     out = export_run(tmp_path / "old", tmp_path / "out")
     y = torch.randn(32, n, generator=torch.Generator().manual_seed(1)) + 0.5
-    c_ours, z_ours = _ours(sae, y)
+    c_ours, z_ours = ours(sae, y)
     c, z = _saelens_formula(out, y)
     assert torch.allclose(c, c_ours, atol=1e-5) and torch.allclose(z, z_ours, atol=1e-5)
 
@@ -82,7 +63,7 @@ def test_export__normalised_activations_are_folded_so_the_export_acts_on_raw_row
     run_dir, cfg = activation_run(tmp_path, dict_size=20, scale=scale)
     y_raw, mean_N, s = raw_and_map(run_dir, cfg)
     assert mean_N.abs().max() > 1.0 and (scale == "none" or abs(s - 1.0) > 0.5)
-    c_ours, z_ours = _ours(SAE.load(run_dir), y_raw, mean_N, s)
+    c_ours, z_ours = ours(SAE.load(run_dir), y_raw, mean_N, s)
     written = _saelens_formula(run_dir / SAELENS_DIR, y_raw)
     shutil.rmtree(run_dir / SAELENS_DIR)  # as in a run dir from before the export: rebuilt from the data file
     rebuilt = _saelens_formula(export_run(run_dir, tmp_path / "out"), y_raw)
@@ -91,7 +72,7 @@ def test_export__normalised_activations_are_folded_so_the_export_acts_on_raw_row
 
 
 def test_export_cli__writes_the_dir_and_says_how_to_load_it(tmp_path, capsys):
-    _random_sae(6, 10).save(tmp_path / "old")
+    random_sae(6, 10).save(tmp_path / "old")
     main([str(tmp_path / "old"), str(tmp_path / "out")])
     assert "load_from_disk" in capsys.readouterr().out
     assert (tmp_path / "out" / SAELENS_CFG).is_file() and (tmp_path / "out" / SAELENS_WEIGHTS).is_file()

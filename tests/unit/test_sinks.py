@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import math
 import shutil
-from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from sae_sweep.run import run  # noqa: E402
 from sae_sweep.sinks import analysis_run_id, log_report_run, repair_wandb_mirror  # noqa: E402
 from tests.helpers.build import build_cfg  # noqa: E402
+from tests.helpers.figure import figure  # noqa: E402
 from tests.helpers.wandb_offline import (
     as_metrics_rows,
     metrics_rows,
@@ -26,18 +25,10 @@ from tests.helpers.wandb_offline import (
 WALL_CLOCK = ("_runtime", "_timestamp", "_wandb/runtime")  # W&B's own timings: the rewrite's, not the run's
 
 
-def _figure(path: Path) -> Path:
-    fig, ax = plt.subplots()
-    ax.plot([0, 1], [1, 0])
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def test_log_report_run__a_second_analysis_of_a_sweep_resumes_its_one_run(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    image = _figure(tmp_path / "fig.png")
+    image = figure(tmp_path / "fig.png")
     for value in (48, 64):
         log_report_run(run_dir=sweep, mode="offline", project="p", name="sweep/analysis", group="sweep",
                        images={"all/fig": image}, summary={"all/consensus": value})
