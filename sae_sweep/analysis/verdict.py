@@ -134,31 +134,29 @@ class Verdict:
         return {"verdict": self.label, "reasons": self.reasons, "checks": self.checks}
 
 
-def _nearest_j(c: pd.DataFrame, h: float) -> float:
+def _runs_near(cells: pd.DataFrame, alphas: Sequence[float], h: float, column: str) -> pd.DataFrame | None:
+    """``alphas``' runs with a ``column`` value at the grid J nearest h (log scale); None if there are none."""
+    if column not in cells.columns or not math.isfinite(h) or h <= 0:
+        return None
+    c = cells[cells["alpha"].isin(alphas)].dropna(subset=[column])
+    if c.empty:
+        return None
     sizes = np.array(sorted(c["dict_size"].unique()), dtype=float)
-    return float(sizes[np.abs(np.log(sizes) - math.log(h)).argmin()])
+    return c[c["dict_size"] == sizes[np.abs(np.log(sizes) - math.log(h)).argmin()]]
 
 
 def reproduced_share_near(cells: pd.DataFrame, alphas: Sequence[float], h: float) -> float:
     """The highest reproduced share, over ``alphas``, at the grid J nearest h (log scale); NaN if unknown."""
-    if "reproduced" not in cells.columns or not math.isfinite(h) or h <= 0:
+    at = _runs_near(cells, alphas, h, "reproduced")
+    if at is None:
         return math.nan
-    c = cells[cells["alpha"].isin(alphas)].dropna(subset=["reproduced"])
-    if c.empty:
-        return math.nan
-    j = _nearest_j(c, h)
-    at = c[c["dict_size"] == j].groupby("alpha")["reproduced"].mean() / j
-    return float(at.max())
+    return float((at.groupby("alpha")["reproduced"].mean() / at["dict_size"].iloc[0]).max())
 
 
 def converged_share_near(cells: pd.DataFrame, alphas: Sequence[float], h: float) -> float:
     """The share of ``alphas``' runs at the grid J nearest h that met the convergence rule; NaN if unrecorded."""
-    if "converged" not in cells.columns or not math.isfinite(h) or h <= 0:
-        return math.nan
-    c = cells[cells["alpha"].isin(alphas)].dropna(subset=["converged"])
-    if c.empty:
-        return math.nan
-    return float(c.loc[c["dict_size"] == _nearest_j(c, h), "converged"].astype(bool).mean())
+    at = _runs_near(cells, alphas, h, "converged")
+    return math.nan if at is None else float(at["converged"].astype(bool).mean())
 
 
 def verdict(cells: pd.DataFrame, selection: AlphaSelection, values: dict[str, float | None], *,
