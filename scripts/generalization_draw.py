@@ -5,6 +5,7 @@
     python scripts/generalization_draw.py --seed 20261204 --names q r s t   # the fourth, q-t
     python scripts/generalization_draw.py --seed 20261205 --names u v --ratio 3 8   # the fifth, u-v
     python scripts/generalization_draw.py --seed 20261206 --names w x y z --ratio 3 8   # the sixth, w-z
+    python scripts/generalization_draw.py --seed 20261207 --names aa ab ac --ratio 3 8   # the seventh, aa-ac
 
 Prints one line per setting over the ranges the study must span: n in {32, 48, 64, 96, 128}, h/n
 log-uniform in [1, 8] (h rounded to a multiple of 8, at least n), exponential / zipf / constant decay,

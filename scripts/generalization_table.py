@@ -17,7 +17,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-TUNING, HELD_BACK = tuple("abcdefghijklmnop"), tuple("qrstuvwxyz")
+# a-z chose the rules (q-z were held back until round 6 studied them); aa-ac are held back from round 6
+TUNING, HELD_BACK = tuple("abcdefghijklmnopqrstuvwxyz"), ("aa", "ab", "ac")
 SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
