@@ -140,6 +140,17 @@ def sensitivity(cells: pd.DataFrame, matches: Matches, matrices: dict[tuple[floa
     return pd.DataFrame(rows)
 
 
+def signals(cells: pd.DataFrame, matrices: dict[tuple[float, int], pd.DataFrame],
+            settings: AnalysisSettings) -> list[est.Estimate]:
+    """The three estimates of h over ``cells`` (pooled over their alphas), in the report's order."""
+    return [
+        est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share,
+                                  min_reproduced_share=settings.min_reproduced_share, plateau=settings.share_plateau),
+        est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance),
+        est.estimate_agreement(matrices, min_agreement=settings.min_agreement, plateau=settings.agreement_plateau),
+    ]
+
+
 def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
                   settings: AnalysisSettings) -> GroupReport:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -157,16 +168,18 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
     # Every signal pools the working alphas only; with none, they run on all (the verdict says why not to trust them).
     cells = all_cells[all_cells["alpha"].isin(selection.used)] if selection.used else all_cells
     matrices = agreement_matrices(cells, dictionaries)
-    estimates = [
-        est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share,
-                                  min_reproduced_share=settings.min_reproduced_share, plateau=settings.share_plateau),
-        est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance),
-        est.estimate_agreement(matrices, min_agreement=settings.min_agreement, plateau=settings.agreement_plateau),
-    ]
+    estimates = signals(cells, matrices, settings)
     dead, basin, agree = estimates
+    # The excluded alpha next below the working ones, read on its own: the verdict asks whether it counts more.
+    edge = vd.alpha_below(selection)
+    below_values = None
+    if edge is not None:
+        below = all_cells[np.isclose(all_cells["alpha"].to_numpy(dtype=float), edge[0])]
+        below_values = {e.signal: e.value for e in signals(below, agreement_matrices(below, dictionaries), settings)}
     trust = vd.verdict(all_cells, selection, {e.signal: e.value for e in estimates},
                        min_converged_share=settings.min_converged_share,
-                       min_reproduced_at_h=settings.min_reproduced_at_h, max_spread=settings.max_spread)
+                       min_reproduced_at_h=settings.min_reproduced_at_h, max_spread=settings.max_spread,
+                       min_converged_below=settings.min_converged_below, below_values=below_values)
     robustness = sensitivity(cells, matches, matrices, settings)
     robustness.to_csv(out_dir / "sensitivity.csv", index=False)
     for e in estimates:  # the evidence behind each estimate, as a table beside the figures
@@ -308,7 +321,9 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
     md += ["**Verdict**: TRUSTED needs, with no ground truth: a working alpha and two or more seeds; at least "
            f"{settings.min_converged_share:.0%} of the working alphas' runs converged; two or more signals within "
            f"{settings.max_spread:.0%} of their median; that median inside the J grid; and at J near it a reproduced share "
-           f"of at least {settings.min_reproduced_at_h:.0%} (`sae_sweep/analysis/verdict.py`). Working alphas: converged, "
+           f"of at least {settings.min_reproduced_at_h:.0%}; the excluded alpha next below the working ones, if any, "
+           f"with at least {settings.min_converged_below:.0%} of its runs converged "
+           "(`sae_sweep/analysis/verdict.py`). Working alphas: converged, "
            "reproducible across seeds, and within the margin of the most reproducible alpha; every signal pools only them.",
            ""]
     for r in reports:

@@ -40,3 +40,7 @@ class AnalysisSettings:
     min_reproduced_at_h: float = 0.9
     """TRUSTED needs this share of latents reproduced by another seed at the grid J nearest h-hat (chosen on the
     generalization study's tuning set: correct answers 0.94-1.00, the one false TRUSTED 0.84)."""
+    min_converged_below: float = 0.9
+    """TRUSTED needs this share of runs converged at the excluded alpha next below the working ones, when one
+    was swept: an exclusion of unconverged runs proves nothing (verdict.py; chosen on the generalization
+    study's tuning set, docs/generalization.md)."""

@@ -38,6 +38,23 @@ check's reason and remedy:
   The remedy depends on the runs there: unconverged, train longer; converged, training longer was
   measured not to help (f at 12 M samples with the convergence rule off: the same estimates), so the
   reason says so rather than send the user to a larger budget.
+- the band's lower edge judged: the alpha next below the working ones, when one was swept and excluded,
+  had at least ``min_converged_below`` of its runs converged. A larger alpha can merge features that
+  a smaller one resolves, and both seeds merge them alike, so the merging alpha is the most
+  reproducible, its signals agree, and they agree on too few features (setting y of
+  docs/generalization.md: alpha 0.3 TRUSTED at 166 for h = 296, while alpha 0.1, excluded as less
+  reproducible, had half of its runs stopped unconverged at the sample cap). An exclusion is evidence
+  only when the excluded alpha's runs finished training, or when its SAEs are far from reproducible
+  (best share under the floor ``min_reproduced_share``, whatever excluded it first: codes too dense for
+  two seeds to agree, as alpha 0.1 on setting u, converged at every J up to 128 and at most 12 %
+  reproduced; training to convergence moved y's alpha 0.1 from 83 % to 85 %, not across a floor);
+  otherwise the remedy is its budget.
+- the band's lower edge agrees: that alpha, when converged and excluded only as out of band (it learns
+  a dictionary seeds reproduce, less often than the band's), does not count more features: the median of
+  its own signals (``below_values``, read on its cells alone) is at most ``max_spread`` above h-hat.
+  Which alpha is right cannot be told without ground truth (setting z: the band's 181 was right for
+  h = 176, alpha 0.1 read 256; setting y, with alpha 0.1 trained to convergence: 256 against the band's
+  166, h = 296), so a count that depends on alpha this much is not one to stand behind.
 """
 
 from __future__ import annotations
@@ -51,6 +68,7 @@ import numpy as np
 import pandas as pd
 
 TRUSTED, NOT_TRUSTED = "TRUSTED", "NOT TRUSTED"
+UNCONVERGED, NOT_REPRODUCIBLE, OUT_OF_BAND = "unconverged", "not reproducible", "out of band"  # why an alpha is excluded
 GRID_ROUNDING = 0.01  # slack on the grid's resolution for J rounded to integers (54 / 49 = 1.102)
 
 
@@ -89,23 +107,30 @@ def select_alphas(cells: pd.DataFrame, *, min_converged_share: float, min_reprod
     """The working alphas of one dataset (module docstring); every alpha is used or excluded with a reason."""
     ev = alpha_evidence(cells)
     excluded: dict[float, str] = {}
+    kind: dict[float, str] = {}  # alpha -> which rule excluded it (UNCONVERGED, NOT_REPRODUCIBLE, OUT_OF_BAND)
     shares = ev["best_reproduced_share"].dropna()
     top = float(shares.max()) if len(shares) else math.nan
     top_alpha = float(ev.loc[ev["best_reproduced_share"].idxmax(), "alpha"]) if len(shares) else None
     for r in ev.itertuples():
         if math.isfinite(r.converged_share) and r.converged_share < min_converged_share:
+            kind[r.alpha] = UNCONVERGED
             excluded[r.alpha] = (f"unconverged: {r.converged_share:.0%} of its runs converged "
                                  f"(needs {min_converged_share:.0%})")
         elif math.isfinite(r.best_reproduced_share) and r.best_reproduced_share < min_reproduced_share:
+            kind[r.alpha] = NOT_REPRODUCIBLE
             excluded[r.alpha] = (f"not reproducible: at most {r.best_reproduced_share:.0%} of latents reproduced "
                                  f"by another seed (J = {r.best_reproduced_j:.0f}; needs {min_reproduced_share:.0%})")
         elif math.isfinite(r.best_reproduced_share) and r.best_reproduced_share < top - alpha_share_margin:
+            kind[r.alpha] = OUT_OF_BAND
             excluded[r.alpha] = (f"out of band: best reproduced share {r.best_reproduced_share:.0%} against "
                                  f"{top:.0%} at alpha {top_alpha:g} (margin {alpha_share_margin:.0%})")
     used = [float(a) for a in ev["alpha"] if float(a) not in excluded]
     best = top_alpha if top_alpha is not None and top_alpha in used else None
     ev["used"] = [float(a) not in excluded for a in ev["alpha"]]
     ev["reason"] = [excluded.get(float(a), "") for a in ev["alpha"]]
+    ev["excluded_as"] = [kind.get(float(a), "") for a in ev["alpha"]]
+    # below the floor whatever else failed first (unknown without seeds: not below it)
+    ev["below_floor"] = ev["best_reproduced_share"].to_numpy(dtype=float) < min_reproduced_share
     return AlphaSelection(used, excluded, best, ev)
 
 
@@ -159,8 +184,24 @@ def converged_share_near(cells: pd.DataFrame, alphas: Sequence[float], h: float)
     return math.nan if at is None else float(at["converged"].astype(bool).mean())
 
 
+def alpha_below(selection: AlphaSelection) -> tuple[float, float, str, bool] | None:
+    """The excluded alpha next below every working alpha: it, its converged share (NaN when unrecorded),
+    why it was excluded, and whether its best reproduced share is under the floor (``min_reproduced_share``);
+    None when no alpha below the working ones was swept, or none works."""
+    if not selection.used:
+        return None
+    below = [a for a in selection.excluded if a < min(selection.used)]
+    if not below:
+        return None
+    nearest = max(below)
+    ev = selection.evidence
+    row = ev[np.isclose(ev["alpha"].to_numpy(dtype=float), nearest)].iloc[0]
+    return nearest, float(row["converged_share"]), str(row["excluded_as"]), bool(row["below_floor"])
+
+
 def verdict(cells: pd.DataFrame, selection: AlphaSelection, values: dict[str, float | None], *,
-            min_converged_share: float, min_reproduced_at_h: float, max_spread: float) -> Verdict:
+            min_converged_share: float, min_reproduced_at_h: float, max_spread: float,
+            min_converged_below: float, below_values: dict[str, float | None] | None = None) -> Verdict:
     """TRUSTED or NOT TRUSTED for one dataset, from its cells, working alphas and each signal's value."""
     reasons: list[str] = []
     checks: dict[str, Any] = {"alphas_used": selection.used,
@@ -226,4 +267,27 @@ def verdict(cells: pd.DataFrame, selection: AlphaSelection, values: dict[str, fl
         reasons.append(f"at J near h-hat only {rep:.0%} of latents are reproduced by another seed "
                        f"(needs {min_reproduced_at_h:.0%}: the rarer features are not learnt the same way twice) "
                        f"(remedy: {remedy})")
+    edge = alpha_below(selection)
+    if edge is not None:
+        alpha, share, why, below_floor = edge
+        checks["alpha_below"] = {"alpha": alpha, "converged_share": share, "excluded_as": why,
+                                 "below_floor": below_floor}
+        if not below_floor and math.isfinite(share) and share < min_converged_below:
+            reasons.append(f"alpha {alpha:g}, next below the working alphas, was excluded "
+                           f"({selection.excluded[alpha]}) with only {share:.0%} of its runs converged "
+                           f"(needs {min_converged_below:.0%}): a smaller alpha can resolve features that alpha "
+                           f"{min(selection.used):g} merges, and unconverged runs cannot show it (remedy: sweep again "
+                           f"with a larger train.num_samples, e.g. 3x, so that alpha {alpha:g} converges)")
+        elif why == OUT_OF_BAND and below_values and "consensus" in checks:  # converged, above the floor
+            given_below = {k: v for k, v in below_values.items() if v is not None and math.isfinite(v)}
+            if given_below:
+                below_h = float(np.median(list(given_below.values())))
+                checks["alpha_below"]["h_hat"] = below_h
+                if below_h > checks["consensus"] * (1 + max_spread):
+                    read = ", ".join(f"{k} {v:.0f}" for k, v in given_below.items())
+                    reasons.append(f"alpha {alpha:g}, next below the working alphas and converged, counts more: h-hat "
+                                   f"{below_h:.0f} ({read}) against {checks['consensus']:.0f}, more than "
+                                   f"{max_spread:.0%} apart: a smaller alpha resolves features a larger one can merge "
+                                   "alike on every seed, so the count depends on alpha (remedy: none within this "
+                                   f"sweep; take h as between {checks['consensus']:.0f} and {below_h:.0f})")
     return Verdict(not reasons, reasons, checks)

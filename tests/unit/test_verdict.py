@@ -12,7 +12,7 @@ from sae_sweep.analysis.verdict import AlphaSelection, select_alphas, verdict
 GRID = [16, 32, 64, 128, 256]
 FINE = [32, 38, 45, 49, 54, 59, 64, 76, 91]
 SELECT = {"min_converged_share": 0.5, "min_reproduced_share": 0.7, "alpha_share_margin": 0.1}
-TRUST = {"min_converged_share": 0.5, "min_reproduced_at_h": 0.9, "max_spread": 0.1}
+TRUST = {"min_converged_share": 0.5, "min_reproduced_at_h": 0.9, "max_spread": 0.1, "min_converged_below": 0.9}
 
 
 def build_cells(peaks: dict[float, tuple[int, float]], *, grid: list[int] = GRID, seeds: tuple[int, ...] = (0, 1),
@@ -167,6 +167,94 @@ def test_verdict__low_reproducibility_with_unconverged_runs_at_h_hat_says_train_
     v = verdict(cells, _selected(cells), {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 54}, **TRUST)
     assert v.checks["converged_share_at_h"] == 0.0 and not v.trusted
     assert v.reasons[-1].endswith("(remedy: raise train.num_samples, or more seeds)")
+
+
+# --- the band's lower edge -----------------------------------------------------------------------
+AGREE = {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 54}
+
+
+@pytest.mark.parametrize("converged,trusted", [(9 / 18, False), (15 / 18, False), (17 / 18, True), (1.0, True)])
+def test_verdict__a_smaller_alpha_excluded_while_unconverged_leaves_the_band_unjudged(converged, trusted):
+    # setting y of the generalization study: alpha 0.3 merges features alike on both seeds (most
+    # reproducible, its signals agree on too few), alpha 0.1 is less reproducible with half its runs at the cap
+    cells = build_cells({0.1: (54, 0.83), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: converged})
+    sel = _selected(cells)
+    assert sel.used == [0.3] and "out of band" in sel.excluded[0.1]
+    v = verdict(cells, sel, AGREE, **TRUST)
+    assert v.checks["alpha_below"]["alpha"] == 0.1 and v.checks["alpha_below"]["excluded_as"] == "out of band"
+    assert v.checks["alpha_below"]["converged_share"] == pytest.approx(round(converged * 18) / 18)
+    assert v.trusted is trusted
+    if not trusted:
+        assert v.reasons == [f"alpha 0.1, next below the working alphas, was excluded ({sel.excluded[0.1]}) with only "
+                             f"{round(converged * 18) / 18:.0%} of its runs converged (needs 90%): a smaller alpha can "
+                             "resolve features that alpha 0.3 merges, and unconverged runs cannot show it (remedy: sweep "
+                             "again with a larger train.num_samples, e.g. 3x, so that alpha 0.1 converges)"]
+
+
+def test_verdict__only_the_alpha_next_below_the_band_is_judged_not_those_above_or_further_below():
+    # 1.0 unconverged above the band, 0.01 unconverged two steps below, 0.03 converged next below: trusted
+    cells = build_cells({0.01: (54, 0.3), 0.03: (54, 0.6), 0.1: (54, 0.93), 0.3: (54, 0.95), 1.0: (54, 0.7)},
+                        grid=FINE, converged={0.01: 0.2, 1.0: 0.2})
+    sel = _selected(cells)
+    assert sel.used == [0.1, 0.3] and set(sel.excluded) == {0.01, 0.03, 1.0}
+    v = verdict(cells, sel, AGREE, **TRUST)
+    assert v.trusted and v.checks["alpha_below"] == {"alpha": 0.03, "converged_share": 1.0,
+                                                     "excluded_as": "not reproducible", "below_floor": True}
+
+
+def test_verdict__a_smaller_alpha_no_seed_reproduces_is_judged_even_with_unconverged_runs():
+    # setting u: alpha 0.1's codes are dense (L0 40-55 for 6 true), 12 % reproduced where its runs converged
+    cells = build_cells({0.1: (54, 0.12), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: 0.7})
+    sel = _selected(cells)
+    assert "not reproducible" in sel.excluded[0.1]
+    v = verdict(cells, sel, AGREE, **TRUST)
+    assert v.trusted and v.checks["alpha_below"]["excluded_as"] == "not reproducible"
+
+
+def test_verdict__a_smaller_alpha_unconverged_and_under_the_floor_is_judged():
+    # setting v: alpha 0.0333 excluded first as unconverged (40 %), and at most 46 % reproduced
+    cells = build_cells({0.0333: (54, 0.46), 0.1: (54, 0.95)}, grid=FINE, converged={0.0333: 0.4})
+    sel = _selected(cells)
+    assert sel.excluded[0.0333].startswith("unconverged")
+    v = verdict(cells, sel, AGREE, **TRUST)
+    assert v.trusted and v.checks["alpha_below"]["below_floor"]
+
+
+def test_verdict__a_smaller_alpha_excluded_as_unconverged_leaves_the_band_unjudged():
+    cells = build_cells({0.1: (54, 0.93), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: 0.3})
+    sel = _selected(cells)
+    assert sel.excluded[0.1].startswith("unconverged")
+    v = verdict(cells, sel, AGREE, **TRUST)
+    assert not v.trusted and v.reasons[0].startswith("alpha 0.1, next below the working alphas, was excluded (unconverged")
+
+
+def test_verdict__without_a_swept_alpha_below_the_band_there_is_nothing_to_judge():
+    cells = build_cells({0.1: (54, 0.93), 0.3: (54, 0.95), 1.0: (54, 0.8)}, grid=FINE, converged={1.0: 0.0})
+    v = verdict(cells, _selected(cells), AGREE, **TRUST)
+    assert v.trusted and "alpha_below" not in v.checks
+
+
+
+@pytest.mark.parametrize("below_h,trusted", [(256, False), (60, False), (59, True), (45, True)])
+def test_verdict__a_converged_smaller_alpha_that_counts_more_makes_the_count_depend_on_alpha(below_h, trusted):
+    # setting y at 3x the samples: alpha 0.1 converged, still out of band, and its own signals read 256 against 166
+    cells = build_cells({0.1: (54, 0.83), 0.3: (54, 0.95)}, grid=FINE)
+    sel = _selected(cells)
+    v = verdict(cells, sel, AGREE, **TRUST, below_values={"dead_latents": below_h, "loss_basin": below_h,
+                                                          "dictionary_agreement": None})
+    assert v.checks["alpha_below"]["h_hat"] == below_h and v.trusted is trusted
+    if below_h == 256:
+        assert v.reasons == ["alpha 0.1, next below the working alphas and converged, counts more: h-hat 256 "
+                             "(dead_latents 256, loss_basin 256) against 54, more than 10% apart: a smaller alpha "
+                             "resolves features a larger one can merge alike on every seed, so the count depends on "
+                             "alpha (remedy: none within this sweep; take h as between 54 and 256)"]
+
+
+def test_verdict__a_smaller_alpha_below_the_reproducibility_floor_is_not_read():
+    cells = build_cells({0.1: (54, 0.5), 0.3: (54, 0.95)}, grid=FINE)
+    v = verdict(cells, _selected(cells), AGREE, **TRUST, below_values={"dead_latents": 256, "loss_basin": 256})
+    assert v.trusted and "h_hat" not in v.checks["alpha_below"]
+
 
 # --- plateau rules -------------------------------------------------------------------------------
 def test_plateau_start__is_the_first_value_within_the_tolerance_of_the_largest():
