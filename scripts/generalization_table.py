@@ -1,8 +1,8 @@
 """The generalization study's table: per toy setting, the true h, each signal, the consensus and the verdict.
 
-    python scripts/generalization_table.py [a b c ...]     (reads outputs/gen_<x>/; default: all twelve)
+    python scripts/generalization_table.py [a b c ...]     (reads outputs/gen_<x>/; default: every setting)
 
-Settings a-l are the tuning set, m-p the held-back half (conf/experiment/gen_base.yaml). Prints a
+Settings a-z are the tuning set, aa-ac the held-back half (conf/experiment/gen_base.yaml). Prints a
 markdown table and the issue's targets checked on each half: no TRUSTED consensus outside 10 % of h,
 every signal within 10 % of h on every TRUSTED setting (a signal the verdict outvoted as dissent
 counts against this), and the share of settings TRUSTED.
