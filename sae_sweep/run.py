@@ -58,7 +58,7 @@ from sae_sweep.record import (
 )
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink, read_rows
-from sae_sweep.threads import single_run_threads
+from sae_sweep.threads import set_torch_threads, single_run_threads
 from sae_sweep.train import EvalSet, MemberOutcome, MemberState, StopFn, check_member_state, train
 
 log = logging.getLogger(__name__)
@@ -274,8 +274,7 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
                          "only alpha, dict_size, seed, train.batch_seed, sae.l1_norm and the logger may differ")
     threads = (single_run_threads(cfg.train.threads, batch_size=cfg.train.batch_size, n=cfg.data.n,
                                   dict_size=cfg.dict_size) if len(jobs) == 1 else cfg.train.threads or None)
-    if threads:  # None: as the process has it (torch's default, or a launcher's; threads.py)
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)  # None: as the process has it (torch's default, or a launcher's; threads.py)
     device = resolve_device(cfg.train.device)
     data, eval_set = _load_data(cfg, device)
     seeds = sorted({batch_seed(j.cfg) for j in jobs})
