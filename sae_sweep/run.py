@@ -33,6 +33,7 @@ import yaml
 from safetensors.torch import save_file
 
 from sae_sweep import checkpoint, packing
+from sae_sweep.checkpoint import MemberState, check_member_state
 from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
@@ -59,7 +60,7 @@ from sae_sweep.record import (
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink, read_rows
 from sae_sweep.threads import set_torch_threads, single_run_threads
-from sae_sweep.train import EvalSet, MemberOutcome, MemberState, StopFn, check_member_state, train
+from sae_sweep.train import EvalSet, MemberOutcome, StopFn, train
 
 log = logging.getLogger(__name__)
 

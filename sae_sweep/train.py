@@ -20,6 +20,14 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_sweep import metrics
+from sae_sweep.checkpoint import (
+    MemberState,
+    load_member_,
+    member_tensors,
+    resume_point,
+    sae_from,
+    sae_tensors,
+)
 from sae_sweep.config import TrainConfig
 from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
 from sae_sweep.feed import BatchFeed, StepQueue
@@ -56,22 +64,7 @@ class MemberOutcome:
 
 
 # on_checkpoint(step, states): every member's state after ``step`` steps (run.py writes them to disk).
-CheckpointFn = Callable[[int, list["MemberState"]], None]
-
-
-@dataclass
-class MemberState:
-    """One member's whole training state between two steps: what a checkpoint holds for it and what
-    ``train(resume=...)`` continues from, so that the run ends exactly as without the break.
-
-    ``tensors`` (CPU, the member's own J): ``param.<name>`` its parameters (stopped members:
-    ``stopped.<name>``, the weights it stopped with), ``adam.<key>.<name>`` Adam's state of each
-    parameter, ``conv_atoms`` the convergence rule's last atoms, ``latent_frequency`` / ``latent_mean``.
-    ``info`` (JSON): the step reached, the open loss window, the outcome so far, the rule's streak.
-    """
-
-    tensors: dict[str, torch.Tensor]
-    info: dict[str, Any]
+CheckpointFn = Callable[[int, list[MemberState]], None]
 
 
 @torch.no_grad()
@@ -281,69 +274,15 @@ def _drop_stopped(groups: Sequence[_Group], members: list[_Member], running: Seq
                 members[m].k = k
 
 
-def _tensors_of(sae: SAE, prefix: str) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{name}": t.detach().cpu().clone() for name, t in
-            (dict(sae.named_buffers()) | dict(sae.named_parameters())).items()}
-
-
-def _sae_from(tensors: dict[str, torch.Tensor], prefix: str, like: SAE, j: int) -> SAE:
-    """A single-member SAE of size ``j`` holding ``tensors[prefix.<name>]``."""
-    out = SAE(like.n, j, 1, decoder_bias=like.decoder_bias, device=like.W_dec_KJN.device)
-    with torch.no_grad():
-        for name, t in (dict(out.named_buffers()) | dict(out.named_parameters())).items():
-            src = tensors[f"{prefix}.{name}"]
-            if src.shape != t.shape:
-                raise ValueError(f"{prefix}.{name} has shape {list(src.shape)}, expected {list(t.shape)}")
-            t.copy_(src)
-    return out
-
-
-def check_member_state(st: MemberState, n: int, j: int, decoder_bias: bool) -> None:
-    """ValueError unless ``st`` is a whole state of a member of input dim n and size j (before any of it is used)."""
-    info, t = st.info, st.tensors
-    for key, kind in (("step", int), ("window_start", int), ("train_time", float), ("running", bool),
-                      ("status", str), ("message", str), ("samples", int), ("final", dict), ("converged", bool),
-                      ("window", list)):
-        if not isinstance(info.get(key), (int, float) if kind is float else kind):
-            raise ValueError(f"member state: {key} must be {kind.__name__}, got {info.get(key)!r}")
-    if len(info["window"]) != 4 or not 1 <= info["window_start"] <= info["step"] + 1:
-        raise ValueError(f"member state: bad loss window {info['window']} from step {info['window_start']}")
-    like = SAE(n, 1, 1, decoder_bias=decoder_bias)
-    prefix = "param" if info["running"] else "stopped"
-    sae = _sae_from(t, prefix, like, j) if f"{prefix}.W_dec_KJN" in t else None
-    if sae is None:
-        raise ValueError(f"member state: no {prefix}.* weights")
-    if info["running"]:
-        for name, p in sae.named_parameters():
-            moments = [k for k in t if k.startswith("adam.") and k.endswith(f".{name}") and t[k].dim() == p.dim()]
-            if not moments or any(t[k].shape != p.shape for k in moments):
-                raise ValueError(f"member state: Adam's moments of {name} missing or of the wrong shape")
-    conv = info.get("conv")
-    if conv is not None and (not isinstance(conv, dict) or "conv_atoms" not in t or t["conv_atoms"].shape != (j, n)):
-        raise ValueError("member state: the convergence rule's state is incomplete")
-    if ("latent_frequency" in t) != ("latent_mean" in t) or ("latent_frequency" in t and t["latent_frequency"].shape != (j,)):
-        raise ValueError("member state: latent statistics incomplete or of the wrong size")
-
-
 @torch.no_grad()
 def _snapshot(m: int, group: _Group, mem: _Member, state: _State, tracker: ConvergenceTracker,
               pack: dict[str, Any]) -> MemberState:
     """Member m's state now (between steps), copied to the CPU."""
     out, tensors = state.outcomes[m], {}
     if state.running[m]:
-        member = group.sae.member(mem.k)
-        tensors.update(_tensors_of(member, "param"))
-        params = dict(member.named_parameters())
-        for name, p in group.sae.named_parameters():
-            for key, v in group.opt.state.get(p, {}).items():
-                if v.shape == p.shape:  # a moment: the member's own slice, at its J
-                    moment = torch.zeros_like(params[name])
-                    copy_member_tensors_({name: moment}, {name: v}, [mem.k])
-                    tensors[f"adam.{key}.{name}"] = moment.cpu()
-                else:  # Adam's step count
-                    tensors[f"adam.{key}.{name}"] = v.detach().cpu().clone()
+        tensors.update(member_tensors(group.sae, group.opt, mem.k))
     elif out.weights is not None:
-        tensors.update(_tensors_of(out.weights, "stopped"))
+        tensors.update(sae_tensors(out.weights, "stopped"))
     if out.latent_frequency_J is not None:
         tensors["latent_frequency"], tensors["latent_mean"] = out.latent_frequency_J.clone(), out.latent_mean_J.clone()
     prev = tracker.prev[m]
@@ -359,15 +298,11 @@ def _snapshot(m: int, group: _Group, mem: _Member, state: _State, tracker: Conve
 
 @torch.no_grad()
 def _restore(resume: Sequence[MemberState], groups: list[_Group], members: list[_Member], state: _State,
-             tracker: ConvergenceTracker, like: Sequence[SAE]) -> None:
-    """Put every member back as ``resume`` had it: parameters and Adam's state into its group, its
-    outcome, loss window and convergence streak; stopped members leave their stacked groups as at the
-    evaluation that stopped them. Raises ValueError when a state does not fit the member."""
-    if len(resume) != len(members):
-        raise ValueError(f"{len(resume)} member states for {len(members)} members")
-    steps = {int(r.info["step"]) for r in resume}
-    if len(steps) != 1:
-        raise ValueError(f"member states of different steps {sorted(steps)}")
+             tracker: ConvergenceTracker) -> None:
+    """Put every member back as ``resume`` had it (one state per member, all of one step: checkpoint.resume_point):
+    parameters and Adam's state into its group, its outcome, loss window and convergence streak; stopped
+    members leave their stacked groups as at the evaluation that stopped them. Raises ValueError when a
+    state does not fit the member."""
     for m, (r, mem) in enumerate(zip(resume, members, strict=True)):
         group, t, info = groups[mem.g], r.tensors, r.info
         j = group.sae.sizes_K[mem.k]
@@ -384,23 +319,10 @@ def _restore(resume: Sequence[MemberState], groups: list[_Group], members: list[
         if conv is not None:
             tracker.prev[m] = (int(conv["samples"]), float(conv["loss"]), t["conv_atoms"].to(group.sae.W_dec_KJN.device))
             tracker.streak[m] = int(conv["streak"])
-        if not state.running[m]:
-            out.weights = _sae_from(t, "stopped", like[mem.g], j)
-            continue
-        member = _sae_from(t, "param", like[mem.g], j)
-        dst = dict(group.sae.named_buffers()) | dict(group.sae.named_parameters())
-        copy_member_tensors_(dst, dict(member.named_buffers()) | dict(member.named_parameters()), [0], at=mem.k)
-        for name, p in group.sae.named_parameters():
-            keys = [key.split(".")[1] for key in t if key.startswith("adam.") and key.endswith(f".{name}")]
-            st = group.opt.state[p]
-            for key in keys:
-                v = t[f"adam.{key}.{name}"]
-                if v.dim() == p.dim():  # a moment
-                    if key not in st:
-                        st[key] = torch.zeros_like(p)
-                    copy_member_tensors_({name: st[key]}, {name: v.to(p.device)}, [0], at=mem.k)
-                else:
-                    st[key] = v.to(p.device if group.opt.defaults.get("fused") else "cpu").clone()
+        if state.running[m]:
+            load_member_(group.sae, group.opt, mem.k, t, j)
+        else:
+            out.weights = sae_from(t, "stopped", group.sae, j)
     for g, group in enumerate(groups):
         if not any(state.running[m] for m in group.member_ids):
             state.queue.retire(g)
@@ -484,11 +406,9 @@ def train(
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
     state = _State(members, outcomes, groups, [float(a) for a in alpha_K], cfg.batch_size, queue)
-    start, window_start, train_time = 0, 1, 0.0
+    start, window_start, train_time = resume_point(resume, len(members)) if resume is not None else (0, 1, 0.0)
     if resume is not None:
-        _restore(resume, groups, members, state, tracker, saes)
-        info = resume[0].info
-        start, window_start, train_time = int(info["step"]), int(info["window_start"]), float(info["train_time"])
+        _restore(resume, groups, members, state, tracker)
         bar.update(start * cfg.batch_size)
     feed = BatchFeed(batches, device, len(groups), on_draw=lambda: bar.update(cfg.batch_size), drawn=start)
     for g, live in enumerate(queue.live):
