@@ -38,7 +38,7 @@ from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, tra
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
-from sae_sweep.feed import stack_streams
+from sae_sweep.lanes import stack_streams
 from sae_sweep.record import (
     COMPLETED,
     CONFIG_FILE,
