@@ -1,6 +1,6 @@
 """Checkpoints inside a run: one file per run dir, written atomically, read back only if it is whole.
 
-A checkpoint is one safetensors file (record.CHECKPOINT_FILE): the member's tensors (``train.MemberState``:
+A checkpoint is one safetensors file (record.CHECKPOINT_FILE): the member's tensors (:class:`MemberState`:
 weights, Adam's state, the convergence rule's atoms, latent statistics) and, in its header's metadata,
 one JSON object: the member's state, the batch stream's position, the torch RNG state, how many rows
 of metrics.jsonl it stands for, the run config's key and a SHA-256 of the tensors. One file, so one
@@ -12,6 +12,10 @@ file, then member by member the current checkpoint becomes the previous one
 every member with the round before it, current or previous, so :func:`load_round` resumes the pack
 from the latest step every member has whole. Anything else (a damaged or truncated file, another
 config, a format this code does not read) is ignored with one log line per file: the run starts over.
+
+What the trainer keeps of a member, and puts back, is here too: :class:`MemberState` and the tensors of
+one member of a group (:func:`member_tensors`, :func:`load_member_`); which outcome, loss window and
+convergence streak go with them is train.py's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +49,120 @@ from sae_sweep.record import (
     single_line,
     tensor_header,
 )
+from sae_sweep.sae import SAE, copy_member_tensors_
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the content changes: an older checkpoint is then ignored, never misread
 _META_KEY = "sae_sweep.checkpoint"
+
+
+@dataclass
+class MemberState:
+    """One member's whole training state between two steps: what a checkpoint holds for it and what
+    ``train(resume=...)`` continues from, so that the run ends exactly as without the break.
+
+    ``tensors`` (CPU, the member's own J): ``param.<name>`` its parameters (stopped members:
+    ``stopped.<name>``, the weights it stopped with), ``adam.<key>.<name>`` Adam's state of each
+    parameter, ``conv_atoms`` the convergence rule's last atoms, ``latent_frequency`` / ``latent_mean``.
+    ``info`` (JSON): the step reached, the open loss window, the outcome so far, the rule's streak.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any]
+
+
+def sae_tensors(sae: SAE, prefix: str) -> dict[str, torch.Tensor]:
+    """``prefix.<name>`` for every parameter and buffer of ``sae``, copied to the CPU."""
+    return {f"{prefix}.{name}": t.detach().cpu().clone() for name, t in
+            (dict(sae.named_buffers()) | dict(sae.named_parameters())).items()}
+
+
+def sae_from(tensors: dict[str, torch.Tensor], prefix: str, like: SAE, j: int) -> SAE:
+    """A single-member SAE of size ``j`` (input dim and decoder bias as ``like``) holding ``tensors[prefix.<name>]``."""
+    out = SAE(like.n, j, 1, decoder_bias=like.decoder_bias, device=like.W_dec_KJN.device)
+    with torch.no_grad():
+        for name, t in (dict(out.named_buffers()) | dict(out.named_parameters())).items():
+            src = tensors[f"{prefix}.{name}"]
+            if src.shape != t.shape:
+                raise ValueError(f"{prefix}.{name} has shape {list(src.shape)}, expected {list(t.shape)}")
+            t.copy_(src)
+    return out
+
+
+@torch.no_grad()
+def member_tensors(sae: SAE, opt: torch.optim.Optimizer, k: int) -> dict[str, torch.Tensor]:
+    """Member k of a group (its SAE and Adam): ``param.*`` and ``adam.*`` of :class:`MemberState`, at its own J, on the CPU."""
+    member = sae.member(k)
+    tensors = sae_tensors(member, "param")
+    params = dict(member.named_parameters())
+    for name, p in sae.named_parameters():
+        for key, v in opt.state.get(p, {}).items():
+            if v.shape == p.shape:  # a moment: the member's own slice, at its J
+                moment = torch.zeros_like(params[name])
+                copy_member_tensors_({name: moment}, {name: v}, [k])
+                tensors[f"adam.{key}.{name}"] = moment.cpu()
+            else:  # Adam's step count
+                tensors[f"adam.{key}.{name}"] = v.detach().cpu().clone()
+    return tensors
+
+
+@torch.no_grad()
+def load_member_(sae: SAE, opt: torch.optim.Optimizer, k: int, tensors: dict[str, torch.Tensor], j: int) -> None:
+    """The inverse of :func:`member_tensors`: member k (of size ``j``) of the group takes ``tensors``'
+    parameters and Adam's state. ValueError when a parameter has the wrong shape."""
+    member = sae_from(tensors, "param", sae, j)
+    dst = dict(sae.named_buffers()) | dict(sae.named_parameters())
+    copy_member_tensors_(dst, dict(member.named_buffers()) | dict(member.named_parameters()), [0], at=k)
+    for name, p in sae.named_parameters():
+        keys = [key.split(".")[1] for key in tensors if key.startswith("adam.") and key.endswith(f".{name}")]
+        st = opt.state[p]
+        for key in keys:
+            v = tensors[f"adam.{key}.{name}"]
+            if v.dim() == p.dim():  # a moment
+                if key not in st:
+                    st[key] = torch.zeros_like(p)
+                copy_member_tensors_({name: st[key]}, {name: v.to(p.device)}, [0], at=k)
+            else:
+                st[key] = v.to(p.device if opt.defaults.get("fused") else "cpu").clone()
+
+
+def check_member_state(st: MemberState, n: int, j: int, decoder_bias: bool) -> None:
+    """ValueError unless ``st`` is a whole state of a member of input dim n and size j (before any of it is used)."""
+    info, t = st.info, st.tensors
+    for key, kind in (("step", int), ("window_start", int), ("train_time", float), ("running", bool),
+                      ("status", str), ("message", str), ("samples", int), ("final", dict), ("converged", bool),
+                      ("window", list)):
+        if not isinstance(info.get(key), (int, float) if kind is float else kind):
+            raise ValueError(f"member state: {key} must be {kind.__name__}, got {info.get(key)!r}")
+    if len(info["window"]) != 4 or not 1 <= info["window_start"] <= info["step"] + 1:
+        raise ValueError(f"member state: bad loss window {info['window']} from step {info['window_start']}")
+    like = SAE(n, 1, 1, decoder_bias=decoder_bias)
+    prefix = "param" if info["running"] else "stopped"
+    sae = sae_from(t, prefix, like, j) if f"{prefix}.W_dec_KJN" in t else None
+    if sae is None:
+        raise ValueError(f"member state: no {prefix}.* weights")
+    if info["running"]:
+        for name, p in sae.named_parameters():
+            moments = [k for k in t if k.startswith("adam.") and k.endswith(f".{name}") and t[k].dim() == p.dim()]
+            if not moments or any(t[k].shape != p.shape for k in moments):
+                raise ValueError(f"member state: Adam's moments of {name} missing or of the wrong shape")
+    conv = info.get("conv")
+    if conv is not None and (not isinstance(conv, dict) or "conv_atoms" not in t or t["conv_atoms"].shape != (j, n)):
+        raise ValueError("member state: the convergence rule's state is incomplete")
+    if ("latent_frequency" in t) != ("latent_mean" in t) or ("latent_frequency" in t and t["latent_frequency"].shape != (j,)):
+        raise ValueError("member state: latent statistics incomplete or of the wrong size")
+
+
+def resume_point(resume: Sequence[MemberState], members: int) -> tuple[int, int, float]:
+    """(step reached, first step of the open loss window, training time so far) of a pack's states.
+    ValueError unless there is one state per member, all of one step."""
+    if len(resume) != members:
+        raise ValueError(f"{len(resume)} member states for {members} members")
+    steps = {int(r.info["step"]) for r in resume}
+    if len(steps) != 1:
+        raise ValueError(f"member states of different steps {sorted(steps)}")
+    info = resume[0].info
+    return int(info["step"]), int(info["window_start"]), float(info["train_time"])
 
 
 def config_key(cfg: RunConfig) -> str:

@@ -33,11 +33,12 @@ import yaml
 from safetensors.torch import save_file
 
 from sae_sweep import checkpoint, packing
+from sae_sweep.checkpoint import MemberState, check_member_state
 from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, trainer_alpha
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
-from sae_sweep.feed import stack_streams
+from sae_sweep.lanes import stack_streams
 from sae_sweep.record import (
     COMPLETED,
     CONFIG_FILE,
@@ -58,8 +59,8 @@ from sae_sweep.record import (
 )
 from sae_sweep.sae import SAE
 from sae_sweep.sinks import JsonlSink, MetricSink, WandbSink, read_rows
-from sae_sweep.threads import single_run_threads
-from sae_sweep.train import EvalSet, MemberOutcome, MemberState, StopFn, check_member_state, train
+from sae_sweep.threads import set_torch_threads, single_run_threads
+from sae_sweep.train import EvalSet, MemberOutcome, StopFn, train
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +275,7 @@ def run_packed(jobs: list[Job]) -> list[dict[str, Any]]:
                          "only alpha, dict_size, seed, train.batch_seed, sae.l1_norm and the logger may differ")
     threads = (single_run_threads(cfg.train.threads, batch_size=cfg.train.batch_size, n=cfg.data.n,
                                   dict_size=cfg.dict_size) if len(jobs) == 1 else cfg.train.threads or None)
-    if threads:  # None: as the process has it (torch's default, or a launcher's; threads.py)
-        torch.set_num_threads(threads)
+    set_torch_threads(threads)  # None: as the process has it (torch's default, or a launcher's; threads.py)
     device = resolve_device(cfg.train.device)
     data, eval_set = _load_data(cfg, device)
     seeds = sorted({batch_seed(j.cfg) for j in jobs})

@@ -103,16 +103,16 @@ sort and gathers) and no ``skip``: a stopped member leaves the stack at the next
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 import weakref
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from sae_sweep.sae import SAE
+from sae_sweep.threads import torch_threads
 
 _threshold_backward = torch.ops.aten.threshold_backward.grad_input
 # The integer type of a float's size: codes are counted and listed through their bit patterns.
@@ -284,7 +284,7 @@ def loss_and_grads(
             if nnz < max_sparse:
                 if idx_A is None:
                     idx_A = bits_BJ.view(-1).nonzero().view(-1)
-                with _one_cpu_thread(c_BJ.device):  # the O(|A|) kernels: see the module doc
+                with torch_threads(1 if c_BJ.device.type == "cpu" else None):  # the O(|A|) kernels: module doc
                     _sparse_member(sae, k, ws, y_BN, alpha_K[k], mse_K, l1_K, idx_A)
                 continue
             del idx_A  # a dense member after all: its list is not needed
@@ -310,20 +310,6 @@ def loss_and_grads(
             g_bdec_1N.addmm_(g_benc_1J, w_enc_NJ.T, alpha=-1.0)  # minus W_enc db_enc
     ws.active_share = shares
     return mse_K, l1_K
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run torch's CPU kernels on one thread inside the block (see the module doc)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

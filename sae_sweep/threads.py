@@ -4,7 +4,6 @@ Torch's OpenMP threads spin while they wait for a core another process holds, so
 two threads can make a run many times slower than one; with ``OMP_WAIT_POLICY=PASSIVE`` a waiting
 thread sleeps instead, but wakes too slowly for a small step's short kernels. Measurements:
 benchmarks/bench_threads.py and benchmarks/README.md; the user's view: docs/runs.md. So by default:
-So by default:
 
 * ``OMP_WAIT_POLICY=PASSIVE`` is set before torch is imported (the entry points call
   :func:`set_wait_policy`; child processes, e.g. joblib workers, inherit it); a value the user set
@@ -18,13 +17,16 @@ So by default:
   (``os.sched_getaffinity``), at least one (the packed launcher sets its own);
 * ``SAE_SWEEP_THREAD_POLICY=off`` restores torch's and OpenMP's own defaults (for comparison).
 
-Packed lanes already run one thread each (train.py). Imports no torch.
+Packed lanes run one thread each (lanes.py). Every change of torch's thread count goes through
+:func:`set_torch_threads` or :func:`torch_threads`; torch is imported inside them only, so the entry
+points can set the wait policy here before torch loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 
 POLICY_ENV = "SAE_SWEEP_THREAD_POLICY"
 WAIT_POLICY = "PASSIVE"
@@ -82,3 +84,36 @@ def single_run_threads(requested: int, *, batch_size: int, n: int, dict_size: in
     if policy_on(environ) and batch_size * n * dict_size < SMALL_STEP_MACS:
         return 1
     return None
+
+
+def set_torch_threads(n: int | None) -> int:
+    """Set torch's intra-op thread count to ``n`` (None or 0: leave it as it is); returns the count before.
+
+    The one place sae_sweep sets it, by this rule: a run takes ``train.threads`` when > 0, else
+    :func:`single_run_threads`'s choice for a run alone, else the process's count (torch's default, or a
+    launcher's: :func:`choose_threads` for a joblib worker, ``hydra.launcher.threads`` or one per usable
+    core for the packed launcher); while lanes run, one thread each (:func:`torch_threads`, lanes.py); the
+    sparse step's short kernels, one (step.py).
+    """
+    import torch  # here, not at import time (module docstring)
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    return before
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's thread count ``n`` inside the block and the count before it after (None, or the count
+    it has already: nothing is set)."""
+    import torch
+
+    if not n or n == torch.get_num_threads():
+        yield
+        return
+    before = set_torch_threads(n)
+    try:
+        yield
+    finally:
+        set_torch_threads(before)

@@ -2,7 +2,9 @@
 
 Reads top to bottom like the algorithm: draw a batch, compute loss and gradients (step.py), keep
 decoder atoms at unit norm, Adam, and every ``eval_every`` samples evaluate on the held-out set and
-hand a flat dict of metrics to the sinks. Imports no hydra, optuna or wandb.
+hand a flat dict of metrics to the sinks. Which lane steps which group, and the batch feed they
+share: lanes.py; a member's state in a checkpoint and its tensors: checkpoint.py. Imports no hydra,
+optuna or wandb.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +21,17 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_sweep import metrics
+from sae_sweep.checkpoint import (
+    MemberState,
+    load_member_,
+    member_tensors,
+    resume_point,
+    sae_from,
+    sae_tensors,
+)
 from sae_sweep.config import TrainConfig
 from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
-from sae_sweep.feed import BatchFeed, StepQueue
+from sae_sweep.lanes import Lanes
 from sae_sweep.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED  # noqa: F401  (statuses: record.py)
 from sae_sweep.sae import SAE, copy_member_tensors_
 from sae_sweep.sinks import MetricSink
@@ -56,22 +65,7 @@ class MemberOutcome:
 
 
 # on_checkpoint(step, states): every member's state after ``step`` steps (run.py writes them to disk).
-CheckpointFn = Callable[[int, list["MemberState"]], None]
-
-
-@dataclass
-class MemberState:
-    """One member's whole training state between two steps: what a checkpoint holds for it and what
-    ``train(resume=...)`` continues from, so that the run ends exactly as without the break.
-
-    ``tensors`` (CPU, the member's own J): ``param.<name>`` its parameters (stopped members:
-    ``stopped.<name>``, the weights it stopped with), ``adam.<key>.<name>`` Adam's state of each
-    parameter, ``conv_atoms`` the convergence rule's last atoms, ``latent_frequency`` / ``latent_mean``.
-    ``info`` (JSON): the step reached, the open loss window, the outcome so far, the rule's streak.
-    """
-
-    tensors: dict[str, torch.Tensor]
-    info: dict[str, Any]
+CheckpointFn = Callable[[int, list[MemberState]], None]
 
 
 @torch.no_grad()
@@ -128,7 +122,7 @@ class _Group:
 
     ``stacked``: the group steps as one batched computation (``loss_and_grads_stacked``; its members
     may differ in J and stream), else member by member (``loss_and_grads``, one stream).
-    Any lane may take its next step (``StepQueue``), one lane at a time, so its steps stay in order.
+    Any lane may take its next step (lanes.py), one lane at a time, so its steps stay in order.
     The group owns its step's buffers (``StepBuffers``); a group rebuilt by :meth:`keep` gets fresh ones.
     """
 
@@ -182,29 +176,17 @@ class _Group:
         self.stream_K = [self.stream_K[k] for k in ks]
 
 
-def _lane(groups: Sequence[_Group], queue: StepQueue, feed: BatchFeed, state: _State, window_start: int) -> None:
-    """One lane: step whichever group the queue hands out until the segment is done or aborted.
+def _step_group(groups: Sequence[_Group], state: _State, window_start: int, g: int, step: int,
+                y_SBN: torch.Tensor) -> None:
+    """Group g's step ``step`` (in whichever lane runs it), its losses into the members' windows.
 
     The L1 term is measured every L1_EVERY steps counted from ``window_start`` (the first step after
     the last evaluation).
     """
-    try:
-        while (job := queue.take()) is not None:
-            g, step = job
-            y_SBN = feed.get(g, step)
-            if y_SBN is None:  # aborted
-                queue.done(g)
-                return
-            if y_SBN.dim() == 2:  # one stream
-                y_SBN = y_SBN[None]
-            with_l1 = (step - window_start) % L1_EVERY == 0
-            state.account(groups[g], step, groups[g].step(y_SBN, with_l1, state.running), with_l1)
-            if queue.done(g):
-                feed.leave(g)
-    except BaseException:
-        feed.stop()
-        queue.stop()
-        raise
+    if y_SBN.dim() == 2:  # one stream
+        y_SBN = y_SBN[None]
+    with_l1 = (step - window_start) % L1_EVERY == 0
+    state.account(groups[g], step, groups[g].step(y_SBN, with_l1, state.running), with_l1)
 
 
 @dataclass
@@ -216,7 +198,7 @@ class _State:
     groups: list[_Group]
     alpha_K: list[float]
     batch_size: int
-    queue: StepQueue
+    lanes: Lanes
     running: list[bool] = field(init=False)
     window_mse: list[float] = field(init=False)  # sums since the last evaluation
     window_l1: list[float] = field(init=False)
@@ -257,7 +239,7 @@ class _State:
             # A stopped member's step is skipped from now on (its result is already kept; Adam only
             # decays its moments); a group whose members have all stopped takes no more steps.
             if not any(self.running[i] for i, mem in enumerate(self.members) if mem.g == g):
-                self.queue.retire(g)
+                self.lanes.retire(g)
 
     def train_loss(self, m: int) -> float:
         mse = self.window_mse[m] / max(self.window_steps[m], 1)
@@ -281,69 +263,15 @@ def _drop_stopped(groups: Sequence[_Group], members: list[_Member], running: Seq
                 members[m].k = k
 
 
-def _tensors_of(sae: SAE, prefix: str) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{name}": t.detach().cpu().clone() for name, t in
-            (dict(sae.named_buffers()) | dict(sae.named_parameters())).items()}
-
-
-def _sae_from(tensors: dict[str, torch.Tensor], prefix: str, like: SAE, j: int) -> SAE:
-    """A single-member SAE of size ``j`` holding ``tensors[prefix.<name>]``."""
-    out = SAE(like.n, j, 1, decoder_bias=like.decoder_bias, device=like.W_dec_KJN.device)
-    with torch.no_grad():
-        for name, t in (dict(out.named_buffers()) | dict(out.named_parameters())).items():
-            src = tensors[f"{prefix}.{name}"]
-            if src.shape != t.shape:
-                raise ValueError(f"{prefix}.{name} has shape {list(src.shape)}, expected {list(t.shape)}")
-            t.copy_(src)
-    return out
-
-
-def check_member_state(st: MemberState, n: int, j: int, decoder_bias: bool) -> None:
-    """ValueError unless ``st`` is a whole state of a member of input dim n and size j (before any of it is used)."""
-    info, t = st.info, st.tensors
-    for key, kind in (("step", int), ("window_start", int), ("train_time", float), ("running", bool),
-                      ("status", str), ("message", str), ("samples", int), ("final", dict), ("converged", bool),
-                      ("window", list)):
-        if not isinstance(info.get(key), (int, float) if kind is float else kind):
-            raise ValueError(f"member state: {key} must be {kind.__name__}, got {info.get(key)!r}")
-    if len(info["window"]) != 4 or not 1 <= info["window_start"] <= info["step"] + 1:
-        raise ValueError(f"member state: bad loss window {info['window']} from step {info['window_start']}")
-    like = SAE(n, 1, 1, decoder_bias=decoder_bias)
-    prefix = "param" if info["running"] else "stopped"
-    sae = _sae_from(t, prefix, like, j) if f"{prefix}.W_dec_KJN" in t else None
-    if sae is None:
-        raise ValueError(f"member state: no {prefix}.* weights")
-    if info["running"]:
-        for name, p in sae.named_parameters():
-            moments = [k for k in t if k.startswith("adam.") and k.endswith(f".{name}") and t[k].dim() == p.dim()]
-            if not moments or any(t[k].shape != p.shape for k in moments):
-                raise ValueError(f"member state: Adam's moments of {name} missing or of the wrong shape")
-    conv = info.get("conv")
-    if conv is not None and (not isinstance(conv, dict) or "conv_atoms" not in t or t["conv_atoms"].shape != (j, n)):
-        raise ValueError("member state: the convergence rule's state is incomplete")
-    if ("latent_frequency" in t) != ("latent_mean" in t) or ("latent_frequency" in t and t["latent_frequency"].shape != (j,)):
-        raise ValueError("member state: latent statistics incomplete or of the wrong size")
-
-
 @torch.no_grad()
 def _snapshot(m: int, group: _Group, mem: _Member, state: _State, tracker: ConvergenceTracker,
               pack: dict[str, Any]) -> MemberState:
     """Member m's state now (between steps), copied to the CPU."""
     out, tensors = state.outcomes[m], {}
     if state.running[m]:
-        member = group.sae.member(mem.k)
-        tensors.update(_tensors_of(member, "param"))
-        params = dict(member.named_parameters())
-        for name, p in group.sae.named_parameters():
-            for key, v in group.opt.state.get(p, {}).items():
-                if v.shape == p.shape:  # a moment: the member's own slice, at its J
-                    moment = torch.zeros_like(params[name])
-                    copy_member_tensors_({name: moment}, {name: v}, [mem.k])
-                    tensors[f"adam.{key}.{name}"] = moment.cpu()
-                else:  # Adam's step count
-                    tensors[f"adam.{key}.{name}"] = v.detach().cpu().clone()
+        tensors.update(member_tensors(group.sae, group.opt, mem.k))
     elif out.weights is not None:
-        tensors.update(_tensors_of(out.weights, "stopped"))
+        tensors.update(sae_tensors(out.weights, "stopped"))
     if out.latent_frequency_J is not None:
         tensors["latent_frequency"], tensors["latent_mean"] = out.latent_frequency_J.clone(), out.latent_mean_J.clone()
     prev = tracker.prev[m]
@@ -359,15 +287,11 @@ def _snapshot(m: int, group: _Group, mem: _Member, state: _State, tracker: Conve
 
 @torch.no_grad()
 def _restore(resume: Sequence[MemberState], groups: list[_Group], members: list[_Member], state: _State,
-             tracker: ConvergenceTracker, like: Sequence[SAE]) -> None:
-    """Put every member back as ``resume`` had it: parameters and Adam's state into its group, its
-    outcome, loss window and convergence streak; stopped members leave their stacked groups as at the
-    evaluation that stopped them. Raises ValueError when a state does not fit the member."""
-    if len(resume) != len(members):
-        raise ValueError(f"{len(resume)} member states for {len(members)} members")
-    steps = {int(r.info["step"]) for r in resume}
-    if len(steps) != 1:
-        raise ValueError(f"member states of different steps {sorted(steps)}")
+             tracker: ConvergenceTracker) -> None:
+    """Put every member back as ``resume`` had it (one state per member, all of one step: checkpoint.resume_point):
+    parameters and Adam's state into its group, its outcome, loss window and convergence streak; stopped
+    members leave their stacked groups as at the evaluation that stopped them. Raises ValueError when a
+    state does not fit the member."""
     for m, (r, mem) in enumerate(zip(resume, members, strict=True)):
         group, t, info = groups[mem.g], r.tensors, r.info
         j = group.sae.sizes_K[mem.k]
@@ -384,26 +308,13 @@ def _restore(resume: Sequence[MemberState], groups: list[_Group], members: list[
         if conv is not None:
             tracker.prev[m] = (int(conv["samples"]), float(conv["loss"]), t["conv_atoms"].to(group.sae.W_dec_KJN.device))
             tracker.streak[m] = int(conv["streak"])
-        if not state.running[m]:
-            out.weights = _sae_from(t, "stopped", like[mem.g], j)
-            continue
-        member = _sae_from(t, "param", like[mem.g], j)
-        dst = dict(group.sae.named_buffers()) | dict(group.sae.named_parameters())
-        copy_member_tensors_(dst, dict(member.named_buffers()) | dict(member.named_parameters()), [0], at=mem.k)
-        for name, p in group.sae.named_parameters():
-            keys = [key.split(".")[1] for key in t if key.startswith("adam.") and key.endswith(f".{name}")]
-            st = group.opt.state[p]
-            for key in keys:
-                v = t[f"adam.{key}.{name}"]
-                if v.dim() == p.dim():  # a moment
-                    if key not in st:
-                        st[key] = torch.zeros_like(p)
-                    copy_member_tensors_({name: st[key]}, {name: v.to(p.device)}, [0], at=mem.k)
-                else:
-                    st[key] = v.to(p.device if group.opt.defaults.get("fused") else "cpu").clone()
+        if state.running[m]:
+            load_member_(group.sae, group.opt, mem.k, t, j)
+        else:
+            out.weights = sae_from(t, "stopped", group.sae, j)
     for g, group in enumerate(groups):
         if not any(state.running[m] for m in group.member_ids):
-            state.queue.retire(g)
+            state.lanes.retire(g)
     _drop_stopped(groups, members, state.running)
 
 
@@ -437,11 +348,9 @@ def train(
     member by member (the default). A stacked group's stopped members leave it at the evaluation
     that stopped them (the group is rebuilt without them, so it gets cheaper as members converge).
 
-    On CPU, groups step in ``cfg.lanes`` concurrent lanes (threads), each with one torch thread:
-    small SAEs use a core far better one per core than split over cores. A free lane takes the group
-    furthest behind (``StepQueue``), one step at a time, so lanes share the work however the groups'
-    costs drift; every group reads the same batches from a shared feed; lanes meet only at
-    evaluations, which run in the lanes too.
+    On CPU, groups step in ``cfg.lanes`` concurrent lanes (threads, lanes.py), each with one torch
+    thread: a free lane takes the group furthest behind, one step at a time; every group reads the
+    same batches from a shared feed; lanes meet only at evaluations, which run in the lanes too.
 
     ``sinks[k]`` receives member k's metrics at every evaluation. A member whose loss stops being
     finite is marked diverged, one stopped by ``should_stop`` pruned; either keeps a copy of its
@@ -476,119 +385,91 @@ def train(
                     else auto_sparse_below(device, 1 if n_lanes > 1 else threads))
     groups = [_Group(sae, alpha_G[g], member_ids[g], cfg.lr, sparse_below, [stream_M[m] for m in member_ids[g]],
                      stacked_G[g]) for g, sae in enumerate(saes)]
-    queue = StepQueue([sae.k * sae.dict_size for sae in saes])
-    pool = ThreadPoolExecutor(n_lanes, thread_name_prefix="sae-lane") if n_lanes > 1 else None
     outcomes = [MemberOutcome() for _ in members]
     tracker = ConvergenceTracker(ConvergenceRule(cfg.converge_loss_rtol, cfg.converge_drift, cfg.converge_patience),
                                  len(members))
     bar = tqdm(total=steps * cfg.batch_size, unit="samples", unit_scale=True,
                disable=None if cfg.progress else True, dynamic_ncols=True, leave=False)
-    state = _State(members, outcomes, groups, [float(a) for a in alpha_K], cfg.batch_size, queue)
-    start, window_start, train_time = 0, 1, 0.0
+    start, window_start, train_time = resume_point(resume, len(members)) if resume is not None else (0, 1, 0.0)
+    lanes = Lanes(n_lanes, [sae.k * sae.dict_size for sae in saes], batches, device,
+                  on_draw=lambda: bar.update(cfg.batch_size), drawn=start)
+    state = _State(members, outcomes, groups, [float(a) for a in alpha_K], cfg.batch_size, lanes)
     if resume is not None:
-        _restore(resume, groups, members, state, tracker, saes)
-        info = resume[0].info
-        start, window_start, train_time = int(info["step"]), int(info["window_start"]), float(info["train_time"])
+        _restore(resume, groups, members, state, tracker)
         bar.update(start * cfg.batch_size)
-    feed = BatchFeed(batches, device, len(groups), on_draw=lambda: bar.update(cfg.batch_size), drawn=start)
-    for g, live in enumerate(queue.live):
-        if not live:  # retired before the checkpoint (all its members stopped): it never reads, so must not hold the others back
-            feed.leave(g)
     ckpt_every = math.ceil(cfg.checkpoint_every / cfg.batch_size) if on_checkpoint and cfg.checkpoint_every else 0
-
-    def in_lanes(fns: Sequence[Callable[[], Any]]) -> list[Any]:
-        """Every fn(), spread over the lanes when there are several."""
-        if pool is None:
-            return [fn() for fn in fns]
-        return [f.result() for f in [pool.submit(fn) for fn in fns]]
-
-    def segment(first: int, last: int, window_start: int, concurrent: bool) -> None:
-        """Steps first..last of every live group: in every lane, or one lane in this thread."""
-        for g in queue.open(first, last):
-            feed.join(g, first)
-        lane = functools.partial(_lane, groups, queue, feed, state, window_start)
-        if concurrent:
-            in_lanes([lane] * n_lanes)
-        else:
-            lane()
 
     def checkpoint(step: int, window_start: int, train_time: float) -> None:
         assert on_checkpoint is not None
         pack = {"step": step, "window_start": window_start, "train_time": train_time}
         on_checkpoint(step, [_snapshot(m, groups[mem.g], mem, state, tracker, pack) for m, mem in enumerate(members)])
 
-    if pool is not None:
-        torch.set_num_threads(1)  # one core per lane
-    try:
-        first = start + 1
-        while first <= steps and any(state.running):
-            eval_at = min(steps, ((first - 1) // every + 1) * every)  # the next evaluation step
-            last = min(eval_at, ((first - 1) // ckpt_every + 1) * ckpt_every) if ckpt_every else eval_at
-            t0 = time.perf_counter()
-            if first == start + 1:  # this process's first step in this thread: it builds each SAE's step buffers outside the lanes
-                segment(first, first, window_start, concurrent=False)
-                first += 1
-            if first <= last:
-                segment(first, last, window_start, concurrent=True)
-            train_time += time.perf_counter() - t0
-            samples = last * cfg.batch_size
-            first = last + 1
-            if not any(state.running):
-                break
-            if last < eval_at:  # a checkpoint inside the evaluation window
-                checkpoint(last, window_start, train_time)
-                continue
+    with lanes:
+        try:
+            first = start + 1
+            while first <= steps and any(state.running):
+                eval_at = min(steps, ((first - 1) // every + 1) * every)  # the next evaluation step
+                last = min(eval_at, ((first - 1) // ckpt_every + 1) * ckpt_every) if ckpt_every else eval_at
+                step = functools.partial(_step_group, groups, state, window_start)
+                t0 = time.perf_counter()
+                if first == start + 1:  # this process's first step in this thread: it builds each SAE's step buffers outside the lanes
+                    lanes.segment(first, first, step, concurrent=False)
+                    first += 1
+                if first <= last:
+                    lanes.segment(first, last, step)
+                train_time += time.perf_counter() - t0
+                samples = last * cfg.batch_size
+                first = last + 1
+                if not any(state.running):
+                    break
+                if last < eval_at:  # a checkpoint inside the evaluation window
+                    checkpoint(last, window_start, train_time)
+                    continue
 
-            live = [g for g, group in enumerate(groups) if any(state.running[m] for m in group.member_ids)]
-            stats_G = dict(zip(live, in_lanes([functools.partial(eval_stats, groups[g].sae, eval_set) for g in live]),
-                               strict=True))
-            rows: dict[int, dict[str, float]] = {}
-            for g in live:
-                group = groups[g]
-                for k, row in enumerate(evaluate(group.sae, group.alpha_K, eval_set, stats_G[g])):
-                    m = group.member_ids[k]
-                    if not state.running[m]:
-                        continue
-                    st = stats_G[g][k]
-                    outcomes[m].latent_frequency_J = st.frequency().float().cpu()
-                    outcomes[m].latent_mean_J = st.mean_activation().float().cpu()
-                    conv = tracker.update(m, samples, row["loss"], group.sae.dictionary(k), st.frequency())
-                    outcomes[m].converged = bool(conv.pop("converged"))
-                    row = {"samples": samples, "train_loss": state.train_loss(m),
-                           **row, **conv, "train_time_s": train_time,
-                           "samples_per_s": samples / max(train_time, 1e-9)}
-                    rows[m] = row
-                    outcomes[m].final, outcomes[m].samples = row, samples
-                    if not math.isfinite(row["loss"]):
-                        state.stop(m, DIVERGED, f"eval loss {row['loss']} at sample {samples}")
-                    for sink in sinks[m] if m < len(sinks) else ():
-                        sink.log(row, step=samples)
-                    if state.running[m] and should_stop is not None and should_stop(m, samples, row):
-                        state.stop(m, PRUNED, f"stopped at sample {samples}")
-                    if state.running[m] and cfg.converge and outcomes[m].converged and last < steps:
-                        state.stop(m, COMPLETED, f"converged at sample {samples}")
-            _drop_stopped(groups, members, state.running)
-            state.reset_windows()
-            window_start = last + 1
-            head = next((rows[m] for m in sorted(rows) if state.running[m]), next(iter(rows.values()), None))
-            if head is not None:
-                bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
-                                 **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
-            if ckpt_every and last % ckpt_every == 0 and last < steps and any(state.running):
-                checkpoint(last, window_start, train_time)
-    except KeyboardInterrupt:
-        feed.stop()
-        queue.stop()
-        for m in range(len(members)):
-            if state.running[m]:
-                outcomes[m].status, outcomes[m].message = INTERRUPTED, "interrupted by the user"
-    finally:
-        bar.close()
-        if pool is not None:
-            feed.stop()
-            queue.stop()
-            pool.shutdown()
-            torch.set_num_threads(threads)
+                live = [g for g, group in enumerate(groups) if any(state.running[m] for m in group.member_ids)]
+                stats_G = dict(zip(live, lanes.run([functools.partial(eval_stats, groups[g].sae, eval_set) for g in live]),
+                                   strict=True))
+                rows: dict[int, dict[str, float]] = {}
+                for g in live:
+                    group = groups[g]
+                    for k, row in enumerate(evaluate(group.sae, group.alpha_K, eval_set, stats_G[g])):
+                        m = group.member_ids[k]
+                        if not state.running[m]:
+                            continue
+                        st = stats_G[g][k]
+                        outcomes[m].latent_frequency_J = st.frequency().float().cpu()
+                        outcomes[m].latent_mean_J = st.mean_activation().float().cpu()
+                        conv = tracker.update(m, samples, row["loss"], group.sae.dictionary(k), st.frequency())
+                        outcomes[m].converged = bool(conv.pop("converged"))
+                        row = {"samples": samples, "train_loss": state.train_loss(m),
+                               **row, **conv, "train_time_s": train_time,
+                               "samples_per_s": samples / max(train_time, 1e-9)}
+                        rows[m] = row
+                        outcomes[m].final, outcomes[m].samples = row, samples
+                        if not math.isfinite(row["loss"]):
+                            state.stop(m, DIVERGED, f"eval loss {row['loss']} at sample {samples}")
+                        for sink in sinks[m] if m < len(sinks) else ():
+                            sink.log(row, step=samples)
+                        if state.running[m] and should_stop is not None and should_stop(m, samples, row):
+                            state.stop(m, PRUNED, f"stopped at sample {samples}")
+                        if state.running[m] and cfg.converge and outcomes[m].converged and last < steps:
+                            state.stop(m, COMPLETED, f"converged at sample {samples}")
+                _drop_stopped(groups, members, state.running)
+                state.reset_windows()
+                window_start = last + 1
+                head = next((rows[m] for m in sorted(rows) if state.running[m]), next(iter(rows.values()), None))
+                if head is not None:
+                    bar.set_postfix({"loss": f"{head['loss']:.4g}", "L0": f"{head['l0']:.1f}",
+                                     **({"mmcs": f"{head['mmcs']:.3f}"} if "mmcs" in head else {})})
+                if ckpt_every and last % ckpt_every == 0 and last < steps and any(state.running):
+                    checkpoint(last, window_start, train_time)
+        except KeyboardInterrupt:
+            lanes.stop()
+            for m in range(len(members)):
+                if state.running[m]:
+                    outcomes[m].status, outcomes[m].message = INTERRUPTED, "interrupted by the user"
+        finally:
+            bar.close()
     for m, mem in enumerate(members):  # completed or interrupted: the group's final weights
         if outcomes[m].weights is None and mem.k >= 0:
             outcomes[m].weights = groups[mem.g].sae.member(mem.k)

@@ -18,7 +18,6 @@ Threads are set explicitly
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
+
+from sae_sweep.threads import set_torch_threads, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ class PackedLauncherConf:
     """Most jobs trained as one pack (memory grows with the sum of the members' J); larger groups are split."""
     threads: int = 0
     """Torch threads of the pack's process; 0 = one per CPU this process may use. A job's train.threads wins."""
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class PackedLauncher(Launcher):
@@ -71,8 +65,6 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import torch
-
         from sae_sweep.run import Job, pack_key
         from sae_sweep.sweep.job import multirun_job
 
@@ -80,8 +72,8 @@ class PackedLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        threads = self.threads or default_threads()
-        torch.set_num_threads(threads)
+        threads = self.threads or usable_cores()
+        set_torch_threads(threads)
         log.info(f"Launching {len(job_overrides)} jobs packed ({threads} torch threads)")
 
         # 1. Set up every job as the basic launcher would; the task returns the job, not a result.

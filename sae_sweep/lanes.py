@@ -1,15 +1,25 @@
-"""How concurrent lanes (threads) share a pack's work: one batch stream every group reads in order
-(:class:`BatchFeed`), and a queue that hands a free lane the group furthest behind (:class:`StepQueue`).
+"""Lanes: concurrent threads that step a pack's groups, segment by segment, on one shared batch stream.
 
-Imports no hydra, optuna or wandb.
+:class:`Lanes` runs them (one torch thread each, threads.py); every group reads one batch stream in
+order (:class:`BatchFeed`), and a queue hands a free lane the group furthest behind (:class:`StepQueue`).
+Groups are numbers with a cost here: what a step does is the caller's (train.py). Imports no hydra,
+optuna or wandb, and nothing of SAEs.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
+
+from sae_sweep.threads import torch_threads
+
+# step(g, step, y): group g's step number ``step`` on its batch y (B, N) or (S, B, N).
+StepFn = Callable[[int, int, torch.Tensor], None]
 
 
 def stack_streams(streams: Sequence[Iterator[torch.Tensor]]) -> Iterator[torch.Tensor]:
@@ -141,3 +151,78 @@ class StepQueue:
         with self.cond:
             self.abort = True
             self.cond.notify_all()
+
+
+class Lanes:
+    """``n_lanes`` lanes that step groups of the given costs: threads of a pool, or the caller's thread alone.
+
+    Small steps use a core far better one per core than split over cores, so inside ``with lanes:``
+    torch runs one thread per lane when there are several (the count before is restored after). A free
+    lane takes the group furthest behind (:class:`StepQueue`), one step at a time, so lanes share the
+    work however the groups' costs drift; every group reads the same batches from one feed
+    (:class:`BatchFeed`, ``drawn`` batches of it already used: a resumed run); lanes meet only between
+    segments, where :meth:`run` spreads other work (e.g. evaluations) over them too.
+    """
+
+    def __init__(self, n_lanes: int, costs: Sequence[float], batches: Iterator[torch.Tensor], device: torch.device,
+                 on_draw: Callable[[], None], drawn: int = 0):
+        self.n_lanes = n_lanes
+        self.queue = StepQueue(costs)
+        self.feed = BatchFeed(batches, device, len(costs), on_draw=on_draw, drawn=drawn)
+        self.pool = ThreadPoolExecutor(n_lanes, thread_name_prefix="sae-lane") if n_lanes > 1 else None
+        self._threads = torch_threads(1 if self.pool is not None else None)  # one core per lane
+
+    def __enter__(self) -> Lanes:
+        self._threads.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.stop()
+            self.pool.shutdown()
+        self._threads.__exit__(None, None, None)
+
+    def run(self, fns: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Every fn(), spread over the lanes when there are several."""
+        if self.pool is None:
+            return [fn() for fn in fns]
+        return [f.result() for f in [self.pool.submit(fn) for fn in fns]]
+
+    def segment(self, first: int, last: int, step: StepFn, concurrent: bool = True) -> None:
+        """Steps first..last of every live group: in every lane, or (``concurrent=False``) one lane in this thread."""
+        live = set(self.queue.open(first, last))
+        for g in range(len(self.queue.costs)):
+            if g in live:
+                self.feed.join(g, first)
+            else:  # retired: it never reads, so must not hold the others back
+                self.feed.leave(g)
+        lane = functools.partial(self._lane, step)
+        if concurrent:
+            self.run([lane] * self.n_lanes)
+        else:
+            lane()
+
+    def _lane(self, step: StepFn) -> None:
+        """One lane: step whichever group the queue hands out until the segment is done or aborted."""
+        try:
+            while (job := self.queue.take()) is not None:
+                g, s = job
+                y = self.feed.get(g, s)
+                if y is None:  # aborted
+                    self.queue.done(g)
+                    return
+                step(g, s, y)
+                if self.queue.done(g):
+                    self.feed.leave(g)
+        except BaseException:
+            self.stop()
+            raise
+
+    def retire(self, g: int) -> None:
+        """Group g takes no more steps."""
+        self.queue.retire(g)
+
+    def stop(self) -> None:
+        """Abort: every lane ends at its next step (Ctrl-C, or a lane that failed)."""
+        self.feed.stop()
+        self.queue.stop()

@@ -1,4 +1,4 @@
-"""The batch feed and the lanes (sae_sweep/feed.py, lane scheduling in sae_sweep/train.py): every lane
+"""The batch feed and the lanes (sae_sweep/lanes.py, as train.py runs them): every lane
 sees the same batches in order, a free lane takes the group furthest behind, Ctrl-C and stops end every lane.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sae_sweep import train as train_module
-from sae_sweep.feed import BatchFeed, StepQueue
+from sae_sweep.lanes import BatchFeed, StepQueue
 from sae_sweep.sae import SAE
 from sae_sweep.train import COMPLETED, INTERRUPTED, PRUNED, train
 from tests.helpers.build import train_setup
