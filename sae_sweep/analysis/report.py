@@ -171,10 +171,10 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
     estimates = signals(cells, matrices, settings)
     dead, basin, agree = estimates
     # The excluded alpha next below the working ones, read on its own: the verdict asks whether it counts more.
-    edge = vd.alpha_below(selection)
+    edge = vd.alpha_below(selection, all_cells)
     below_values = None
     if edge is not None:
-        below = all_cells[np.isclose(all_cells["alpha"].to_numpy(dtype=float), edge[0])]
+        below = all_cells[np.isclose(all_cells["alpha"].to_numpy(dtype=float), edge["alpha"])]
         below_values = {e.signal: e.value for e in signals(below, agreement_matrices(below, dictionaries), settings)}
     trust = vd.verdict(all_cells, selection, {e.signal: e.value for e in estimates},
                        min_converged_share=settings.min_converged_share,

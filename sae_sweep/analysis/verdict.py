@@ -39,7 +39,8 @@ check's reason and remedy:
   measured not to help (f at 12 M samples with the convergence rule off: the same estimates), so the
   reason says so rather than send the user to a larger budget.
 - the band's lower edge judged: the alpha next below the working ones, when one was swept and excluded,
-  had at least ``min_converged_below`` of its runs converged. A larger alpha can merge features that
+  had at least ``min_converged_below`` of its runs converged at its most reproducible J (where its
+  exclusion was measured). A larger alpha can merge features that
   a smaller one resolves, and both seeds merge them alike, so the merging alpha is the most
   reproducible, its signals agree, and they agree on too few features (setting y of
   docs/generalization.md: alpha 0.3 TRUSTED at 166 for h = 296, while alpha 0.1, excluded as less
@@ -51,10 +52,11 @@ check's reason and remedy:
   otherwise the remedy is its budget.
 - the band's lower edge agrees: that alpha, when converged and excluded only as out of band (it learns
   a dictionary seeds reproduce, less often than the band's), does not count more features: the median of
-  its own signals (``below_values``, read on its cells alone) is at most ``max_spread`` above h-hat.
-  Which alpha is right cannot be told without ground truth (setting z: the band's 181 was right for
-  h = 176, alpha 0.1 read 256; setting y, with alpha 0.1 trained to convergence: 256 against the band's
-  166, h = 296), so a count that depends on alpha this much is not one to stand behind.
+  its own dead-latent and agreement signals (``below_values``, read on its cells alone; ``BELOW_SIGNALS``)
+  is at most ``max_spread`` above h-hat.
+  Which alpha is right cannot be told without ground truth, so a count that depends on alpha this much
+  is not one to stand behind (setting y, alpha 0.1 trained to convergence: 256 and 181 against the
+  band's 166, h = 296; setting z passes: 256 and 128, median 192, against the band's right 181).
 """
 
 from __future__ import annotations
@@ -184,10 +186,16 @@ def converged_share_near(cells: pd.DataFrame, alphas: Sequence[float], h: float)
     return math.nan if at is None else float(at["converged"].astype(bool).mean())
 
 
-def alpha_below(selection: AlphaSelection) -> tuple[float, float, str, bool] | None:
-    """The excluded alpha next below every working alpha: it, its converged share (NaN when unrecorded),
-    why it was excluded, and whether its best reproduced share is under the floor (``min_reproduced_share``);
-    None when no alpha below the working ones was swept, or none works."""
+# The signals that read the alpha below the band: its loss basin is left out, because at the smallest alphas the
+# loss keeps falling with J (the basin read 256 on all seven tuning settings re-run there, h from 96 to 296).
+BELOW_SIGNALS = ("dead_latents", "dictionary_agreement")
+
+
+def alpha_below(selection: AlphaSelection, cells: pd.DataFrame) -> dict[str, Any] | None:
+    """The excluded alpha next below every working alpha: ``alpha``, why it was excluded (``excluded_as``),
+    whether its best reproduced share is under the floor (``below_floor``), the J of that best share
+    (``best_j``) and the share of its runs there that converged (``converged_at_best``, NaN when
+    unrecorded); None when no alpha below the working ones was swept, or none works."""
     if not selection.used:
         return None
     below = [a for a in selection.excluded if a < min(selection.used)]
@@ -196,7 +204,11 @@ def alpha_below(selection: AlphaSelection) -> tuple[float, float, str, bool] | N
     nearest = max(below)
     ev = selection.evidence
     row = ev[np.isclose(ev["alpha"].to_numpy(dtype=float), nearest)].iloc[0]
-    return nearest, float(row["converged_share"]), str(row["excluded_as"]), bool(row["below_floor"])
+    best_j = float(row["best_reproduced_j"])
+    at = cells[np.isclose(cells["alpha"].to_numpy(dtype=float), nearest) & (cells["dict_size"] == best_j)]
+    known = at["converged"].dropna() if "converged" in at.columns else pd.Series(dtype=object)
+    return {"alpha": nearest, "excluded_as": str(row["excluded_as"]), "below_floor": bool(row["below_floor"]),
+            "best_j": best_j, "converged_at_best": float(known.astype(bool).mean()) if len(known) else math.nan}
 
 
 def verdict(cells: pd.DataFrame, selection: AlphaSelection, values: dict[str, float | None], *,
@@ -267,22 +279,23 @@ def verdict(cells: pd.DataFrame, selection: AlphaSelection, values: dict[str, fl
         reasons.append(f"at J near h-hat only {rep:.0%} of latents are reproduced by another seed "
                        f"(needs {min_reproduced_at_h:.0%}: the rarer features are not learnt the same way twice) "
                        f"(remedy: {remedy})")
-    edge = alpha_below(selection)
+    edge = alpha_below(selection, cells)
     if edge is not None:
-        alpha, share, why, below_floor = edge
-        checks["alpha_below"] = {"alpha": alpha, "converged_share": share, "excluded_as": why,
-                                 "below_floor": below_floor}
-        if not below_floor and math.isfinite(share) and share < min_converged_below:
+        checks["alpha_below"] = edge
+        alpha, share = edge["alpha"], edge["converged_at_best"]
+        if not edge["below_floor"] and math.isfinite(share) and share < min_converged_below:
             reasons.append(f"alpha {alpha:g}, next below the working alphas, was excluded "
-                           f"({selection.excluded[alpha]}) with only {share:.0%} of its runs converged "
-                           f"(needs {min_converged_below:.0%}): a smaller alpha can resolve features that alpha "
-                           f"{min(selection.used):g} merges, and unconverged runs cannot show it (remedy: sweep again "
-                           f"with a larger train.num_samples, e.g. 3x, so that alpha {alpha:g} converges)")
-        elif why == OUT_OF_BAND and below_values and "consensus" in checks:  # converged, above the floor
-            given_below = {k: v for k, v in below_values.items() if v is not None and math.isfinite(v)}
+                           f"({selection.excluded[alpha]}) with only {share:.0%} of its runs at J = "
+                           f"{edge['best_j']:.0f} (its most reproducible) converged (needs {min_converged_below:.0%}): "
+                           f"a smaller alpha can resolve features that alpha {min(selection.used):g} merges, and "
+                           "unconverged runs cannot show it (remedy: sweep again with a larger train.num_samples, "
+                           f"e.g. 3x, so that alpha {alpha:g} converges)")
+        elif edge["excluded_as"] == OUT_OF_BAND and below_values and "consensus" in checks:  # converged, above the floor
+            given_below = {k: v for k, v in below_values.items()
+                           if k in BELOW_SIGNALS and v is not None and math.isfinite(v)}
             if given_below:
                 below_h = float(np.median(list(given_below.values())))
-                checks["alpha_below"]["h_hat"] = below_h
+                edge["h_hat"] = below_h
                 if below_h > checks["consensus"] * (1 + max_spread):
                     read = ", ".join(f"{k} {v:.0f}" for k, v in given_below.items())
                     reasons.append(f"alpha {alpha:g}, next below the working alphas and converged, counts more: h-hat "

@@ -173,38 +173,51 @@ def test_verdict__low_reproducibility_with_unconverged_runs_at_h_hat_says_train_
 AGREE = {"dead_latents": 54, "loss_basin": 54, "dictionary_agreement": 54}
 
 
-@pytest.mark.parametrize("converged,trusted", [(9 / 18, False), (15 / 18, False), (17 / 18, True), (1.0, True)])
-def test_verdict__a_smaller_alpha_excluded_while_unconverged_leaves_the_band_unjudged(converged, trusted):
-    # setting y of the generalization study: alpha 0.3 merges features alike on both seeds (most
-    # reproducible, its signals agree on too few), alpha 0.1 is less reproducible with half its runs at the cap
-    cells = build_cells({0.1: (54, 0.83), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: converged})
+def _converged_at(cells: pd.DataFrame, alpha: float, j: int, flags: list[bool]) -> pd.DataFrame:
+    cells.loc[(cells["alpha"] == alpha) & (cells["dict_size"] == j), "converged"] = flags
+    return cells
+
+
+@pytest.mark.parametrize("flags,trusted", [([True, False], False), ([False, False], False), ([True, True], True)])
+def test_verdict__a_smaller_alpha_excluded_while_unconverged_where_measured_leaves_the_band_unjudged(flags, trusted):
+    # setting y: alpha 0.3 merges features alike on both seeds (most reproducible, its signals agree on too
+    # few); alpha 0.1, less reproducible, had one of two runs converged at its most reproducible J
+    cells = _converged_at(build_cells({0.1: (54, 0.83), 0.3: (54, 0.95)}, grid=FINE), 0.1, 54, flags)
     sel = _selected(cells)
     assert sel.used == [0.3] and "out of band" in sel.excluded[0.1]
     v = verdict(cells, sel, AGREE, **TRUST)
-    assert v.checks["alpha_below"]["alpha"] == 0.1 and v.checks["alpha_below"]["excluded_as"] == "out of band"
-    assert v.checks["alpha_below"]["converged_share"] == pytest.approx(round(converged * 18) / 18)
-    assert v.trusted is trusted
-    if not trusted:
+    edge = v.checks["alpha_below"]
+    assert edge["alpha"] == 0.1 and edge["excluded_as"] == "out of band" and edge["best_j"] == 54
+    assert edge["converged_at_best"] == np.mean(flags) and v.trusted is trusted
+    if flags == [True, False]:
         assert v.reasons == [f"alpha 0.1, next below the working alphas, was excluded ({sel.excluded[0.1]}) with only "
-                             f"{round(converged * 18) / 18:.0%} of its runs converged (needs 90%): a smaller alpha can "
-                             "resolve features that alpha 0.3 merges, and unconverged runs cannot show it (remedy: sweep "
-                             "again with a larger train.num_samples, e.g. 3x, so that alpha 0.1 converges)"]
+                             "50% of its runs at J = 54 (its most reproducible) converged (needs 90%): a smaller alpha "
+                             "can resolve features that alpha 0.3 merges, and unconverged runs cannot show it (remedy: "
+                             "sweep again with a larger train.num_samples, e.g. 3x, so that alpha 0.1 converges)"]
+
+
+def test_verdict__unconverged_runs_of_the_smaller_alpha_elsewhere_do_not_count():
+    # setting g: alpha 0.0333 unconverged at J = 64 and 512, converged at its most reproducible J
+    cells = _converged_at(build_cells({0.0333: (54, 0.83), 0.1: (54, 0.95)}, grid=FINE), 0.0333, 91, [False, False])
+    cells = _converged_at(cells, 0.0333, 32, [False, False])
+    v = verdict(cells, _selected(cells), AGREE, **TRUST)
+    assert v.trusted and v.checks["alpha_below"]["converged_at_best"] == 1.0
 
 
 def test_verdict__only_the_alpha_next_below_the_band_is_judged_not_those_above_or_further_below():
-    # 1.0 unconverged above the band, 0.01 unconverged two steps below, 0.03 converged next below: trusted
+    # 1.0 unconverged above the band, 0.01 unconverged two steps below, 0.03 next below (under the floor)
     cells = build_cells({0.01: (54, 0.3), 0.03: (54, 0.6), 0.1: (54, 0.93), 0.3: (54, 0.95), 1.0: (54, 0.7)},
                         grid=FINE, converged={0.01: 0.2, 1.0: 0.2})
     sel = _selected(cells)
     assert sel.used == [0.1, 0.3] and set(sel.excluded) == {0.01, 0.03, 1.0}
     v = verdict(cells, sel, AGREE, **TRUST)
-    assert v.trusted and v.checks["alpha_below"] == {"alpha": 0.03, "converged_share": 1.0,
-                                                     "excluded_as": "not reproducible", "below_floor": True}
+    assert v.trusted and v.checks["alpha_below"] == {"alpha": 0.03, "excluded_as": "not reproducible",
+                                                     "below_floor": True, "best_j": 54, "converged_at_best": 1.0}
 
 
 def test_verdict__a_smaller_alpha_no_seed_reproduces_is_judged_even_with_unconverged_runs():
     # setting u: alpha 0.1's codes are dense (L0 40-55 for 6 true), 12 % reproduced where its runs converged
-    cells = build_cells({0.1: (54, 0.12), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: 0.7})
+    cells = _converged_at(build_cells({0.1: (54, 0.12), 0.3: (54, 0.95)}, grid=FINE), 0.1, 54, [False, False])
     sel = _selected(cells)
     assert "not reproducible" in sel.excluded[0.1]
     v = verdict(cells, sel, AGREE, **TRUST)
@@ -213,7 +226,7 @@ def test_verdict__a_smaller_alpha_no_seed_reproduces_is_judged_even_with_unconve
 
 def test_verdict__a_smaller_alpha_unconverged_and_under_the_floor_is_judged():
     # setting v: alpha 0.0333 excluded first as unconverged (40 %), and at most 46 % reproduced
-    cells = build_cells({0.0333: (54, 0.46), 0.1: (54, 0.95)}, grid=FINE, converged={0.0333: 0.4})
+    cells = build_cells({0.0333: (54, 0.46), 0.1: (54, 0.95)}, grid=FINE, converged={0.0333: 0.0})
     sel = _selected(cells)
     assert sel.excluded[0.0333].startswith("unconverged")
     v = verdict(cells, sel, AGREE, **TRUST)
@@ -221,7 +234,7 @@ def test_verdict__a_smaller_alpha_unconverged_and_under_the_floor_is_judged():
 
 
 def test_verdict__a_smaller_alpha_excluded_as_unconverged_leaves_the_band_unjudged():
-    cells = build_cells({0.1: (54, 0.93), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: 0.3})
+    cells = build_cells({0.1: (54, 0.93), 0.3: (54, 0.95)}, grid=FINE, converged={0.1: 0.0})
     sel = _selected(cells)
     assert sel.excluded[0.1].startswith("unconverged")
     v = verdict(cells, sel, AGREE, **TRUST)
@@ -234,25 +247,27 @@ def test_verdict__without_a_swept_alpha_below_the_band_there_is_nothing_to_judge
     assert v.trusted and "alpha_below" not in v.checks
 
 
-
-@pytest.mark.parametrize("below_h,trusted", [(256, False), (60, False), (59, True), (45, True)])
-def test_verdict__a_converged_smaller_alpha_that_counts_more_makes_the_count_depend_on_alpha(below_h, trusted):
-    # setting y at 3x the samples: alpha 0.1 converged, still out of band, and its own signals read 256 against 166
+@pytest.mark.parametrize("dead,agreement,trusted", [(256, 181, False), (60, 60, False), (59, None, True),
+                                                    (45, 45, True), (59, 50, True)])
+def test_verdict__a_converged_smaller_alpha_that_counts_more_makes_the_count_depend_on_alpha(dead, agreement, trusted):
+    # setting y at 3x the samples: alpha 0.1 converged, still out of band, its dead-latent and agreement signals
+    # read 256 and 181 against 166; its loss basin (here 999) is not read
     cells = build_cells({0.1: (54, 0.83), 0.3: (54, 0.95)}, grid=FINE)
     sel = _selected(cells)
-    v = verdict(cells, sel, AGREE, **TRUST, below_values={"dead_latents": below_h, "loss_basin": below_h,
-                                                          "dictionary_agreement": None})
-    assert v.checks["alpha_below"]["h_hat"] == below_h and v.trusted is trusted
-    if below_h == 256:
-        assert v.reasons == ["alpha 0.1, next below the working alphas and converged, counts more: h-hat 256 "
-                             "(dead_latents 256, loss_basin 256) against 54, more than 10% apart: a smaller alpha "
-                             "resolves features a larger one can merge alike on every seed, so the count depends on "
-                             "alpha (remedy: none within this sweep; take h as between 54 and 256)"]
+    v = verdict(cells, sel, AGREE, **TRUST, below_values={"dead_latents": dead, "loss_basin": 999,
+                                                          "dictionary_agreement": agreement})
+    assert v.checks["alpha_below"]["h_hat"] == np.median([x for x in (dead, agreement) if x is not None])
+    assert v.trusted is trusted
+    if dead == 256 and agreement == 181:
+        assert v.reasons == ["alpha 0.1, next below the working alphas and converged, counts more: h-hat 218 "
+                             "(dead_latents 256, dictionary_agreement 181) against 54, more than 10% apart: a smaller "
+                             "alpha resolves features a larger one can merge alike on every seed, so the count depends "
+                             "on alpha (remedy: none within this sweep; take h as between 54 and 218)"]
 
 
 def test_verdict__a_smaller_alpha_below_the_reproducibility_floor_is_not_read():
     cells = build_cells({0.1: (54, 0.5), 0.3: (54, 0.95)}, grid=FINE)
-    v = verdict(cells, _selected(cells), AGREE, **TRUST, below_values={"dead_latents": 256, "loss_basin": 256})
+    v = verdict(cells, _selected(cells), AGREE, **TRUST, below_values={"dead_latents": 256, "dictionary_agreement": 256})
     assert v.trusted and "h_hat" not in v.checks["alpha_below"]
 
 
