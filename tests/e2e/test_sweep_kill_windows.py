@@ -135,3 +135,19 @@ def test_kill_on_another_host__a_stale_heartbeat_is_reclaimed_and_a_fresh_one_le
         assert trials[1].user_attrs["retry_of"] == 0 and set(table(sweep)["status"]) == {"completed"}
     else:  # a live sweeper elsewhere still owns it: the grid point is taken, nothing runs
         assert states(trials) == ["RUNNING"]
+
+
+def test_kill_after_a_checkpoint__the_orphaned_trials_checkpoints_are_removed_and_its_retry_completes(
+        tmp_path: Path) -> None:
+    sweep = tmp_path / "checkpoint"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1)",
+            "train.checkpoint_every=2500")
+    killed_at("checkpoint_written", sweep, *args)  # the only trial dies after its first checkpoint
+    assert (sweep / "trial_00000" / "checkpoint.safetensors").is_file()
+
+    ok(run_sweep(sweep, *args))
+    trials = trials_of(sweep)
+    assert states(trials) == ["FAIL", "COMPLETE"] and trials[0].user_attrs["orphaned"]
+    # The retry starts over in trial_00001: nothing would ever continue from or remove trial 0's checkpoints.
+    assert not list(sweep.glob("*/checkpoint*.safetensors")) and not list(sweep.glob("*/.checkpoint*"))
+    assert set(table(sweep)["status"]) == {"completed"}
