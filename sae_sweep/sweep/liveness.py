@@ -162,12 +162,17 @@ def trial_run_dir(trial: FrozenTrial, sweep_dir: Path) -> Path | None:
 
 
 def abandon(trial: FrozenTrial, sweep_dir: Path) -> None:
-    """Remove the checkpoints of a dead sweeper's unfinished trial before it is failed: its retry starts
-    over in a run dir of its own, so nothing would ever continue from them or remove them. First, so a
-    kill between the two leaves a running trial that the next reclaim settles the same way."""
+    """Clear what a dead sweeper's unfinished trial left that nothing would ever use or remove, before the
+    trial is failed (its retry starts over in a run dir of its own): its checkpoints, and the run dir itself
+    when its job never started (the sweeper writes the trial.json of a whole batch before the first job
+    runs). First, so a kill between the two leaves a running trial that the next reclaim settles the same way."""
     run_dir = trial_run_dir(trial, sweep_dir)
-    if run_dir is not None:
-        remove_checkpoints(run_dir)
+    if run_dir is None or not run_dir.is_dir():
+        return
+    remove_checkpoints(run_dir)
+    if {p.name for p in run_dir.iterdir()} <= {TRIAL_FILE}:
+        (run_dir / TRIAL_FILE).unlink(missing_ok=True)
+        run_dir.rmdir()
 
 
 def supersede(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:

@@ -151,3 +151,18 @@ def test_kill_after_a_checkpoint__the_orphaned_trials_checkpoints_are_removed_an
     # The retry starts over in trial_00001: nothing would ever continue from or remove trial 0's checkpoints.
     assert not list(sweep.glob("*/checkpoint*.safetensors")) and not list(sweep.glob("*/.checkpoint*"))
     assert set(table(sweep)["status"]) == {"completed"}
+
+
+def test_kill_in_a_batch__the_trial_whose_job_never_started_leaves_no_run_dir(tmp_path: Path) -> None:
+    sweep = tmp_path / "batch"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "hydra.sweeper.n_jobs=2",
+            "alpha=choice(0.1,0.3)")
+    killed_at("job_started", sweep, *args)  # the batch's first job dies, the second never starts
+    assert [p.name for p in (sweep / "trial_00001").iterdir()] == ["trial.json"]
+
+    ok(run_sweep(sweep, *args))
+    assert states(trials_of(sweep)) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    # Its retry ran in trial_00003: nothing would ever run in trial_00001 or remove it.
+    assert not (sweep / "trial_00001").exists()
+    assert all((d / "cell.json").is_file() for d in sweep.glob("trial_*"))
+    assert sorted(table(sweep)["alpha"]) == [0.1, 0.3]
