@@ -127,10 +127,15 @@ def complete(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def subdirs(sweep_dir: Path) -> list[Path]:
+    """The sweep dir's dirs (none before a first run has made it)."""
+    return sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()) if Path(sweep_dir).is_dir() else []
+
+
 def run_dirs_by_key(sweep_dir: Path) -> dict[str, list[Path]]:
     """Cell key -> the run dirs whose cell.json holds it."""
     out: dict[str, list[Path]] = {}
-    for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+    for d in subdirs(sweep_dir):
         cell = read_json(d / CELL_FILE)
         if cell and cell.get("cell_key"):
             out.setdefault(str(cell["cell_key"]), []).append(d)
@@ -179,6 +184,8 @@ def leftovers(sweep_dir: Path, allowed: set[str], cell_dirs: dict[Path, Cell | N
     """Temporary files anywhere, checkpoints of finished cells, and sweep-dir entries that are no
     expected cell's run dir nor a file a sweep dir holds."""
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return
     for p in sorted(sweep_dir.rglob("*")):
         if p.is_file() and p.name.endswith((".tmp", "-journal", "-wal", "-shm")):
             note(f, "stranded", str(p.relative_to(sweep_dir)), "temporary file")
@@ -211,7 +218,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def _cell_dirs(sweep_dir: Path) -> dict[Path, Cell | None]:
     out = {}
-    for d in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()):
+    for d in subdirs(sweep_dir):
         cell = read_json(d / CELL_FILE)
         out[d] = cell_of(list(cell.get("overrides") or [])) if cell else None
     return out
@@ -282,6 +289,10 @@ def audit_optuna(sweep_dir: Path, seen: dict[str, tuple], study_name: str = "smo
     f = new_findings()
     sweep_dir, cells = Path(sweep_dir), all_cells()
     cell_dirs = _cell_dirs(sweep_dir)
+    if not (sweep_dir / OPTUNA_DB).is_file():
+        for cell in cells:
+            note(f, "lost", show(cell), f"no {OPTUNA_DB}")
+        return f
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = optuna.load_study(study_name=study_name,
                                storage=open_storage(storage_spec(None, sweep_dir))).get_trials(deepcopy=False)
@@ -369,7 +380,7 @@ def run_once(cmd: list[str], cwd: Path, log: Path, delay: float | None) -> tuple
 
 
 def n_complete(sweep_dir: Path) -> int:
-    return sum(complete(d) is not None for d in Path(sweep_dir).iterdir() if d.is_dir()) if sweep_dir.is_dir() else 0
+    return sum(complete(d) is not None for d in subdirs(sweep_dir))
 
 
 def bench_kind(kind: str, kills: int, seed: int, out: Path, samples: int) -> dict[str, Any]:
