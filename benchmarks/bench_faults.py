@@ -1,6 +1,6 @@
 """Kill sweeps at random moments and re-run them: is any cell lost, duplicated, retrained or stranded?
 
-    .venv/bin/python benchmarks/bench_faults.py                        # 5 kills per kind, ~6 min on 2 cores
+    .venv/bin/python benchmarks/bench_faults.py                        # 5 kills per kind, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_faults.py --kills 10 --seed 1 --kinds grid optuna
     .venv/bin/python benchmarks/bench_faults.py --kills 2 --samples 80000 --out /tmp/faults   # the slow test's run
 
