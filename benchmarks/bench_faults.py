@@ -14,8 +14,9 @@ problem, 8 cells (alpha 0.1, 0.3 x J 16, 32 x seed 0, 1), checkpoints every eigh
 Each kind first runs once uninterrupted (``clean``: its wall time sets the kill delays, and its audit
 checks the auditor). Then the same command runs in a second sweep dir and is killed ``--kills`` times
 (SIGKILL to the whole process group after a delay drawn uniformly between 0 and the time the rest of
-the sweep should take, from a seeded RNG), then run until it ends unkilled. The records on disk are
-then audited (exit codes are not trusted):
+the sweep should take, from a seeded RNG), then run until it ends unkilled; a run that ends before its
+kill has finished its sweep, and the next kills go to a fresh sweep dir. The records on disk are then
+audited (exit codes are not trusted); each count is of subjects (cells, trials, files):
 - lost: a cell with no complete record (summary.json ``completed`` whose file digests hold,
   record.check_finished) or without a completed row in runs.parquet; for Optuna, a grid point with no
   COMPLETE trial;
