@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -164,15 +165,15 @@ def trial_run_dir(trial: FrozenTrial, sweep_dir: Path) -> Path | None:
 def abandon(trial: FrozenTrial, sweep_dir: Path) -> None:
     """Clear what a dead sweeper's unfinished trial left that nothing would ever use or remove, before the
     trial is failed (its retry starts over in a run dir of its own): its checkpoints, and the run dir itself
-    when its job never started (the sweeper writes the trial.json of a whole batch before the first job
-    runs). First, so a kill between the two leaves a running trial that the next reclaim settles the same way."""
+    when its job never recorded its cell (the sweeper writes the trial.json of a whole batch before the first
+    job runs; Hydra makes a job's .hydra/ and log before the job starts). First, so a kill between the two
+    leaves a running trial that the next reclaim settles the same way."""
     run_dir = trial_run_dir(trial, sweep_dir)
     if run_dir is None or not run_dir.is_dir():
         return
     remove_checkpoints(run_dir)
-    if {p.name for p in run_dir.iterdir()} <= {TRIAL_FILE}:
-        (run_dir / TRIAL_FILE).unlink(missing_ok=True)
-        run_dir.rmdir()
+    if all(p.name in (TRIAL_FILE, ".hydra") or p.name.endswith(".log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def supersede(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:

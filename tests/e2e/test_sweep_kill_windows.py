@@ -153,12 +153,17 @@ def test_kill_after_a_checkpoint__the_orphaned_trials_checkpoints_are_removed_an
     assert set(table(sweep)["status"]) == {"completed"}
 
 
-def test_kill_in_a_batch__the_trial_whose_job_never_started_leaves_no_run_dir(tmp_path: Path) -> None:
+@pytest.mark.parametrize("set_up", [False, True])
+def test_kill_in_a_batch__the_trial_whose_job_never_started_leaves_no_run_dir(tmp_path: Path, set_up: bool) -> None:
     sweep = tmp_path / "batch"
     args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "hydra.sweeper.n_jobs=2",
             "alpha=choice(0.1,0.3)")
     killed_at("job_started", sweep, *args)  # the batch's first job dies, the second never starts
     assert [p.name for p in (sweep / "trial_00001").iterdir()] == ["trial.json"]
+    if set_up:  # as a kill leaves it after Hydra set the job up (.hydra/, its log), before it recorded its cell
+        (sweep / "trial_00001" / ".hydra").mkdir()
+        (sweep / "trial_00001" / ".hydra" / "overrides.yaml").write_text("- alpha=0.3\n")
+        (sweep / "trial_00001" / "__main__.log").write_text("")
 
     ok(run_sweep(sweep, *args))
     assert states(trials_of(sweep)) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
