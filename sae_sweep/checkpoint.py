@@ -46,6 +46,7 @@ from sae_sweep.record import (
     SUMMARY_FILE,
     RecordError,
     read_json,
+    remove_checkpoints,
     single_line,
     tensor_header,
 )
@@ -303,10 +304,7 @@ def clean_temp(run_dir: Path) -> None:
 
 def discard(run_dir: Path) -> None:
     """Remove the run dir's checkpoints and any temp file a killed write left."""
-    run_dir = Path(run_dir)
-    for name in (CHECKPOINT_FILE, CHECKPOINT_PREVIOUS_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    clean_temp(run_dir)
+    remove_checkpoints(run_dir)
 
 
 def alive_elsewhere(state: dict[str, Any]) -> bool:

@@ -99,6 +99,15 @@ def write_json_atomic(path: Path, value: Any) -> None:
     tmp.replace(path)
 
 
+def remove_checkpoints(run_dir: Path) -> None:
+    """Remove a run dir's checkpoints and the temp files a killed checkpoint write left (checkpoint.py)."""
+    run_dir = Path(run_dir)
+    for name in (CHECKPOINT_FILE, CHECKPOINT_PREVIOUS_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for tmp in run_dir.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when missing or truncated (a run killed mid-write).
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from sae_sweep.record import (
     RecordError,
     check_finished,
     read_json,
+    remove_checkpoints,
 )
 from sae_sweep.sweep.cells import holds_record, repair_mirrors
 
@@ -151,6 +153,29 @@ def trial_subdir(sweep_dir: Path, number: int, uid: str) -> str:
     raise FileExistsError(f"no free run dir for trial {number} under {sweep_dir}")
 
 
+def trial_run_dir(trial: FrozenTrial, sweep_dir: Path) -> Path | None:
+    """Where the sweeper ran ``trial`` (None for a trial without a uid: not created by this sweeper)."""
+    uid = trial.user_attrs.get("uid")
+    if not uid:
+        return None
+    root = Path(str(trial.user_attrs.get("sweep_dir") or sweep_dir))
+    return root / trial_subdir(root, trial.number, str(uid))
+
+
+def abandon(trial: FrozenTrial, sweep_dir: Path) -> None:
+    """Clear what a dead sweeper's unfinished trial left that nothing would ever use or remove, before the
+    trial is failed (its retry starts over in a run dir of its own): its checkpoints, and the run dir itself
+    when its job never recorded its cell (the sweeper writes the trial.json of a whole batch before the first
+    job runs; Hydra makes a job's .hydra/ and log before the job starts). First, so a kill between the two
+    leaves a running trial that the next reclaim settles the same way."""
+    run_dir = trial_run_dir(trial, sweep_dir)
+    if run_dir is None or not run_dir.is_dir():
+        return
+    remove_checkpoints(run_dir)
+    if all(p.name in (TRIAL_FILE, ".hydra") or p.name.endswith(".log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def supersede(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
     """Mark ``trial`` as superseded (``why`` in SUPERSEDED) and fail it; False if another sweeper finished it first."""
     try:
@@ -166,7 +191,8 @@ def reclaim(study: optuna.Study, sweep_dir: Path, stale_after_s: float,
     """Settle every trial no live sweeper will finish; return the study's trials after it, and what was done.
 
     A RUNNING trial whose sweeper (on this host) is gone is told from its run dir (through ``tell``) when
-    its summary.json holds a finished result, else failed as ``orphaned`` (a new trial re-runs it); a
+    its summary.json holds a finished result, else failed as ``orphaned`` (a new trial re-runs it, from
+    the start: the dead one's checkpoints are removed); a
     second retry of one trial (two sweepers retried it at once) is failed as ``duplicate``. A WAITING
     trial (a queue entry) is failed as ``queued`` and re-run as a new trial the same way: a trial is
     only ever run by a trial created with its sweeper in one storage call, so no moment leaves a
@@ -191,12 +217,15 @@ def reclaim(study: optuna.Study, sweep_dir: Path, stale_after_s: float,
                 str(t.user_attrs.get("worker", "")), t.user_attrs.get("heartbeat"), stale_after_s) is False:
             retry_of = t.user_attrs.get("retry_of")
             if retry_of is not None and t.number != min(retries[int(retry_of)]):
+                abandon(t, sweep_dir)
                 supersede(study, t, "duplicate")
             elif recover(study, t, sweep_dir, tell):
                 note("dead sweepers' trials told from their run dirs")
-            elif supersede(study, t, "orphaned"):
-                note("dead sweepers' trials re-queued")
-                kill_point("requeued")
+            else:
+                abandon(t, sweep_dir)
+                if supersede(study, t, "orphaned"):
+                    note("dead sweepers' trials re-queued")
+                    kill_point("requeued")
     if done:
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
     return trials, done
@@ -205,11 +234,10 @@ def reclaim(study: optuna.Study, sweep_dir: Path, stale_after_s: float,
 def recover(study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, tell: TellFn) -> bool:
     """Tell a dead sweeper's trial the finished result its run dir holds, and mend the W&B run it left
     unfinished (cells.repair_mirrors); False when there is no finished result."""
-    uid = trial.user_attrs.get("uid")
-    if not uid:
+    run_dir = trial_run_dir(trial, sweep_dir)
+    if run_dir is None:
         return False
-    root = Path(str(trial.user_attrs.get("sweep_dir") or sweep_dir))
-    run_dir = root / trial_subdir(root, trial.number, str(uid))
+    uid = trial.user_attrs["uid"]
     info, cell = read_json(run_dir / TRIAL_FILE), read_json(run_dir / CELL_FILE)
     summary = read_json(run_dir / SUMMARY_FILE)
     # The job removes an earlier attempt's summary before it records its cell: with this trial's

@@ -135,3 +135,39 @@ def test_kill_on_another_host__a_stale_heartbeat_is_reclaimed_and_a_fresh_one_le
         assert trials[1].user_attrs["retry_of"] == 0 and set(table(sweep)["status"]) == {"completed"}
     else:  # a live sweeper elsewhere still owns it: the grid point is taken, nothing runs
         assert states(trials) == ["RUNNING"]
+
+
+def test_kill_after_a_checkpoint__the_orphaned_trials_checkpoints_are_removed_and_its_retry_completes(
+        tmp_path: Path) -> None:
+    sweep = tmp_path / "checkpoint"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1)",
+            "train.checkpoint_every=2500")
+    killed_at("checkpoint_written", sweep, *args)  # the only trial dies after its first checkpoint
+    assert (sweep / "trial_00000" / "checkpoint.safetensors").is_file()
+
+    ok(run_sweep(sweep, *args))
+    trials = trials_of(sweep)
+    assert states(trials) == ["FAIL", "COMPLETE"] and trials[0].user_attrs["orphaned"]
+    # The retry starts over in trial_00001: nothing would ever continue from or remove trial 0's checkpoints.
+    assert not list(sweep.glob("*/checkpoint*.safetensors")) and not list(sweep.glob("*/.checkpoint*"))
+    assert set(table(sweep)["status"]) == {"completed"}
+
+
+@pytest.mark.parametrize("set_up", [False, True])
+def test_kill_in_a_batch__the_trial_whose_job_never_started_leaves_no_run_dir(tmp_path: Path, set_up: bool) -> None:
+    sweep = tmp_path / "batch"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "hydra.sweeper.n_jobs=2",
+            "alpha=choice(0.1,0.3)")
+    killed_at("job_started", sweep, *args)  # the batch's first job dies, the second never starts
+    assert [p.name for p in (sweep / "trial_00001").iterdir()] == ["trial.json"]
+    if set_up:  # as a kill leaves it after Hydra set the job up (.hydra/, its log), before it recorded its cell
+        (sweep / "trial_00001" / ".hydra").mkdir()
+        (sweep / "trial_00001" / ".hydra" / "overrides.yaml").write_text("- alpha=0.3\n")
+        (sweep / "trial_00001" / "__main__.log").write_text("")
+
+    ok(run_sweep(sweep, *args))
+    assert states(trials_of(sweep)) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    # Its retry ran in trial_00003: nothing would ever run in trial_00001 or remove it.
+    assert not (sweep / "trial_00001").exists()
+    assert all((d / "cell.json").is_file() for d in sweep.glob("trial_*"))
+    assert sorted(table(sweep)["alpha"]) == [0.1, 0.3]
