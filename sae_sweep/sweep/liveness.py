@@ -199,7 +199,8 @@ def adopt(sweep_dir: Path, target: Path, info: dict[str, Any]) -> Path | None:
         t, summary = read_json(d / TRIAL_FILE), read_json(d / SUMMARY_FILE)
         if (d.is_dir() and t is not None and t.get("cell") == info["cell"] and t.get("uid") != info["uid"]
                 and _has_checkpoint(d) and not (summary and summary.get("status") == COMPLETED)):
-            found.append((int(t.get("number") or -1), d))
+            number = t.get("number")
+            found.append((number if isinstance(number, int) else -1, d))
     if not found:
         return None
     *older, (_, source) = sorted(found)
