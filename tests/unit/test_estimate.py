@@ -460,3 +460,27 @@ def test_estimate_agreement__fewer_than_three_sizes_gives_no_estimate():
     assert est.value is None
     assert "three" in est.note
     assert estimate_agreement({}).value is None
+
+
+def _cells_of_shares(shares: dict[int, float], *, alpha: float = 0.3) -> pd.DataFrame:
+    """Two seeds at one alpha with the given reproduced share per J (every latent firing)."""
+    return pd.DataFrame([{"alpha": alpha, "dict_size": j, "seed": s, "alive": float(j), "dead": 0.0,
+                          "reproduced": share * j} for j, share in shares.items() for s in (0, 1)])
+
+
+def test_estimate_dead_latents__strong_superposition_reads_the_plateau_start_not_its_end():
+    # Setting aa of the generalization study (h = 312, h/n = 6.5, alpha 0.3, rounded): the seeds also
+    # reproduce the surplus latents just beyond h, so the share stays on its plateau to J = 362.
+    # The plateau's end (the rule up to round 6) read 362; its start reads 332.
+    shares = {128: 0.26, 256: 0.75, 279: 0.84, 304: 0.95, 332: 0.985, 362: 0.986, 395: 0.95, 431: 0.91,
+              512: 0.78, 1024: 0.33}
+    est = estimate_dead_latents(_cells_of_shares(shares), plateau=0.02)
+    assert est.per_alpha == {0.3: 332}
+
+
+def test_estimate_dead_latents__ordered_features_plateau_from_the_smallest_size_still_reads_its_end():
+    # Ordered features: a small dictionary learns the strongest J features cleanly, so the share is on its
+    # plateau from the grid's smallest J and falls only past h = 64.
+    shares = {16: 0.99, 32: 0.995, 48: 0.99, 64: 0.985, 91: 0.9, 128: 0.7, 256: 0.4}
+    est = estimate_dead_latents(_cells_of_shares(shares), plateau=0.02)
+    assert est.per_alpha == {0.3: 64}
