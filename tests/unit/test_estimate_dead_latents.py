@@ -97,7 +97,9 @@ def test_best_match_cos__is_each_atoms_highest_signed_cosine_with_the_other_dict
     assert best.shape == (6,)
     assert np.allclose(best[[0, 3, 5]], 1.0) and (best[[1, 2, 4]] < 0.99).all()
     assert (best_match_cos(base, -other[:3]) < 0.99).all()  # the sign counts: a latent is not its negative
-    assert np.isneginf(best_match_cos(base, other[:0])).all() and best_match_cos(base[:0], other).shape == (0,)
+    assert np.isneginf(best_match_cos(base, other[:0])).all() and best_match_cos(base[:0], other).shape == (
+        0,
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -164,3 +166,47 @@ def test_estimate_dead_latents__cells_without_a_reproduced_count_are_left_out_of
     assert est.value == 64 and set(est.per_seed) == {0, 1}
 
 
+def _cells_of_shares(shares: dict[int, float], *, alpha: float = 0.3) -> pd.DataFrame:
+    """Two seeds at one alpha with the given reproduced share per J (every latent firing)."""
+    return pd.DataFrame(
+        [
+            {
+                "alpha": alpha,
+                "dict_size": j,
+                "seed": s,
+                "alive": float(j),
+                "dead": 0.0,
+                "reproduced": share * j,
+            }
+            for j, share in shares.items()
+            for s in (0, 1)
+        ]
+    )
+
+
+def test_estimate_dead_latents__strong_superposition_reads_the_plateau_start_not_its_end():
+    # Setting aa of the generalization study (h = 312, h/n = 6.5, alpha 0.3, rounded): the seeds also
+    # reproduce the surplus latents just beyond h, so the share stays on its plateau to J = 362.
+    # The plateau's end (the rule up to round 6) read 362; its start reads 332.
+    shares = {
+        128: 0.26,
+        256: 0.75,
+        279: 0.84,
+        304: 0.95,
+        332: 0.985,
+        362: 0.986,
+        395: 0.95,
+        431: 0.91,
+        512: 0.78,
+        1024: 0.33,
+    }
+    est = estimate_dead_latents(_cells_of_shares(shares), plateau=0.02)
+    assert est.per_alpha == {0.3: 332}
+
+
+def test_estimate_dead_latents__ordered_features_plateau_from_the_smallest_size_still_reads_its_end():
+    # Ordered features: a small dictionary learns the strongest J features cleanly, so the share is on its
+    # plateau from the grid's smallest J and falls only past h = 64.
+    shares = {16: 0.99, 32: 0.995, 48: 0.99, 64: 0.985, 91: 0.9, 128: 0.7, 256: 0.4}
+    est = estimate_dead_latents(_cells_of_shares(shares), plateau=0.02)
+    assert est.per_alpha == {0.3: 64}
