@@ -8,7 +8,7 @@ once: its completed run if any, else its latest attempt.
 Columns: the base axes and status (``BASE``), then ``sweep`` (the sweep's name), ``run_dir`` (absolute),
 ``wandb_run_id``, ``objective`` (what the sweeper optimised, comma-separated when several), every run
 config value as a dotted column (``train.lr``, ``data.h``, ...; not the ones that never change a
-result, ``IGNORED_KEYS``), ``swept`` (the config keys this cell's command line set: only those split a
+result, ``record.RESULT_NEUTRAL_KEYS``), ``swept`` (the config keys this cell's command line set: only those split a
 sweep into datasets, see analysis/sweep_data.py), ``trainer_alpha``, ``device``, ``threads``, the
 final metrics (``train_loss`` included), the timings and the start and end times. Integer columns are
 pandas' nullable ``Int64`` throughout, so a failed run's gap never turns them into floats.
@@ -38,6 +38,7 @@ from sae_sweep.record import (
     INCOMPLETE,
     INTERRUPTED,
     PRUNED,
+    RESULT_NEUTRAL_KEYS,
     RESULTS_CSV,
     RESULTS_FILE,
     SUMMARY_FILE,
@@ -47,7 +48,6 @@ from sae_sweep.record import (
     read_json,
     run_dirs,
 )
-from sae_sweep.record import RESULT_NEUTRAL_KEYS as IGNORED_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _swept(overrides: list[str], cfg: Any) -> dict[str, Any]:
     .hydra/config.yaml; None when unreadable: the values come from the overrides' text)."""
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
     keys = [k for k in keys if not k.startswith("hydra.") and k != "experiment"
-            and not any(k == i or k.startswith(i + ".") for i in IGNORED_KEYS)]
+            and not any(k == i or k.startswith(i + ".") for i in RESULT_NEUTRAL_KEYS)]
     # The base axes come from the config too, so a run that failed before training still has them.
     out: dict[str, Any] = {k: OmegaConf.select(cfg, k, default=None) for k in ("alpha", "dict_size", "seed")
                            if cfg is not None}
@@ -100,7 +100,7 @@ def _swept(overrides: list[str], cfg: Any) -> dict[str, Any]:
 
 
 def _ignored(key: str) -> bool:
-    return any(key == i or key.startswith(i + ".") for i in IGNORED_KEYS)
+    return any(key == i or key.startswith(i + ".") for i in RESULT_NEUTRAL_KEYS)
 
 
 def _config_values(run_dir: Path, hydra_cfg: Any) -> dict[str, Any]:

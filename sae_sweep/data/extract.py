@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from sae_sweep.config import ConfigError
+from sae_sweep.data.activation_file import sidecar_path
 from sae_sweep.data.corpus import Corpus, load_corpus
 from sae_sweep.data.lm import (
     SMOLLM2,
@@ -161,7 +162,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _paths(out: Path) -> tuple[Path, Path]:
-    return out.with_name(out.name + ".json"), out.with_name(out.name + ".progress.json")
+    return sidecar_path(out), out.with_name(out.name + ".progress.json")
 
 
 def _settings(cfg: CacheConfig) -> dict[str, Any]:

@@ -47,8 +47,6 @@ from sae_sweep.record import (
 )
 
 log = logging.getLogger(__name__)
-# Dotted paths that do not change what a run computes (record.RESULT_NEUTRAL_KEYS: naming, logging, scheduling).
-IGNORED_KEYS = RESULT_NEUTRAL_KEYS
 # Fields added after sweeps already existed: at their default they are left out of the key, so a sweep
 # started before them still resumes.
 DEFAULT_WHEN_ABSENT = {"train.batch_seed": None}
@@ -78,7 +76,7 @@ def resolved_run_config(cfg: DictConfig) -> dict[str, Any]:
 def cell_key(cfg: DictConfig, trial_cell: str | None = None) -> str:
     """16 hex digits identifying what a run computes (and, for an Optuna trial, which trial it is)."""
     tree = resolved_run_config(cfg)
-    for dotted in IGNORED_KEYS:
+    for dotted in RESULT_NEUTRAL_KEYS:  # naming, logging, scheduling: not what a run computes
         _drop(tree, dotted)
     for dotted, default in DEFAULT_WHEN_ABSENT.items():
         if OmegaConf.select(cfg, dotted, default=default) == default:

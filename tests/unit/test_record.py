@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from sae_sweep import record
 from sae_sweep.run import pack_key
-from sae_sweep.sweep.cells import IGNORED_KEYS
+from sae_sweep.sweep.cells import cell_key
 from tests.helpers.build import build_cfg
 
 CONFIG_YAML = Path(__file__).resolve().parents[2] / "conf" / "config.yaml"
@@ -26,8 +27,13 @@ def test_dirname_excluded_keys__cover_every_result_neutral_field():
         assert any(k == key or k.startswith(key + ".") for k in record.DIRNAME_EXCLUDED_KEYS), key
 
 
-def test_cell_key__ignores_the_result_neutral_fields():
-    assert IGNORED_KEYS == record.RESULT_NEUTRAL_KEYS
+def test_cell_key__ignores_the_result_neutral_fields_but_not_the_rest():
+    def key(**train) -> str:
+        return cell_key(OmegaConf.structured(build_cfg(train=train)))
+
+    base = key()
+    assert key(progress=True, checkpoint_every=4096, threads=2) == base
+    assert key(lr=0.123) != base
 
 
 def test_pack_key__members_may_differ_in_logging_but_not_in_scheduling():
