@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_sweep.data.activation_file import (
+from sae_sweep.activation_file import (
     ActivationFileError,
     activation_file_shape,
     check_finite_rows,

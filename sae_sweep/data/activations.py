@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_sweep.activation_file import open_rows, read_activation_metadata
 from sae_sweep.config import ActivationsDataConfig, ConfigError
-from sae_sweep.data.activation_file import open_rows, read_activation_metadata
 
 STATS_ROWS = 65536  # training rows (read in order from the start) that the mean and the scale come from
 _STATS_PIECE = 8192  # rows per read while computing them, to bound memory at (piece, n) float64

@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_sweep.activation_file import sidecar_path
 from sae_sweep.config import ConfigError
-from sae_sweep.data.activation_file import sidecar_path
 from sae_sweep.data.corpus import Corpus, load_corpus
 from sae_sweep.data.lm import (
     SMOLLM2,

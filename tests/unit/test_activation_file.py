@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sae_sweep.data.activation_file import (
+from sae_sweep.activation_file import (
     ActivationFileError,
     activation_file_shape,
     check_finite_rows,
