@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_faults.py                        # 5 kills per kind, ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_faults.py --kills 10 --seed 1 --kinds grid optuna
     .venv/bin/python benchmarks/bench_faults.py --kills 2 --samples 80000 --out /tmp/faults   # the slow test's run
+    .venv/bin/python benchmarks/bench_faults.py --wandb --kinds optuna   # W&B offline on: one finished W&B run per cell
 
 Three kinds of sweep, each the real CLI (``python -m sae_sweep -m``) in a subprocess on a tiny toy
 problem, 8 cells (alpha 0.1, 0.3 x J 16, 32 x seed 0, 1), checkpoints every eighth of a run:
@@ -78,12 +79,12 @@ Cell = tuple[tuple[str, Any], ...]  # (("alpha", 0.1), ("dict_size", 16), ("seed
 Findings = dict[str, dict[str, list[str]]]  # count -> subject (a cell, a trial, a file) -> details
 
 
-def tiny(samples: int) -> list[str]:
-    """Seconds-long runs on one thread, a checkpoint every eighth of a run, no W&B, no report."""
+def tiny(samples: int, wandb: bool = False) -> list[str]:
+    """Seconds-long runs on one thread, a checkpoint every eighth of a run, no report; W&B offline or off."""
     return ["experiment=smoke", "data.n=16", "data.h=32", "data.mean_active=3", "train.batch_size=128",
             f"train.num_samples={samples}", f"train.eval_every={samples // 4}",
             f"train.checkpoint_every={samples // 8}", "data.eval_size=512", "train.threads=1",
-            "train.progress=false", "logger.wandb.mode=disabled", "hydra.callbacks.report.enabled=false"]
+            "train.progress=false", f"logger.wandb.mode={'offline' if wandb else 'disabled'}", "hydra.callbacks.report.enabled=false"]
 
 
 def sweep_args(kind: str) -> list[str]:
@@ -335,8 +336,32 @@ def audit_optuna(sweep_dir: Path, seen: dict[str, tuple], study_name: str = "smo
     return f
 
 
-def audit(kind: str, sweep_dir: Path, seen: dict[str, tuple]) -> Findings:
-    return audit_optuna(sweep_dir, seen) if kind == "optuna" else audit_grid(sweep_dir, seen)
+def audit_wandb(sweep_dir: Path, f: Findings) -> None:
+    """Every complete run dir holds exactly one finished offline W&B run, whose history has one row per
+    metrics.jsonl row, and no unfinished one (a killed attempt's)."""
+    from sae_sweep.sinks import offline_runs
+
+    for d in subdirs(sweep_dir):
+        if complete(d) is None:
+            continue
+        runs = offline_runs(d)
+        finished = [r for r in runs if r.exit_code is not None]
+        if len(finished) != 1:
+            note(f, "lost" if not finished else "duplicated", f"{d.name} W&B", f"{len(finished)} finished W&B runs")
+        for r in runs:
+            if r.exit_code is None:
+                note(f, "stranded", f"{d.name}/wandb/{r.path.name}", "an unfinished W&B run in a complete cell")
+        n_rows = len((d / "metrics.jsonl").read_text().splitlines()) if (d / "metrics.jsonl").is_file() else 0
+        for r in finished:
+            if r.history != n_rows:
+                note(f, "inconsistent", f"{d.name} W&B", f"{r.history} history rows, metrics.jsonl {n_rows}")
+
+
+def audit(kind: str, sweep_dir: Path, seen: dict[str, tuple], wandb: bool = False) -> Findings:
+    f = audit_optuna(sweep_dir, seen) if kind == "optuna" else audit_grid(sweep_dir, seen)
+    if wandb:
+        audit_wandb(sweep_dir, f)
+    return f
 
 
 # --- running and killing ------------------------------------------------------------------------
@@ -349,8 +374,9 @@ def env() -> dict[str, str]:
     return e
 
 
-def command(kind: str, sweep_dir: Path, samples: int) -> list[str]:
-    return [sys.executable, "-m", "sae_sweep", "-m", *tiny(samples), *sweep_args(kind), f"hydra.sweep.dir={sweep_dir}"]
+def command(kind: str, sweep_dir: Path, samples: int, wandb: bool = False) -> list[str]:
+    return [sys.executable, "-m", "sae_sweep", "-m", *tiny(samples, wandb), *sweep_args(kind),
+            f"hydra.sweep.dir={sweep_dir}"]
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -384,7 +410,7 @@ def n_complete(sweep_dir: Path) -> int:
     return sum(complete(d) is not None for d in subdirs(sweep_dir))
 
 
-def bench_kind(kind: str, kills: int, seed: int, out: Path, samples: int) -> dict[str, Any]:
+def bench_kind(kind: str, kills: int, seed: int, out: Path, samples: int, wandb: bool = False) -> dict[str, Any]:
     """One uninterrupted sweep, then sweeps killed and re-run until ``kills`` kills have landed: a run
     that ends before its kill completes its sweep, and the next kills go to a fresh sweep dir."""
     rng = random.Random(f"{seed}:{kind}")
@@ -392,10 +418,10 @@ def bench_kind(kind: str, kills: int, seed: int, out: Path, samples: int) -> dic
     (root / "logs").mkdir(parents=True, exist_ok=True)
     clean = root / "clean"
     started = time.time()
-    clean_rc, clean_wall = run_once(command(kind, clean, samples), root, root / "logs" / "clean.log", None)
+    clean_rc, clean_wall = run_once(command(kind, clean, samples, wandb), root, root / "logs" / "clean.log", None)
     first = min((read_json(p) or {}).get("started_at", math.inf) for p in clean.glob(f"*/{CELL_FILE}"))
     startup = min(max(first - started, 0.0), clean_wall)  # start-up and composing, before the first job
-    clean_findings = audit(kind, clean, {})
+    clean_findings = audit(kind, clean, {}, wandb)
     total = len(all_cells())
     findings = new_findings()
     delays: list[float] = []
@@ -408,14 +434,14 @@ def bench_kind(kind: str, kills: int, seed: int, out: Path, samples: int) -> dic
                 left = total - min(n_complete(sweep_dir), total)
                 delay = rng.uniform(0.0, startup + (clean_wall - startup) * max(left, 1) / total)
             log = root / "logs" / f"{sweep_dir.name}-run{attempt:02d}.log"
-            rc, took = run_once(command(kind, sweep_dir, samples), root, log, delay)
+            rc, took = run_once(command(kind, sweep_dir, samples, wandb), root, log, delay)
             wall += took
             remember(seen, sweep_dir)  # after every kill: the cells complete so far must never change
             if rc is not None:
                 break
             delays.append(delay)  # type: ignore[arg-type]
         final_rcs.append(rc)
-        for what, subjects in audit(kind, sweep_dir, seen).items():
+        for what, subjects in audit(kind, sweep_dir, seen, wandb).items():
             findings[what].update({f"{sweep_dir.name}/{subject}": d for subject, d in subjects.items()})
         sweeps += 1
     return {"kind": kind, "kills": len(delays), "sweeps": sweeps, "delays_s": [round(d, 2) for d in delays],
@@ -430,16 +456,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seeds the kill delays")
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     ap.add_argument("--samples", type=int, default=400_000, help="training samples per run")
+    ap.add_argument("--wandb", action="store_true", help="W&B offline on; audit one finished W&B run per cell")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default: a new temporary dir)")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_faults_"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"bench_faults: {args.kills} kills per kind, seed {args.seed}, {args.samples} samples per run, "
+          f"W&B {'offline' if args.wandb else 'off'}, "
           f"load average {os.getloadavg()[0]:.2f}; sweeps in {out}", flush=True)
     t0 = time.monotonic()
     results = []
     for kind in args.kinds:
-        results.append(bench_kind(kind, args.kills, args.seed, out.resolve(), args.samples))
+        results.append(bench_kind(kind, args.kills, args.seed, out.resolve(), args.samples, args.wandb))
         r = results[-1]
         print(f"  {kind}: {r['kills']} kills at {r['delays_s']} s in {r['sweeps']} sweep(s), last runs exited "
               f"{r['final_rcs']}, {r['wall_s']:.1f} s (uninterrupted {r['clean_wall_s']:.1f} s)", flush=True)

@@ -10,23 +10,26 @@ the value given and the range allowed, on one line.
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from sae_sweep.record import single_line
+from sae_sweep.data.activation_file import (
+    ActivationFileError,
+    activation_file_shape,
+    check_finite_rows,
+    read_activation_metadata,
+    sidecar_path,
+)
 
 DECAYS = ("exponential", "zipf", "constant")
 L1_NORMS = ("latents", "inputs")
 WANDB_MODES = ("offline", "online", "disabled")
 SCALES = ("none", "unit_norm")
-ACTIVATION_DTYPES = ("float16", "float32")
 MAX_SEED = 2**63 - 1  # every seed fits a signed 64-bit column of the results table (and torch's generator)
-NPY_MAGIC = b"\x93NUMPY"
 # The final metrics every summary.json holds (null where a run has none, e.g. mmcs without ground truth):
 # what an Optuna study may optimise.
 SUMMARY_METRICS = ("mmcs", "mmcs_learned", "recovered_90", "recovered_99", "loss", "mse", "l1", "l1_sum", "fvu",
@@ -40,6 +43,15 @@ class ConfigError(ValueError):
 def _check(ok: bool, path: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{path} must be {allowed}, got {value!r}")
+
+
+@contextmanager
+def _file_field(path: str) -> Iterator[None]:
+    """An unusable activation file as the ConfigError of the field that names it."""
+    try:
+        yield
+    except ActivationFileError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _is_int(v: Any) -> bool:
@@ -196,7 +208,8 @@ class ActivationsDataConfig:
             self.shuffle_chunks,
             "an integer >= 1",
         )
-        rows, width = activation_file_shape(self.path, path)
+        with _file_field(f"{path}.path"):
+            rows, width = activation_file_shape(self.path)
         if rows < 2:
             raise ConfigError(f"{path}.path: {self.path} has {rows} rows; it needs at least 2 (the last "
                               f"{path}.eval_size rows are held out, the rest train)")
@@ -209,81 +222,20 @@ class ActivationsDataConfig:
         if self.n == 0:
             self.n = width
         _check(self.n == width, f"{path}.n", self.n, f"0 (read from the file) or the file's width {width}")
-        meta = read_activation_metadata(self.path, path)
+        with _file_field(f"{path}.path"):
+            meta = read_activation_metadata(self.path)
         if "mean" in meta:
             mean = meta["mean"]
             ok = isinstance(mean, list) and len(mean) == width and all(_is_num(v) for v in mean)
             if not ok:
                 raise ConfigError(
-                    f"{path}.path: the \"mean\" in {self.path}.json must be a list of {width} finite numbers"
+                    f"{path}.path: the \"mean\" in {sidecar_path(self.path)} must be a list of {width} finite numbers"
                 )
-        check_finite_rows(self.path, path)
+        with _file_field(f"{path}.path"):
+            check_finite_rows(self.path)
 
     def __post_init__(self) -> None:
         self.validate()
-
-
-def activation_file_shape(file: str, path: str = "data") -> tuple[int, int]:
-    """(rows, n) of a 2-D float16/float32 .npy file, from its header (nothing but the header is read)."""
-    prefix = f"{path}.path: {file} is not a readable 2-D float .npy file"
-    try:
-        with open(file, "rb") as fh:
-            magic = fh.read(len(NPY_MAGIC))
-    except OSError as exc:
-        raise ConfigError(f"{prefix} ({single_line(exc) or type(exc).__name__})") from None
-    if magic != NPY_MAGIC:  # np.load would take any other file for a pickle
-        raise ConfigError(f"{prefix} (no .npy header: the file does not start with {NPY_MAGIC!r})")
-    try:
-        arr = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ConfigError(f"{prefix} ({single_line(exc) or type(exc).__name__})") from None
-    if not isinstance(arr, np.ndarray):  # an .npz archive
-        close = getattr(arr, "close", None)
-        if close is not None:
-            close()
-        raise ConfigError(f"{prefix} (an .npz archive, not an .npy array)")
-    if arr.ndim != 2:
-        raise ConfigError(f"{prefix} (shape {arr.shape}; expected (rows, n))")
-    if arr.dtype.name not in ACTIVATION_DTYPES:
-        raise ConfigError(f"{prefix} (dtype {arr.dtype}; allowed {', '.join(ACTIVATION_DTYPES)})")
-    return int(arr.shape[0]), int(arr.shape[1])
-
-
-_FINITE_CHECKED: dict[tuple[str, int, int], None] = {}
-
-
-def check_finite_rows(file: str, path: str = "data", chunk_rows: int = 1 << 16) -> None:
-    """Every value of the activation file is finite (NaN or inf would only surface as a diverged run).
-
-    Reads the whole file once per process (memoised by path, size and modification time): about a
-    second per GB."""
-    st = Path(file).stat()
-    key = (str(file), st.st_size, st.st_mtime_ns)
-    if key in _FINITE_CHECKED:
-        return
-    arr = np.load(file, mmap_mode="r", allow_pickle=False)
-    for lo in range(0, arr.shape[0], chunk_rows):
-        block = np.asarray(arr[lo : lo + chunk_rows])
-        finite = np.isfinite(block)
-        if not finite.all():
-            row, col = (int(i) for i in np.argwhere(~finite)[0])
-            raise ConfigError(f"{path}.path: {file} must hold finite numbers only, got {block[row, col]} at row "
-                              f"{lo + row}, column {col}")
-    _FINITE_CHECKED[key] = None
-
-
-def read_activation_metadata(file: str, path: str = "data") -> dict[str, Any]:
-    """The sidecar ``<file>.json`` of an activation file as a dict, or {} when there is none."""
-    sidecar = Path(f"{file}.json")
-    if not sidecar.is_file():
-        return {}
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}.path: the sidecar {sidecar} is not readable JSON ({single_line(exc)})") from None
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{path}.path: the sidecar {sidecar} must hold a JSON object, got {type(meta).__name__}")
-    return meta
 
 
 @dataclass

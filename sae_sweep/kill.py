@@ -11,7 +11,9 @@ jobs of a batch returned, before the study is told); in ``python -m sae_sweep.re
 ``refine_after_record`` (a round is recorded as started, nothing launched) and ``refine_after_command``
 (one of its multiruns returned, the record not yet told); inside a run (checkpoint.py),
 ``checkpoint_writing`` (halfway through a checkpoint's temp file), ``checkpoint_replacing`` (between two
-members' renames of a pack's round) and ``checkpoint_written`` (a round is renamed into place). A leaf module: any layer may hold a point.
+members' renames of a pack's round) and ``checkpoint_written`` (a round is renamed into place) and ``summary_written`` (a run's summary.json is
+written, its checkpoints not yet removed); in the Optuna sweeper, ``adopting`` (a retry's trial.json is
+written into the dead attempt's run dir, not yet renamed to the retry's). A leaf module: any layer may hold a point.
 """
 
 from __future__ import annotations

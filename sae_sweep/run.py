@@ -38,6 +38,7 @@ from sae_sweep.config import SUMMARY_METRICS, RunConfig, loss_normalisation, tra
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures, derive_seed
 from sae_sweep.export import SAELENS_DIR, run_info, write_saelens
+from sae_sweep.kill import kill_point
 from sae_sweep.lanes import stack_streams
 from sae_sweep.record import (
     COMPLETED,
@@ -227,6 +228,7 @@ def _finish(p: _Prepared, outcome: MemberOutcome | None, error: BaseException | 
     # The digests let resume and the analysis tell a whole record from a damaged one (record.py).
     summary["files"] = {name: file_digest(run_dir / name) for name in RECORDED_FILES if (run_dir / name).is_file()}
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    kill_point("summary_written")  # a finished record with its checkpoints still there: resume removes them
     if summary["status"] in (COMPLETED, DIVERGED, PRUNED) and not cfg.train.keep_checkpoint:
         checkpoint.discard(run_dir)  # the run has ended: nothing to resume (interrupted or failed: kept)
     for sink in p.sinks:

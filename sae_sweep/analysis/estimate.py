@@ -14,10 +14,12 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    the dictionary alive in this sense falls once J passes h. Below h it is low where latents hold blends
    that differ from seed to seed (features of equal frequency and scale), but close to 1 where the
    features have a clear order (frequency or magnitude decay): there a small dictionary learns the
-   strongest J features cleanly and every seed finds the same ones. Per alpha, h' = the *largest* J
-   whose reproduced share is within ``plateau`` of the highest (the end of the plateau before the
-   share falls, see :func:`plateau_end`; the start of that plateau is the grid's smallest J on ordered
-   features); an alpha whose best share is below ``min_reproduced_share``, or whose plateau reaches the
+   strongest J features cleanly and every seed finds the same ones. Per alpha, h' = the *smallest* J
+   whose reproduced share is within ``plateau`` of the highest (:func:`plateau_start`), or, where that
+   is the grid's smallest J (ordered features), the *largest* such J (the end of the plateau before the
+   share falls, :func:`plateau_end`). Under strong superposition (h/n >= 3) the seeds reproduce the
+   surplus latents just beyond h as well, so the plateau runs on to 1.1-1.2 h and its end read 12-27 %
+   high (docs/generalization.md, round 7); an alpha whose best share is below ``min_reproduced_share``, or whose plateau reaches the
    grid's largest J, gives no estimate. Pooled: the median over alphas. Each seed's count is its mean over the other
    seeds of the sweep (one comparison each), so the bootstrap resamples per-seed counts, not the pairing.
 2. **Loss basin** (:func:`estimate_loss_basin`). A dictionary at least as large as h represents the
@@ -181,13 +183,15 @@ def plateau_end(values: np.ndarray, tolerance: float) -> int:
 
 
 def _share_per_alpha(cells: pd.DataFrame, min_share: float, plateau: float = 0.0) -> dict[float, float | None]:
-    """Reproduced latents: per alpha, the largest J whose share is within ``plateau`` of the highest
-    (None: too low, or at the grid's end)."""
+    """Reproduced latents: per alpha, the smallest J whose share is within ``plateau`` of the highest, or,
+    where that is the grid's smallest J (ordered features), the largest such J (None: too low, or at the
+    grid's end). Under strong superposition the seeds reproduce the surplus latents just beyond h too
+    (splits of frequent features), so the plateau runs on past h and only its start reads h."""
     out: dict[float, float | None] = {}
     for alpha, g in reproduced_share(cells).groupby("alpha"):
         g = g.sort_values("dict_size")
         share = g["reproduced_share"].to_numpy()
-        k = plateau_end(share, plateau)
+        k = plateau_start(share, plateau) or plateau_end(share, plateau)
         ok = len(g) >= 3 and share.max() >= min_share and k < len(g) - 1
         out[float(alpha)] = float(g["dict_size"].iloc[k]) if ok else None
     return out

@@ -309,8 +309,8 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
     md += ["", "Thresholds: " + ", ".join(f"`{k}={v}`" for k, v in asdict(settings).items()) + ".", "",
            "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: a latent is alive when it fires and "
            "(with two or more seeds) another seed's dictionary at the same (alpha, J) has an alive atom within the "
-           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the largest J whose share of such latents is within the share "
-           "plateau of the highest (the end of the plateau before the share falls) (one seed: a hinge in "
+           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the smallest J whose share of such latents is within the share "
+           "plateau of the highest (where that is the grid's smallest J, the largest such J: the plateau's end) (one seed: a hinge in "
            "log-log coordinates through the firing-only count, an upper bound); median over alphas. "
            "**loss_basin**: a cell is in the basin when its total loss is within the tolerance of the best "
            "dictionary size at that alpha; per alpha, ĥ is the smallest J in the basin; median over alphas. "

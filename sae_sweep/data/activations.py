@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae_sweep.config import ActivationsDataConfig, ConfigError, read_activation_metadata
+from sae_sweep.config import ActivationsDataConfig, ConfigError
+from sae_sweep.data.activation_file import open_rows, read_activation_metadata
 
 STATS_ROWS = 65536  # training rows (read in order from the start) that the mean and the scale come from
 _STATS_PIECE = 8192  # rows per read while computing them, to bound memory at (piece, n) float64
@@ -38,7 +39,7 @@ class ActivationShards:
 
     def __init__(self, cfg: ActivationsDataConfig):
         self.cfg = cfg
-        self._rows_RN = np.load(cfg.path, mmap_mode="r", allow_pickle=False)  # memmap, (rows, n)
+        self._rows_RN = open_rows(cfg.path)  # memmap, (rows, n)
         self.rows = int(self._rows_RN.shape[0])
         self.train_rows = self.rows - cfg.eval_size
         self._metadata = read_activation_metadata(cfg.path)

@@ -25,17 +25,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sae_sweep.record import (
     CELL_FILE,
+    CHECKPOINT_FILE,
+    CHECKPOINT_PREVIOUS_FILE,
     COMPLETED,
+    CONFIG_FILE,
     RESULT_NEUTRAL_KEYS,
     SUMMARY_FILE,
     TRIAL_FILE,
     RecordError,
     check_finished,
     read_json,
+    remove_checkpoints,
     run_dirs,
     write_json_atomic,
 )
@@ -103,8 +109,25 @@ def finished_cells(sweep_dir: Path) -> dict[str, Path]:
         except RecordError as exc:
             log.warning(f"resume: {exc}; the cell runs again")
             continue
+        drop_stranded_checkpoints(d)
         done.setdefault(str(cell.get("cell_key")), d)
     return done
+
+
+def drop_stranded_checkpoints(run_dir: Path) -> bool:
+    """Remove the checkpoints of a finished run that did not ask to keep them (``train.keep_checkpoint``):
+    a kill between its summary and their removal (run.py) leaves them. Returns whether any were removed."""
+    if not any((run_dir / n).exists() for n in (CHECKPOINT_FILE, CHECKPOINT_PREVIOUS_FILE)):
+        return False
+    try:
+        keep = OmegaConf.select(OmegaConf.load(run_dir / CONFIG_FILE), "train.keep_checkpoint", default=False)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):  # unreadable: leave them rather than guess
+        return False
+    if keep:
+        return False
+    remove_checkpoints(run_dir)
+    log.info(f"resume: removed the leftover checkpoints of finished {run_dir.name}")
+    return True
 
 
 def repair_mirrors(run_dirs: Iterable[Path]) -> int:

@@ -5,7 +5,9 @@ the storage call that creates it; while it runs, :class:`Heartbeat` stamps it wi
 every batch the sweeper calls :func:`reclaim`: a RUNNING trial whose sweeper is gone (on this host:
 its process; elsewhere: a stamp older than ``stale_after_s``) is told from its run dir when that holds
 a finished result, else failed as ``orphaned`` and re-run by a new trial; WAITING queue entries are
-taken over the same way. Superseded trials do not count toward ``n_trials`` (:func:`counted`).
+taken over the same way. Superseded trials do not count toward ``n_trials`` (:func:`counted`). A retry
+whose dead attempt left a checkpoint takes over that attempt's run dir (:func:`adopt`) and continues
+from it, so a trial killed at 1h59 of a 2-hour run loses at most ``train.checkpoint_every`` samples.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sae_sweep.kill import kill_point
 from sae_sweep.record import (
     CELL_FILE,
+    CHECKPOINT_FILE,
+    CHECKPOINT_PREVIOUS_FILE,
     COMPLETED,
     DIVERGED,
     FAILED,
@@ -36,8 +40,9 @@ from sae_sweep.record import (
     check_finished,
     read_json,
     remove_checkpoints,
+    write_json_atomic,
 )
-from sae_sweep.sweep.cells import holds_record, repair_mirrors
+from sae_sweep.sweep.cells import drop_stranded_checkpoints, holds_record, repair_mirrors
 
 log = logging.getLogger(__name__)
 
@@ -163,17 +168,48 @@ def trial_run_dir(trial: FrozenTrial, sweep_dir: Path) -> Path | None:
 
 
 def abandon(trial: FrozenTrial, sweep_dir: Path) -> None:
-    """Clear what a dead sweeper's unfinished trial left that nothing would ever use or remove, before the
-    trial is failed (its retry starts over in a run dir of its own): its checkpoints, and the run dir itself
-    when its job never recorded its cell (the sweeper writes the trial.json of a whole batch before the first
-    job runs; Hydra makes a job's .hydra/ and log before the job starts). First, so a kill between the two
-    leaves a running trial that the next reclaim settles the same way."""
+    """Clear what a dead sweeper's unfinished trial left that nothing would ever use, before the trial is
+    failed: its run dir, when its job never recorded its cell (the sweeper writes the trial.json of a whole
+    batch before the first job runs; Hydra makes a job's .hydra/ and log before the job starts). First, so a
+    kill between the two leaves a running trial that the next reclaim settles the same way. Its checkpoints
+    stay: the retry continues from them (:func:`adopt`)."""
     run_dir = trial_run_dir(trial, sweep_dir)
     if run_dir is None or not run_dir.is_dir():
         return
-    remove_checkpoints(run_dir)
     if all(p.name in (TRIAL_FILE, ".hydra") or p.name.endswith(".log") for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / n).is_file() for n in (CHECKPOINT_FILE, CHECKPOINT_PREVIOUS_FILE))
+
+
+def adopt(sweep_dir: Path, target: Path, info: dict[str, Any]) -> Path | None:
+    """Give the retry ``info`` (its trial.json) the run dir of a dead attempt of the same trial (same
+    ``cell``) that left a checkpoint: the dir becomes ``target`` and the retry's job continues from the
+    checkpoint there (run.py: same run config, same checkpoint key). Returns the dir taken over, or None.
+
+    The dir's trial.json is rewritten first, then the dir renamed in one step: a kill between the two
+    leaves a dir whose trial.json names the retry, which the next retry of it takes over the same way.
+    Other dead attempts' checkpoints of the trial (older ones) are removed; nothing would use them."""
+    if target.exists():
+        return None
+    found = []
+    for d in Path(sweep_dir).glob("trial_*"):
+        t, summary = read_json(d / TRIAL_FILE), read_json(d / SUMMARY_FILE)
+        if (d.is_dir() and t is not None and t.get("cell") == info["cell"] and t.get("uid") != info["uid"]
+                and _has_checkpoint(d) and not (summary and summary.get("status") == COMPLETED)):
+            number = t.get("number")
+            found.append((number if isinstance(number, int) else -1, d))
+    if not found:
+        return None
+    *older, (_, source) = sorted(found)
+    for _, d in older:
+        remove_checkpoints(d)
+    write_json_atomic(source / TRIAL_FILE, info)
+    kill_point("adopting")
+    source.rename(target)
+    return source
 
 
 def supersede(study: optuna.Study, trial: FrozenTrial, why: str) -> bool:
@@ -192,7 +228,7 @@ def reclaim(study: optuna.Study, sweep_dir: Path, stale_after_s: float,
 
     A RUNNING trial whose sweeper (on this host) is gone is told from its run dir (through ``tell``) when
     its summary.json holds a finished result, else failed as ``orphaned`` (a new trial re-runs it, from
-    the start: the dead one's checkpoints are removed); a
+    the dead one's last checkpoint when it left one: :func:`adopt`); a
     second retry of one trial (two sweepers retried it at once) is failed as ``duplicate``. A WAITING
     trial (a queue entry) is failed as ``queued`` and re-run as a new trial the same way: a trial is
     only ever run by a trial created with its sweeper in one storage call, so no moment leaves a
@@ -256,5 +292,7 @@ def recover(study: optuna.Study, trial: FrozenTrial, sweep_dir: Path, tell: Tell
         tell(study, trial, summary, run_dir)
     except UpdateFinishedTrialError:
         pass  # another sweeper told it first
+    if summary.get("status") in (COMPLETED, DIVERGED, PRUNED):
+        drop_stranded_checkpoints(run_dir)  # killed between its summary and their removal (run.py)
     repair_mirrors([run_dir])  # its sweeper may have died before the run's W&B run finished
     return True

@@ -15,7 +15,8 @@ start time) in one storage call, never by ``Study.ask``, which leaves a moment w
 running trial. Before every batch the sweeper settles the trials no live sweeper will finish
 (``_reclaim``): a RUNNING trial whose sweeper on this host is gone is told from its run dir when
 its summary.json holds a finished result, else failed as ``orphaned`` and re-run by a new trial
-with its parameters (its grid point) and ``retry_of``; WAITING queue entries are taken over the
+with its parameters (its grid point) and ``retry_of``, which continues from the dead attempt's last
+checkpoint in that attempt's run dir, renamed to its own (liveness.adopt); WAITING queue entries are taken over the
 same way (the owners, their liveness and the reclaim: sweep/liveness.py). Superseded trials and queue entries do not count toward ``n_trials``. Two sweepers that
 re-run one trial at once both create a retry, and the one with the lower number runs it. Trials
 of a live sweeper, or of one on another host (whose liveness is unknown here), are left alone.
@@ -64,6 +65,7 @@ from sae_sweep.sweep.liveness import (  # noqa: F401  (HOST, _process_start, wor
     WORKER,
     Heartbeat,
     _process_start,
+    adopt,
     counted,
     pending_retries,
     reclaim,
@@ -341,12 +343,17 @@ class SaeOptunaSweeper(Sweeper):
         attrs = trial.user_attrs
         subdir = trial_subdir(sweep_dir, trial.number, attrs["uid"])
         run_dir = sweep_dir / subdir
-        run_dir.mkdir(parents=True, exist_ok=True)
         single = len(objectives) == 1  # Optuna prunes single-objective studies only
         info = {"storage": spec, "study_name": name, "trial_id": trial._trial_id, "number": trial.number,
                 "uid": attrs["uid"], "cell": attrs["cell"],
                 "metric": next(iter(objectives)) if single else None, "objectives": list(objectives),
                 "pruner": self.conf.pruner if single else "none", "pruner_kwargs": dict(self.conf.pruner_kwargs)}
+        if attrs.get("retry_of") is not None:
+            taken = adopt(sweep_dir, run_dir, info)
+            if taken is not None:
+                log.info(f"trial {trial.number} re-runs trial {attrs['retry_of']} in {subdir}, from the checkpoint "
+                         f"its dead attempt left in {taken.name}")
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / TRIAL_FILE, info)  # a half-written trial.json would hide the trial's result
         return [*fixed, *(as_override(k, v) for k, v in trial.params.items()), subdir_override(subdir)]
 

@@ -260,3 +260,20 @@ def test_cli__a_killed_run_resumes_bit_identical(tmp_path, args):
     for a, b in zip(resumed, fresh, strict=True):
         assert_same_record(a, b)
         assert no_checkpoint_left(a)
+
+
+@pytest.mark.parametrize("keep, launcher", [(False, []), (True, []), (False, ["hydra/launcher=packed"])],
+                         ids=["removed", "kept", "packed"])
+def test_cli__a_grid_cell_killed_between_its_summary_and_its_checkpoints_removal_is_cleaned_not_retrained(
+        tmp_path, keep, launcher):
+    command = ["-m", *CLI, *launcher, "alpha=0.3,1.0", f"train.keep_checkpoint={str(keep).lower()}"]
+    res = run_cli(*command, cwd=tmp_path, env={KILL_ENV: "summary_written"})
+    assert res.returncode == KILLED, res.stderr[-3000:]
+    (first,) = [d for d in _cli_run_dirs(tmp_path) if (d / record.SUMMARY_FILE).is_file()]
+    assert (first / record.CHECKPOINT_FILE).is_file()  # the window: a finished record, its checkpoints left
+    summary = (first / record.SUMMARY_FILE).read_text()
+    res = run_cli(*command, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (first / record.SUMMARY_FILE).read_text() == summary  # not retrained
+    assert (first / record.CHECKPOINT_FILE).is_file() is keep  # kept only when asked
+    assert len(_cli_run_dirs(tmp_path)) == 2

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
+from safetensors.torch import load_file
 
 from sae_sweep.sweep.storage import open_storage, storage_spec
 from tests.helpers.sweep import killed_at, ok, run_sweep, table
@@ -23,8 +25,8 @@ OPTUNA = ("hydra/sweeper=sae_optuna",)
 pytestmark = pytest.mark.slow  # minutes of real CLI runs: pytest -n 2 -m slow
 
 
-def trials_of(sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
-    storage = open_storage(storage_spec(None, sweep_dir))
+def trials_of(sweep_dir: Path, spec: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(storage_spec(spec, sweep_dir))
     return optuna.load_study(study_name="smoke", storage=storage).get_trials()
 
 
@@ -137,20 +139,76 @@ def test_kill_on_another_host__a_stale_heartbeat_is_reclaimed_and_a_fresh_one_le
         assert states(trials) == ["RUNNING"]
 
 
-def test_kill_after_a_checkpoint__the_orphaned_trials_checkpoints_are_removed_and_its_retry_completes(
-        tmp_path: Path) -> None:
+def _weights_and_rows(run_dir: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """The run's weights and latent statistics as bit patterns, and its metrics rows without timings."""
+    tensors = {f"{f}:{k}": v.view(torch.int32) for f in ("sae.safetensors", "latents.safetensors")
+               for k, v in load_file(str(run_dir / f)).items()}
+    rows = [{k: v for k, v in json.loads(line).items() if not k.endswith(("_s", "_per_s"))}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return tensors, rows
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_kill_after_a_checkpoint__the_retry_continues_from_it_in_the_dead_trials_dir_and_ends_bit_identical(
+        tmp_path: Path, storage: str) -> None:
     sweep = tmp_path / "checkpoint"
+    spec = f"journal:{tmp_path / 'study.log'}" if storage == "journal" else None
     args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1)",
-            "train.checkpoint_every=2500")
-    killed_at("checkpoint_written", sweep, *args)  # the only trial dies after its first checkpoint
+            "train.checkpoint_every=1280", "train.save_weights=true",
+            *([f"hydra.sweeper.storage={spec}"] if spec else []))
+    killed_at("checkpoint_written:2", sweep, *args)  # the only trial dies after its second checkpoint (step 20)
     assert (sweep / "trial_00000" / "checkpoint.safetensors").is_file()
 
-    ok(run_sweep(sweep, *args))
-    trials = trials_of(sweep)
+    proc = ok(run_sweep(sweep, *args))
+    trials = trials_of(sweep, spec)
     assert states(trials) == ["FAIL", "COMPLETE"] and trials[0].user_attrs["orphaned"]
-    # The retry starts over in trial_00001: nothing would ever continue from or remove trial 0's checkpoints.
+    assert trials[1].user_attrs["retry_of"] == 0
+    # The retry took the dead attempt's dir over (renamed to its own) and went on from sample 20 * 128.
+    assert not (sweep / "trial_00000").exists() and trials[1].user_attrs["run_dir"] == str(sweep / "trial_00001")
+    logs = proc.stdout + proc.stderr + "".join(p.read_text() for p in (sweep / "trial_00001").glob("*.log"))
+    assert "re-runs trial 0 in trial_00001, from the checkpoint" in logs
+    assert "resuming from the checkpoint at sample 2560" in logs
     assert not list(sweep.glob("*/checkpoint*.safetensors")) and not list(sweep.glob("*/.checkpoint*"))
-    assert set(table(sweep)["status"]) == {"completed"}
+    assert list(table(sweep)["status"]) == ["completed"]
+
+    whole = tmp_path / "whole"
+    ok(run_sweep(whole, *OPTUNA, *args[1:5], "train.save_weights=true"))
+    (a, rows_a), (b, rows_b) = _weights_and_rows(sweep / "trial_00001"), _weights_and_rows(whole / "trial_00000")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert rows_a == rows_b  # every evaluation once, equal to the uninterrupted run's
+    assert trials[1].value == trials_of(whole)[0].value
+
+
+def test_kill_while_a_retry_adopts_the_dead_trials_dir__the_next_retry_takes_it_over(tmp_path: Path) -> None:
+    sweep = tmp_path / "adopt"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1)",
+            "train.checkpoint_every=1280")
+    killed_at("checkpoint_written", sweep, *args)
+    killed_at("adopting", sweep, *args)  # trial 1's trial.json written into trial_00000, not yet renamed
+    assert json.loads((sweep / "trial_00000" / "trial.json").read_text())["number"] == 1
+
+    proc = ok(run_sweep(sweep, *args))
+    assert states(trials_of(sweep)) == ["FAIL", "FAIL", "COMPLETE"]
+    assert [p.name for p in sweep.glob("trial_*")] == ["trial_00002"]
+    assert "resuming from the checkpoint at sample 1280" in proc.stdout + proc.stderr + "".join(
+        p.read_text() for p in (sweep / "trial_00002").glob("*.log"))
+    assert not list(sweep.glob("*/checkpoint*")) and list(table(sweep)["status"]) == ["completed"]
+
+
+def test_kill_between_summary_and_checkpoint_removal__the_rerun_tells_the_trial_and_removes_them(
+        tmp_path: Path) -> None:
+    sweep = tmp_path / "summary"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1)",
+            "train.checkpoint_every=1280")
+    killed_at("summary_written", sweep, *args)
+    summary = (sweep / "trial_00000" / "summary.json").read_text()
+    assert (sweep / "trial_00000" / "checkpoint.safetensors").is_file()  # the window
+
+    proc = ok(run_sweep(sweep, *args))
+    assert "Launching" not in proc.stdout + proc.stderr  # nothing trained again
+    assert states(trials_of(sweep)) == ["COMPLETE"] and trials_of(sweep)[0].user_attrs["recovered"]
+    assert (sweep / "trial_00000" / "summary.json").read_text() == summary
+    assert not list(sweep.glob("*/checkpoint*"))
 
 
 @pytest.mark.parametrize("set_up", [False, True])

@@ -118,3 +118,18 @@ def test_audit_optuna__a_grid_point_without_a_complete_trial_is_lost(tmp_path: P
     f = audit_optuna(tmp_path, {})
     assert counts(f) == {**ZERO, "lost": 2}  # the grid point, and the failed trial that counts toward n_trials
     assert set(f["lost"]) == {"alpha=0.3 dict_size=32 seed=1", "trial 7"}
+
+
+def test_audit_wandb__a_complete_cell_with_only_a_killed_attempts_wandb_run_is_lost_and_stranded(tmp_path: Path) -> None:
+    from benchmarks.bench_faults import audit_wandb, new_findings
+
+    dirs = finished_sweep(tmp_path)
+    f = new_findings()
+    audit_wandb(tmp_path, f)
+    assert counts(f) == {**ZERO, "lost": len(dirs)}  # no W&B run at all: every cell's mirror is lost
+    killed = dirs[0] / "wandb" / "offline-run-20261203_120000-abc123"
+    killed.mkdir(parents=True)
+    (killed / "run-abc123.wandb").write_bytes(b"")  # a kill before its first record: no exit record
+    f = new_findings()
+    audit_wandb(tmp_path, f)
+    assert counts(f) == {**ZERO, "lost": len(dirs), "stranded": 1}
