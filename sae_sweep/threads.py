@@ -137,12 +137,13 @@ class CoreShare:
     ``full`` so far.
     """
 
-    def __init__(self, full: int, period: float = 0.5, clock=time.monotonic, cpu=None, own=time.process_time):
+    def __init__(self, full: int, period: float = 0.5, clock=time.monotonic, cpu=None, own=time.process_time,
+                 cores: int | None = None):
         try:
             cpus = os.sched_getaffinity(0)
         except AttributeError:  # no affinity API (macOS): no /proc/stat either
             cpus = set()
-        self.cores, self.full, self.period = max(1, len(cpus)), full, period
+        self.cores, self.full, self.period = cores or max(1, len(cpus)), full, period
         self.clock, self.own = clock, own
         self.cpu = cpu if cpu is not None else (lambda: _cpu_seconds(cpus))
         self.shared_s = 0.0
