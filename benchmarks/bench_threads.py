@@ -39,7 +39,13 @@ CASES = {  # name: (overrides, environment)
     "policy": ([], {}),
     "threads=1": (["train.threads=1"], {}),
     "old default": ([], {"SAE_SWEEP_THREAD_POLICY": "off"}),
+    "1 thread": (["train.threads=1"], {}),
+    "2 spinning": (["train.threads=2"], {"SAE_SWEEP_THREAD_POLICY": "off"}),
+    "2 passive": (["train.threads=2"], {}),
+    "2 spin 1e4": (["train.threads=2"], {"SAE_SWEEP_THREAD_POLICY": "off", "GOMP_SPINCOUNT": "10000"}),
+    "2 spin 1e5": (["train.threads=2"], {"SAE_SWEEP_THREAD_POLICY": "off", "GOMP_SPINCOUNT": "100000"}),
 }
+TABLE_CASES = ("1 thread", "2 spinning", "2 passive", "policy")
 
 
 def launch(case: str, k: int, extra: list[str], tmp: Path) -> float:
@@ -66,7 +72,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrent", type=int, default=2)
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
+    ap.add_argument("--table", nargs="*", metavar="NxJ",
+                    help="instead of (a)/(b): time 1 thread, 2 spinning, 2 passive and the policy at each step "
+                         "size (e.g. 256x1024 256x4096), alone and --concurrent at once")
+    ap.add_argument("--cases", nargs="*", default=list(TABLE_CASES), choices=list(CASES),
+                    help="the --table cases, timed in this order within a round")
+    ap.add_argument("--samples", type=int, default=200_000, help="train.num_samples of each --table run")
     args = ap.parse_args()
+    if args.table is not None:
+        table(args)
+        return
     print(environment())
     print(f"load average before: {os.getloadavg()[0]:.2f} (other work on the machine counts against every case)")
     plan = [("concurrent", "policy", args.concurrent), ("concurrent", "threads=1", args.concurrent),
@@ -93,6 +108,42 @@ def main() -> None:
           f"{'ok' if conc <= 1.15 else 'MISSED'})")
     print(f"(b) one quiet run, policy / old default:              {solo:.2f}  (target <= 1.10: "
           f"{'ok' if solo <= 1.10 else 'MISSED'})")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def table(args: argparse.Namespace) -> None:
+    """Median train seconds per (step size, concurrency, case); cases alternate within each round."""
+    print(environment())
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.table or ["256x1024", "256x2048", "256x4096"]]
+    ks = sorted({1, args.concurrent})
+    times: dict[tuple[tuple[int, int], int, str], list[float]] = {}
+    threads: dict[tuple[tuple[int, int], int, str], int] = {}
+    cases = args.cases
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for n, j in sizes:
+                extra = [*args.extra, f"data.n={n}", f"data.h={2 * n}", f"dict_size={j}",
+                         f"train.num_samples={args.samples}", f"train.eval_every={args.samples}"]
+                for k in ks:
+                    for case in cases:
+                        t, n_threads = launch(case, k, extra, Path(tmp))
+                        times.setdefault(((n, j), k, case), []).append(t)
+                        threads[((n, j), k, case)] = n_threads
+                    print(f"round {r + 1} n={n} J={j} x{k}: " + ", ".join(
+                        f"{c} {times[((n, j), k, c)][-1]:.2f}s" for c in cases), flush=True)
+    batch = 256
+    for a in args.extra:
+        if a.startswith("train.batch_size="):
+            batch = int(a.split("=")[1])
+    print("\n| step (B x n x J) | runs at once | " + " | ".join(cases) + " | fastest |")
+    print("|---|---|" + "---|" * (len(cases) + 1))
+    for n, j in sizes:
+        for k in ks:
+            med = {c: statistics.median(times[((n, j), k, c)]) for c in cases}
+            cells = " | ".join(f"{med[c]:.2f}" for c in cases)
+            print(f"| n={n}, J={j} (2^{(batch * n * j).bit_length() - 1}) | {k} | {cells} | "
+                  f"{min(med, key=med.get)} |")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -145,9 +145,6 @@ def _remove_fresh_run_dir(run_dir: Path) -> None:
 
 
 def main() -> None:
-    from sae_sweep.threads import set_wait_policy
-
-    set_wait_policy()  # OMP_WAIT_POLICY=PASSIVE before torch loads, here and in every worker (threads.py)
     # Let composition errors reach us instead of Hydra's multi-line report, so we can print one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     import hydra

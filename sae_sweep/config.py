@@ -282,8 +282,8 @@ class TrainConfig:
     """Torch device: cpu, cuda, cuda:N, or auto (cuda when available)."""
     threads: int = 0
     """Torch intra-op threads on CPU; 0 = the thread policy (sae_sweep/threads.py): torch's default (one per
-    physical core) for a process alone, the usable cores shared among a joblib launcher's concurrent
-    workers, and OpenMP threads that sleep while they wait (OMP_WAIT_POLICY=PASSIVE)."""
+    physical core) for a large-step process alone, dropping to one while another process is busy; one for
+    a small step; the usable cores shared among a joblib launcher's concurrent workers."""
     progress: bool = True
     """Show a progress bar with live loss and MMCS (hidden when stderr is not a terminal)."""
     save_weights: bool = True

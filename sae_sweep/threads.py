@@ -1,48 +1,41 @@
-"""The thread policy: how many torch threads a run takes, and how its OpenMP threads wait.
+"""The thread policy: how many torch threads a run takes, and when it gives cores back.
 
 Torch's OpenMP threads spin while they wait for a core another process holds, so on a shared machine
 two threads can make a run many times slower than one; with ``OMP_WAIT_POLICY=PASSIVE`` a waiting
-thread sleeps instead, but wakes too slowly for a small step's short kernels. Measurements:
-benchmarks/bench_threads.py and benchmarks/README.md; the user's view: docs/runs.md. So by default:
+thread sleeps instead, but then a second thread buys nothing over one, alone or not (measured:
+benchmarks/README.md, "Threads on a shared machine"; the user's view: docs/runs.md). So by default:
 
-* ``OMP_WAIT_POLICY=PASSIVE`` is set before torch is imported (the entry points call
-  :func:`set_wait_policy`; child processes, e.g. joblib workers, inherit it); a value the user set
-  is kept;
 * ``train.threads=0`` gives a single run with a small step (``batch_size * n * J`` below
   ``SMALL_STEP_MACS``) one thread: there a second thread buys nothing on a quiet machine (its kernels are
-  too short to split) and costs many times over on a busy one (it waits for a core another process
-  holds), and with one thread the wait policy no longer matters (benchmarks/bench_threads.py);
-* a larger single run keeps torch's default (one thread per physical core: the GEMMs are long enough to
-  split), and each of a joblib launcher's concurrent workers gets ``cores // n_jobs`` of the usable cores
-  (``os.sched_getaffinity``), at least one (the packed launcher sets its own);
+  too short to split) and costs many times over on a busy one;
+* a larger single run (or one joblib worker's share of the cores, ``cores // n_jobs``) keeps torch's
+  spinning threads while it has the cores to itself and drops to one thread while another process is
+  busy (:class:`CoreShare`: it reads the machine's CPU time twice a second from /proc/stat, less its
+  own). A run's thread count then follows the machine's load, which changes its results only within
+  float tolerance (as ``train.threads`` does): set ``train.threads`` for a fixed count;
+* a user's ``OMP_WAIT_POLICY`` is kept (OpenMP reads it when torch loads);
 * ``SAE_SWEEP_THREAD_POLICY=off`` restores torch's and OpenMP's own defaults (for comparison).
 
 Packed lanes run one thread each (lanes.py). Every change of torch's thread count goes through
-:func:`set_torch_threads` or :func:`torch_threads`; torch is imported inside them only, so the entry
-points can set the wait policy here before torch loads.
+:func:`set_torch_threads` or :func:`torch_threads`; torch is imported inside them only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
 from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 
 POLICY_ENV = "SAE_SWEEP_THREAD_POLICY"
-WAIT_POLICY = "PASSIVE"
 SMALL_STEP_MACS = 1 << 26  # batch x n x J of one GEMM below which one thread is as fast as two (bench_threads.py)
 
 
 def policy_on(environ: MutableMapping[str, str] | None = None) -> bool:
     environ = os.environ if environ is None else environ
     return environ.get(POLICY_ENV, "").lower() != "off"
-
-
-def set_wait_policy(environ: MutableMapping[str, str] | None = None) -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set one or turned the policy off; before torch loads."""
-    environ = os.environ if environ is None else environ
-    if policy_on(environ):
-        environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
 
 
 def usable_cores() -> int:
@@ -117,3 +110,71 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         set_torch_threads(before)
+
+
+def _cpu_seconds(cpus: set[int]) -> float | None:
+    """Busy CPU seconds so far of the machine's CPUs ``cpus`` (/proc/stat), or None where it cannot be read."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            f = [int(v) for v in rest.split()]
+            busy += f[0] + f[1] + f[2] + f[5] + f[6] + f[7]  # user nice system irq softirq steal (not idle, iowait)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class CoreShare:
+    """Torch's thread count for a run that may have the cores to itself: ``full`` while other processes
+    leave them free, one while another process is busy (module docstring).
+
+    :meth:`tick` is called every step and looks every ``period`` seconds: the other processes' busy
+    cores are the machine's busy CPU time over the last period less this process's own. It starts at one
+    thread, so runs started together never spin against each other. ``shared_s`` is the time spent below
+    ``full`` so far.
+    """
+
+    def __init__(self, full: int, period: float = 0.5, clock=time.monotonic, cpu=None, own=time.process_time,
+                 cores: int | None = None):
+        try:
+            cpus = os.sched_getaffinity(0)
+        except AttributeError:  # no affinity API (macOS): no /proc/stat either
+            cpus = set()
+        self.cores, self.full, self.period = cores or max(1, len(cpus)), full, period
+        self.clock, self.own = clock, own
+        self.cpu = cpu if cpu is not None else (lambda: _cpu_seconds(cpus))
+        self.shared_s = 0.0
+        self.threads = full
+        self.last = self._sample()
+        if self.last[1] is not None and full > 1:
+            self._set(1)
+
+    def _sample(self) -> tuple[float, float | None, float]:
+        return self.clock(), self.cpu(), self.own()
+
+    def _set(self, n: int) -> None:
+        set_torch_threads(n)
+        self.threads = n
+
+    def tick(self) -> None:
+        if self.clock() - self.last[0] < self.period:
+            return
+        t, busy, own = now = self._sample()
+        t0, busy0, own0 = self.last
+        self.last = now
+        if busy is None or busy0 is None:
+            return
+        if self.threads < self.full:
+            self.shared_s += t - t0
+        others = max(0.0, (busy - busy0) - (own - own0)) / max(t - t0, 1e-9)  # other processes' busy cores
+        want = min(self.full, max(1, math.floor(self.cores - others + 0.5)))
+        if want < self.threads or math.floor(self.cores - others + 0.2) >= want > self.threads:  # hysteresis up
+            self._set(want)
+
+    def close(self) -> None:
+        """Back to ``full`` (the process's count before): a later run in this process starts from it."""
+        if self.threads != self.full:
+            self._set(self.full)

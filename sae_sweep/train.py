@@ -10,6 +10,7 @@ optuna or wandb.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -31,11 +32,14 @@ from sae_sweep.checkpoint import (
 )
 from sae_sweep.config import TrainConfig
 from sae_sweep.convergence import ConvergenceRule, ConvergenceTracker
-from sae_sweep.lanes import Lanes
+from sae_sweep.lanes import Lanes, StepFn
 from sae_sweep.record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PRUNED  # noqa: F401  (statuses: record.py)
 from sae_sweep.sae import SAE, copy_member_tensors_
 from sae_sweep.sinks import MetricSink
 from sae_sweep.step import StepBuffers, auto_sparse_below, loss_and_grads, loss_and_grads_stacked
+from sae_sweep.threads import CoreShare, policy_on
+
+log = logging.getLogger(__name__)
 
 # The L1 term of the training loss is measured every L1_EVERY steps (it costs a pass over the codes
 # and only feeds the logged train_loss); the reconstruction term, which catches divergence, every step.
@@ -318,6 +322,13 @@ def _restore(resume: Sequence[MemberState], groups: list[_Group], members: list[
     _drop_stopped(groups, members, state.running)
 
 
+def _sharing(step: StepFn, share: CoreShare) -> StepFn:
+    def shared(g: int, s: int, y: torch.Tensor) -> None:
+        share.tick()
+        step(g, s, y)
+    return shared
+
+
 def train(
     saes: SAE | Sequence[SAE],
     alpha_K: Sequence[float],
@@ -398,6 +409,9 @@ def train(
         _restore(resume, groups, members, state, tracker)
         bar.update(start * cfg.batch_size)
     ckpt_every = math.ceil(cfg.checkpoint_every / cfg.batch_size) if on_checkpoint and cfg.checkpoint_every else 0
+    # Alone on the cores, a run keeps its threads; beside a busy process, one (threads.py).
+    share = (CoreShare(threads) if device.type == "cpu" and n_lanes == 1 and threads > 1 and not cfg.threads
+             and policy_on() else None)
 
     def checkpoint(step: int, window_start: int, train_time: float) -> None:
         assert on_checkpoint is not None
@@ -411,6 +425,8 @@ def train(
                 eval_at = min(steps, ((first - 1) // every + 1) * every)  # the next evaluation step
                 last = min(eval_at, ((first - 1) // ckpt_every + 1) * ckpt_every) if ckpt_every else eval_at
                 step = functools.partial(_step_group, groups, state, window_start)
+                if share is not None:
+                    step = _sharing(step, share)
                 t0 = time.perf_counter()
                 if first == start + 1:  # this process's first step in this thread: it builds each SAE's step buffers outside the lanes
                     lanes.segment(first, first, step, concurrent=False)
@@ -470,6 +486,10 @@ def train(
                     outcomes[m].status, outcomes[m].message = INTERRUPTED, "interrupted by the user"
         finally:
             bar.close()
+            if share is not None:
+                share.close()
+                log.info("%.1f s of %.1f s on one thread beside another busy process (threads.py)",
+                         share.shared_s, train_time)
     for m, mem in enumerate(members):  # completed or interrupted: the group's final weights
         if outcomes[m].weights is None and mem.k >= 0:
             outcomes[m].weights = groups[mem.g].sae.member(mem.k)
