@@ -50,7 +50,7 @@ from sae_sweep.data.corpus import load_corpus  # noqa: E402
 from sae_sweep.data.extract import CacheConfig, extract, separator_id, token_stream  # noqa: E402
 from sae_sweep.data.lm import ResidualHook, load_model  # noqa: E402
 from sae_sweep.sae import SAE  # noqa: E402
-from sae_sweep.step import loss_and_grads  # noqa: E402
+from sae_sweep.step import StepBuffers, loss_and_grads  # noqa: E402
 from sae_sweep.train import L1_EVERY  # noqa: E402
 
 TARGET = 0.90
@@ -90,10 +90,10 @@ def step_fn(n: int, j: int, alpha: float):
     """One training step on a given batch, as sae_sweep/train.py does it (see bench_train_step.py)."""
     sae = SAE(n, j, 1, generator=torch.Generator().manual_seed(0))
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3, fused=True)
-    counter = itertools.count()
+    counter, buffers = itertools.count(), StepBuffers()
 
     def step(y_BN: torch.Tensor) -> None:
-        mse_K, l1_K = loss_and_grads(sae, y_BN, [alpha], with_l1=next(counter) % L1_EVERY == 0)
+        mse_K, l1_K = loss_and_grads(sae, y_BN, [alpha], with_l1=next(counter) % L1_EVERY == 0, buffers=buffers)
         torch.isfinite(mse_K if l1_K is None else mse_K + l1_K).tolist()
         sae.project_decoder_grad_()
         opt.step()

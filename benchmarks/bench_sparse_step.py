@@ -58,7 +58,7 @@ from _timing import environment, median_ratio, spread  # noqa: E402
 from sae_sweep.config import ToyDataConfig  # noqa: E402
 from sae_sweep.data.toy import ToyFeatures  # noqa: E402
 from sae_sweep.sae import SAE  # noqa: E402
-from sae_sweep.step import last_active_share, loss_and_grads  # noqa: E402
+from sae_sweep.step import StepBuffers, loss_and_grads  # noqa: E402
 from sae_sweep.train import L1_EVERY  # noqa: E402
 
 SAELENS_PYTHON = HERE / ".venv-saelens" / "bin" / "python"
@@ -78,8 +78,9 @@ def sparse_sae(y_BN: torch.Tensor, j: int, l0: float, seed: int = 0) -> SAE:
 
 
 def measured_l0(sae: SAE, y_BN: torch.Tensor) -> float:
-    loss_and_grads(sae, y_BN, [0.0], with_l1=False, sparse_below=NEVER_SPARSE)
-    return last_active_share(sae)[0] * sae.dict_size
+    buffers = StepBuffers()
+    loss_and_grads(sae, y_BN, [0.0], with_l1=False, sparse_below=NEVER_SPARSE, buffers=buffers)
+    return buffers.active_share[0] * sae.dict_size
 
 
 def timed_rounds(cases: dict[str, Callable[[], float]], rounds: int, min_time: float,
@@ -106,7 +107,7 @@ def hand_step(y_BN: torch.Tensor, j: int, l0: float, alpha: float, sparse_below:
     sae = sparse_sae(y_BN, j, l0)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3, fused=True)
     start = [p.detach().clone() for p in sae.parameters()]
-    counter = itertools.count()
+    counter, buffers = itertools.count(), StepBuffers()
 
     def run() -> float:
         with torch.no_grad():
@@ -114,7 +115,7 @@ def hand_step(y_BN: torch.Tensor, j: int, l0: float, alpha: float, sparse_below:
                 p.copy_(p0)
         t0 = time.perf_counter()
         mse_K, l1_K = loss_and_grads(sae, y_BN, [alpha], with_l1=next(counter) % L1_EVERY == 0,
-                                     sparse_below=sparse_below)
+                                     sparse_below=sparse_below, buffers=buffers)
         torch.isfinite(mse_K if l1_K is None else mse_K + l1_K).tolist()
         sae.project_decoder_grad_()
         opt.step()

@@ -36,7 +36,7 @@ from _timing import environment, interleaved, median_ratio, spread  # noqa: E402
 from sae_sweep.config import ToyDataConfig  # noqa: E402
 from sae_sweep.data.toy import ToyFeatures  # noqa: E402
 from sae_sweep.sae import SAE  # noqa: E402
-from sae_sweep.step import loss_and_grads  # noqa: E402
+from sae_sweep.step import StepBuffers, loss_and_grads  # noqa: E402
 from sae_sweep.train import L1_EVERY  # noqa: E402
 
 TARGET = 0.85
@@ -67,14 +67,14 @@ def make_sae(n: int, j: int, seed: int) -> tuple[SAE, torch.optim.Optimizer]:
 
 
 def hand_step(sae: SAE, opt: torch.optim.Optimizer, y_BN: torch.Tensor, alpha: list[float], full: bool):
-    counter = itertools.count()
+    counter, buffers = itertools.count(), StepBuffers()  # one per SAE, made outside the timed step
 
     def run() -> None:
         if not full:
-            loss_and_grads(sae, y_BN, alpha)
+            loss_and_grads(sae, y_BN, alpha, buffers=buffers)
             return
         # exactly the per-step work of train.train, which measures the L1 term every L1_EVERY steps
-        mse_K, l1_K = loss_and_grads(sae, y_BN, alpha, with_l1=next(counter) % L1_EVERY == 0)
+        mse_K, l1_K = loss_and_grads(sae, y_BN, alpha, with_l1=next(counter) % L1_EVERY == 0, buffers=buffers)
         torch.isfinite(mse_K if l1_K is None else mse_K + l1_K).tolist()
         sae.project_decoder_grad_()
         opt.step()

@@ -68,14 +68,14 @@ With f = 0 nothing is counted and every member runs the dense path. The trainer 
 ``TrainConfig.sparse_below``, or when that is null
 :func:`auto_sparse_below` (the measured crossover for its device and threads). Both paths give the
 same loss and gradients to float rounding (tests/unit/test_sparse_step.py). The shares of the last call
-are kept for :func:`last_active_share`.
+are kept in the caller's buffers (:attr:`StepBuffers.active_share`).
 
 Buffers
 -------
 The (B, J) and (B, N) buffers, and the shares of the last call (which decide how the next call counts),
-live in a :class:`StepBuffers` that belongs to whoever steps the SAE: the trainer holds one per group
-(train.py). A caller that passes none (a test, a benchmark stepping an SAE by hand) gets the one kept
-for that SAE here, dropped with the SAE.
+live in a :class:`StepBuffers` that belongs to whoever steps the SAE, never to this module: every
+call takes one (``buffers=``). The trainer holds one per group (train.py); a test or a benchmark stepping
+an SAE by hand makes one per SAE and passes it to every call.
 
 The stacked step
 ----------------
@@ -105,7 +105,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -157,20 +156,11 @@ class StepBuffers:
 
     @property
     def active_share(self) -> list[float] | None:
-        """Each member's nnz(c) / (B J) in the last ``loss_and_grads`` call; None before one that counted."""
+        """Each member's share of active codes, nnz(c) / (B J), in the last ``loss_and_grads`` call with
+        these buffers. Member k took the sparse path when its share was below that call's ``sparse_below``.
+        None before the first call and after a call with ``sparse_below=0`` (which counts nothing)."""
         ws = self.dense
         return None if ws is None or ws.active_share is None else list(ws.active_share)
-
-
-# The buffers of callers that hold none (tests, benchmarks): one per SAE, dropped with it.
-_DEFAULT_BUFFERS: weakref.WeakKeyDictionary[SAE, StepBuffers] = weakref.WeakKeyDictionary()
-
-
-def _buffers_of(sae: SAE) -> StepBuffers:
-    buffers = _DEFAULT_BUFFERS.get(sae)
-    if buffers is None:
-        buffers = _DEFAULT_BUFFERS[sae] = StepBuffers()
-    return buffers
 
 
 def _workspace(buffers: StepBuffers, sae: SAE, y_BN: torch.Tensor) -> _Workspace:
@@ -180,18 +170,6 @@ def _workspace(buffers: StepBuffers, sae: SAE, y_BN: torch.Tensor) -> _Workspace
     if ws is None or ws.key != key:
         ws = buffers.dense = _Workspace.build(key, b, n, sae.dict_size, y_BN.device, y_BN.dtype)
     return ws
-
-
-def last_active_share(sae: SAE, buffers: StepBuffers | None = None) -> list[float] | None:
-    """Each member's share of active codes, nnz(c) / (B J), in the last ``loss_and_grads`` call
-    (with these ``buffers``, or with none).
-
-    Member k took the sparse path when its share was below that call's ``sparse_below``. None
-    before the first call and after a call with ``sparse_below=0`` (which counts nothing).
-    """
-    if buffers is None:
-        buffers = _DEFAULT_BUFFERS.get(sae)
-    return None if buffers is None else buffers.active_share
 
 
 # Where the sparse path starts to win on one torch thread (a packed lane) and on more: the crossover
@@ -217,7 +195,7 @@ def _ensure_grads(sae: SAE) -> None:
 @torch.no_grad()
 def loss_and_grads(
     sae: SAE, y_BN: torch.Tensor, alpha_K: list[float], *, with_l1: bool = True, sparse_below: float = 0.0,
-    skip: Collection[int] = (), buffers: StepBuffers | None = None,
+    skip: Collection[int] = (), buffers: StepBuffers,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fill every parameter's ``.grad`` with d(loss)/d(param) and return per-member (mse_K, l1_K).
 
@@ -229,13 +207,12 @@ def loss_and_grads(
 
     A member whose share of active codes in this batch is below ``sparse_below`` finishes its
     step on the active codes alone (the sparse path in the module doc; same result); 0 never
-    counts and keeps every member dense. The shares are then available from
-    :func:`last_active_share`.
+    counts and keeps every member dense. The shares are then in ``buffers.active_share``.
 
     Members in ``skip`` (e.g. stopped ones whose result is already kept) cost nothing but zeroing
     their gradients; their mse and l1 are NaN.
 
-    ``buffers``: the caller's :class:`StepBuffers` for this SAE (None: the ones kept here for it).
+    ``buffers``: the caller's :class:`StepBuffers` for this SAE (required; reused across its calls).
     """
     if y_BN.dim() != 2 or y_BN.shape[1] != sae.n:
         raise ValueError(f"y_BN must have shape (B, {sae.n}), got {tuple(y_BN.shape)}")
@@ -245,7 +222,7 @@ def loss_and_grads(
     y_BN = y_BN.contiguous()
     b, n = y_BN.shape
     j = sae.dict_size
-    ws = _workspace(buffers if buffers is not None else _buffers_of(sae), sae, y_BN)
+    ws = _workspace(buffers, sae, y_BN)
     c_BJ, dc_BJ, err_BN = ws.c_BJ, ws.dc_BJ, ws.err_BN
     s = 2.0 / (b * n)  # d mse / d z = s (z - y)
     mse_K = torch.empty(sae.k, device=y_BN.device)
@@ -408,13 +385,13 @@ def _stacked_workspace(buffers: StepBuffers, sae: SAE, y_SBN: torch.Tensor, stre
 @torch.no_grad()
 def loss_and_grads_stacked(
     sae: SAE, y_SBN: torch.Tensor, stream_K: Sequence[int], alpha_K: Sequence[float], *, with_l1: bool = True,
-    buffers: StepBuffers | None = None,
+    buffers: StepBuffers,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The stacked step (module doc): every member's gradients in ``.grad`` and (mse_K, l1_K).
 
     ``y_SBN`` holds one batch per stream; member k reads ``y_SBN[stream_K[k]]``. Same contract as
     :func:`loss_and_grads` otherwise (gradients overwritten; ``with_l1=False`` returns l1_K None;
-    ``buffers`` the caller's, or None).
+    ``buffers`` the caller's, required).
     """
     if y_SBN.dim() != 3 or y_SBN.shape[2] != sae.n:
         raise ValueError(f"y_SBN must have shape (S, B, {sae.n}), got {tuple(y_SBN.shape)}")
@@ -423,7 +400,7 @@ def loss_and_grads_stacked(
     _ensure_grads(sae)
     _, b, n = y_SBN.shape
     s = 2.0 / (b * n)  # d mse / d z = s (z - y)
-    ws = _stacked_workspace(buffers if buffers is not None else _buffers_of(sae), sae, y_SBN, stream_K, alpha_K)
+    ws = _stacked_workspace(buffers, sae, y_SBN, stream_K, alpha_K)
     w_enc_KNJ, w_dec_KJN, b_enc_K1J = sae.W_enc_KNJ, sae.W_dec_KJN, sae.b_enc_KJ[:, None, :]
     g_enc_KNJ, g_dec_KJN, g_benc_KJ = sae.W_enc_KNJ.grad, sae.W_dec_KJN.grad, sae.b_enc_KJ.grad
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from sae_sweep import packing
 from sae_sweep.run import Job, run, run_packed
 from sae_sweep.sae import SAE
-from sae_sweep.step import loss_and_grads, loss_and_grads_stacked
+from sae_sweep.step import StepBuffers, loss_and_grads, loss_and_grads_stacked
 from tests.helpers.build import build_cfg
 from tests.helpers.packed import assert_same_run
 
@@ -48,9 +48,9 @@ def test_stacked_step__each_padded_member_gets_its_solo_loss_and_gradients_and_t
     y_SBN = torch.randn(3, 64, 16, generator=torch.Generator().manual_seed(9))
     stack = SAE.stack(solos, pad=True)
     assert stack.padded and stack.sizes_K == [8, 24, 16, 24, 5] and stack.dict_size == 24
-    mse_K, l1_K = loss_and_grads_stacked(stack, y_SBN, streams, alphas)
+    mse_K, l1_K = loss_and_grads_stacked(stack, y_SBN, streams, alphas, buffers=StepBuffers())
     for k, solo in enumerate(solos):
-        mse, l1 = loss_and_grads(solo, y_SBN[streams[k]], [alphas[k]], sparse_below=sparse_below)
+        mse, l1 = loss_and_grads(solo, y_SBN[streams[k]], [alphas[k]], sparse_below=sparse_below, buffers=StepBuffers())
         assert mse_K[k].item() == pytest.approx(mse.item(), rel=1e-5)
         assert l1_K[k].item() == pytest.approx(l1.item(), rel=1e-5)  # normalised by its own J
         for (name, p_solo), p_stack in zip(solo.named_parameters(), stack.parameters(), strict=True):

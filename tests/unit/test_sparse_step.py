@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sae_sweep.config import ToyDataConfig
 from sae_sweep.data.toy import ToyFeatures
 from sae_sweep.sae import SAE
-from sae_sweep.step import last_active_share, loss_and_grads
+from sae_sweep.step import StepBuffers, loss_and_grads
 
 ALWAYS_SPARSE, ALWAYS_DENSE = 1.0, 0.0
 
@@ -31,8 +31,8 @@ def _batch(n: int, b: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(b, n, generator=torch.Generator().manual_seed(seed))
 
 
-def _hand(sae: SAE, y: torch.Tensor, alpha_K: list[float], sparse_below: float) -> tuple:
-    mse_K, l1_K = loss_and_grads(sae, y, alpha_K, sparse_below=sparse_below)
+def _hand(sae: SAE, y: torch.Tensor, alpha_K: list[float], sparse_below: float, buffers: StepBuffers) -> tuple:
+    mse_K, l1_K = loss_and_grads(sae, y, alpha_K, sparse_below=sparse_below, buffers=buffers)
     return mse_K.clone(), l1_K.clone(), {name: p.grad.clone() for name, p in sae.named_parameters()}
 
 
@@ -58,12 +58,12 @@ def _assert_same(got: tuple, want: tuple, tol: float = 1e-5) -> None:
 @pytest.mark.parametrize("alpha_K", [[0.0], [0.2], [0.0, 0.5]], ids=["K1-alpha0", "K1-alpha0.2", "K2"])
 @pytest.mark.parametrize(("n", "j", "b"), [(16, 64, 200), (8, 33, 37), (24, 96, 128)])
 def test_sparse_path__equals_dense_path_and_autograd(n, j, b, alpha_K, decoder_bias):
-    sae = _sae(n, j, len(alpha_K), decoder_bias)
+    sae, buffers = _sae(n, j, len(alpha_K), decoder_bias), StepBuffers()
     y = _batch(n, b)
-    sparse = _hand(sae, y, alpha_K, ALWAYS_SPARSE)
-    shares = last_active_share(sae)
+    sparse = _hand(sae, y, alpha_K, ALWAYS_SPARSE, buffers)
+    shares = buffers.active_share
     assert shares is not None and all(0.0 < s < ALWAYS_SPARSE for s in shares)  # so the sparse path ran
-    dense = _hand(sae, y, alpha_K, ALWAYS_DENSE)
+    dense = _hand(sae, y, alpha_K, ALWAYS_DENSE, buffers)
     _assert_same(sparse, dense)
     _assert_same(sparse, _autograd(sae, y, alpha_K))
     assert ("b_dec_KN" in sparse[2]) == decoder_bias  # a fixed decoder bias is a buffer, not learned
@@ -71,94 +71,95 @@ def test_sparse_path__equals_dense_path_and_autograd(n, j, b, alpha_K, decoder_b
 
 @pytest.mark.parametrize("decoder_bias", [True, False])
 def test_one_member_sparse_and_one_dense_in_the_same_call(decoder_bias):
-    sae = _sae(16, 64, 2, decoder_bias)
+    sae, buffers = _sae(16, 64, 2, decoder_bias), StepBuffers()
     with torch.no_grad():
         sae.b_enc_KJ[0] -= 3.0  # member 0 fires rarely, member 1 often
         sae.b_enc_KJ[1] += 1.0
     y, alpha_K, threshold = _batch(16, 150), [0.1, 0.3], 0.2
-    mixed = _hand(sae, y, alpha_K, threshold)
-    share_0, share_1 = last_active_share(sae)
+    mixed = _hand(sae, y, alpha_K, threshold, buffers)
+    share_0, share_1 = buffers.active_share
     assert share_0 < threshold <= share_1  # one call took both paths
-    _assert_same(mixed, _hand(sae, y, alpha_K, ALWAYS_DENSE))
+    _assert_same(mixed, _hand(sae, y, alpha_K, ALWAYS_DENSE, buffers))
     _assert_same(mixed, _autograd(sae, y, alpha_K))
 
 
 def test_a_member_switching_paths_between_steps_stays_exact():
     """The path a member took last step only decides how its codes are counted, never the result."""
     sae, y, alpha_K = _sae(16, 64, 1, True, offset=-3.0), _batch(16, 100), [0.2]
-    _hand(sae, y, alpha_K, 0.1)
-    assert last_active_share(sae)[0] < 0.1  # sparse ...
+    buffers = StepBuffers()
+    _hand(sae, y, alpha_K, 0.1, buffers)
+    assert buffers.active_share[0] < 0.1  # sparse ...
     with torch.no_grad():
         sae.b_enc_KJ += 3.0
-    now_dense = _hand(sae, y, alpha_K, 0.1)
-    assert last_active_share(sae)[0] >= 0.1  # ... then dense
+    now_dense = _hand(sae, y, alpha_K, 0.1, buffers)
+    assert buffers.active_share[0] >= 0.1  # ... then dense
     _assert_same(now_dense, _autograd(sae, y, alpha_K))
     with torch.no_grad():
         sae.b_enc_KJ -= 3.0
-    sparse_again = _hand(sae, y, alpha_K, 0.1)
-    assert last_active_share(sae)[0] < 0.1
+    sparse_again = _hand(sae, y, alpha_K, 0.1, buffers)
+    assert buffers.active_share[0] < 0.1
     _assert_same(sparse_again, _autograd(sae, y, alpha_K))
 
 
 @pytest.mark.parametrize("decoder_bias", [True, False])
 def test_sparse_path__a_row_without_active_codes(decoder_bias):
-    sae = _sae(16, 64, 1, decoder_bias, offset=-0.5)
+    sae, buffers = _sae(16, 64, 1, decoder_bias, offset=-0.5), StepBuffers()
     with torch.no_grad():
         sae.b_enc_KJ.clamp_(max=-0.1)  # with y - b_dec = 0 every pre-activation is negative
     y = _batch(16, 50)
     y[7] = sae.b_dec_KN[0]  # row 7: x = 0, so no code fires
     with torch.no_grad():
         assert int((sae.encode(y)[0, 7] > 0).sum()) == 0 and int((sae.encode(y)[0] > 0).sum()) > 0
-    sparse = _hand(sae, y, [0.1], ALWAYS_SPARSE)
-    _assert_same(sparse, _hand(sae, y, [0.1], ALWAYS_DENSE))
+    sparse = _hand(sae, y, [0.1], ALWAYS_SPARSE, buffers)
+    _assert_same(sparse, _hand(sae, y, [0.1], ALWAYS_DENSE, buffers))
     _assert_same(sparse, _autograd(sae, y, [0.1]))
 
 
 @pytest.mark.parametrize("decoder_bias", [True, False])
 def test_sparse_path__all_codes_zero(decoder_bias):
-    sae = _sae(16, 64, 2, decoder_bias)
+    sae, buffers = _sae(16, 64, 2, decoder_bias), StepBuffers()
     with torch.no_grad():
         sae.b_enc_KJ.fill_(-1e3)  # nothing fires: z = b_dec
     y = _batch(16, 40)
-    mse, l1, grads = sparse = _hand(sae, y, [0.1, 0.0], ALWAYS_SPARSE)
-    assert last_active_share(sae) == [0.0, 0.0]
+    mse, l1, grads = sparse = _hand(sae, y, [0.1, 0.0], ALWAYS_SPARSE, buffers)
+    assert buffers.active_share == [0.0, 0.0]
     assert bool((l1 == 0).all())
     for name in ("W_enc_KNJ", "b_enc_KJ", "W_dec_KJN"):
         assert bool((grads[name] == 0).all()), name
-    _assert_same(sparse, _hand(sae, y, [0.1, 0.0], ALWAYS_DENSE))
+    _assert_same(sparse, _hand(sae, y, [0.1, 0.0], ALWAYS_DENSE, buffers))
     _assert_same(sparse, _autograd(sae, y, [0.1, 0.0]))
 
 
 def test_sparse_path__a_pre_activation_of_exactly_zero_is_inactive():
     """ReLU'(0) = 0 on both paths: a latent whose pre-activation is exactly 0 learns nothing."""
-    sae = _sae(16, 64, 1, True)
+    sae, buffers = _sae(16, 64, 1, True), StepBuffers()
     with torch.no_grad():
         sae.W_enc_KNJ[0, :, :3] = 0.0
         sae.b_enc_KJ[0, :3] = 0.0  # pre-activation 0 on every sample
     y = _batch(16, 80)
-    sparse = _hand(sae, y, [0.1], ALWAYS_SPARSE)
+    sparse = _hand(sae, y, [0.1], ALWAYS_SPARSE, buffers)
     assert bool((sparse[2]["W_enc_KNJ"][0, :, :3] == 0).all()) and bool((sparse[2]["b_enc_KJ"][0, :3] == 0).all())
-    _assert_same(sparse, _hand(sae, y, [0.1], ALWAYS_DENSE))
+    _assert_same(sparse, _hand(sae, y, [0.1], ALWAYS_DENSE, buffers))
 
 
-def test_last_active_share__is_none_until_counted_and_one_share_per_member():
-    sae, y = _sae(16, 64, 3, True), _batch(16, 64)
-    assert last_active_share(sae) is None
-    loss_and_grads(sae, y, [0.1] * 3)  # sparse_below=0 counts nothing
-    assert last_active_share(sae) is None
-    loss_and_grads(sae, y, [0.1] * 3, sparse_below=0.02)
-    shares = last_active_share(sae)
+def test_active_share__is_none_until_counted_and_one_share_per_member():
+    sae, y, buffers = _sae(16, 64, 3, True), _batch(16, 64), StepBuffers()
+    assert buffers.active_share is None
+    loss_and_grads(sae, y, [0.1] * 3, buffers=buffers)  # sparse_below=0 counts nothing
+    assert buffers.active_share is None
+    loss_and_grads(sae, y, [0.1] * 3, sparse_below=0.02, buffers=buffers)
+    shares = buffers.active_share
     with torch.no_grad():
         want = (sae.encode(y) > 0).float().mean(dim=(1, 2)).tolist()
     assert shares == pytest.approx(want, abs=1e-7)
-    loss_and_grads(sae, y, [0.1] * 3)
-    assert last_active_share(sae) is None
+    loss_and_grads(sae, y, [0.1] * 3, buffers=buffers)
+    assert buffers.active_share is None
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
 def test_loss_and_grads__rejects_sparse_below_outside_0_1(bad):
     with pytest.raises(ValueError, match=r"sparse_below must be a number in \[0, 1\]"):
-        loss_and_grads(_sae(16, 64, 1, True), _batch(16, 8), [0.1], sparse_below=bad)
+        loss_and_grads(_sae(16, 64, 1, True), _batch(16, 8), [0.1], sparse_below=bad, buffers=StepBuffers())
 
 
 @settings(max_examples=30, deadline=None)
@@ -176,8 +177,9 @@ def test_sparse_path__equals_dense_path_for_any_shape_and_sparsity(seed, n, j, b
     sae = _sae(n, j, k, decoder_bias, seed=seed, offset=offset)
     y = _batch(n, b, seed=seed + 1)
     alpha_K = [alpha * (i + 1) for i in range(k)]
-    sparse = _hand(sae, y, alpha_K, ALWAYS_SPARSE)  # a member whose every code fires stays dense
-    _assert_same(sparse, _hand(sae, y, alpha_K, ALWAYS_DENSE), tol=1e-4)
+    buffers = StepBuffers()
+    sparse = _hand(sae, y, alpha_K, ALWAYS_SPARSE, buffers)  # a member whose every code fires stays dense
+    _assert_same(sparse, _hand(sae, y, alpha_K, ALWAYS_DENSE, buffers), tol=1e-4)
 
 
 def _train(sparse_below: float, steps: int = 50) -> tuple[SAE, list[float]]:
@@ -185,11 +187,11 @@ def _train(sparse_below: float, steps: int = 50) -> tuple[SAE, list[float]]:
     data = ToyFeatures(ToyDataConfig(n=16, h=32, mean_active=3.0))
     sae = _sae(16, 64, 2, True, offset=-0.4)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3, fused=True)
-    batches = data.batches(128, seed=0)
+    batches, buffers = data.batches(128, seed=0), StepBuffers()
     shares = []
     for _ in range(steps):
-        loss_and_grads(sae, next(batches), [0.05, 0.3], sparse_below=sparse_below)
-        shares += last_active_share(sae) or []
+        loss_and_grads(sae, next(batches), [0.05, 0.3], sparse_below=sparse_below, buffers=buffers)
+        shares += buffers.active_share or []
         sae.project_decoder_grad_()
         opt.step()
         sae.normalise_decoder_()
@@ -208,9 +210,9 @@ def test_training_sparse_and_dense_from_the_same_init_gives_the_same_parameters(
 
 @pytest.mark.parametrize("sparse_below", [ALWAYS_DENSE, ALWAYS_SPARSE])
 def test_loss_and_grads__skipped_members_cost_nothing_and_leave_the_others_unchanged(sparse_below):
-    sae, y = _sae(16, 64, 3, True), _batch(16, 128)
-    full = _hand(sae, y, [0.1, 0.2, 0.3], sparse_below)
-    mse_K, l1_K = loss_and_grads(sae, y, [0.1, 0.2, 0.3], sparse_below=sparse_below, skip={1})
+    sae, y, buffers = _sae(16, 64, 3, True), _batch(16, 128), StepBuffers()
+    full = _hand(sae, y, [0.1, 0.2, 0.3], sparse_below, buffers)
+    mse_K, l1_K = loss_and_grads(sae, y, [0.1, 0.2, 0.3], sparse_below=sparse_below, skip={1}, buffers=buffers)
     assert torch.isnan(mse_K[1]) and torch.isnan(l1_K[1])
     for k in (0, 2):  # the other members' losses and gradients are those of the full call
         assert mse_K[k] == full[0][k] and l1_K[k] == full[1][k]

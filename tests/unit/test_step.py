@@ -8,7 +8,7 @@ import torch
 from sae_sweep.config import ToyDataConfig
 from sae_sweep.data.toy import ToyFeatures
 from sae_sweep.sae import SAE
-from sae_sweep.step import loss_and_grads
+from sae_sweep.step import StepBuffers, loss_and_grads
 
 N, J = 16, 64
 
@@ -39,8 +39,9 @@ def _autograd(sae: SAE, y: torch.Tensor, alpha_K: list[float]) -> tuple[torch.Te
     return mse_K.detach(), l1_K.detach(), grads
 
 
-def _hand(sae: SAE, y: torch.Tensor, alpha_K: list[float]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    mse_K, l1_K = loss_and_grads(sae, y, alpha_K)
+def _hand(sae: SAE, y: torch.Tensor, alpha_K: list[float],
+          buffers: StepBuffers) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    mse_K, l1_K = loss_and_grads(sae, y, alpha_K, buffers=buffers)
     return mse_K, l1_K, {name: p.grad.clone() for name, p in sae.named_parameters()}
 
 
@@ -57,7 +58,7 @@ def _assert_grads_close(got: dict, want: dict) -> None:
 def test_loss_and_grads__matches_autograd(alpha_K, decoder_bias):
     sae = _sae(len(alpha_K), decoder_bias, dead=5)
     y = _batch()
-    mse_h, l1_h, grads_h = _hand(sae, y, alpha_K)
+    mse_h, l1_h, grads_h = _hand(sae, y, alpha_K, StepBuffers())
     mse_a, l1_a, grads_a = _autograd(sae, y, alpha_K)
     assert torch.allclose(mse_h, mse_a, rtol=1e-5)
     assert torch.allclose(l1_h, l1_a, rtol=1e-5)
@@ -67,7 +68,7 @@ def test_loss_and_grads__matches_autograd(alpha_K, decoder_bias):
 
 def test_loss_and_grads__dead_latents_get_no_encoder_or_decoder_gradient():
     sae = _sae(2, True, dead=7)
-    _, _, grads = _hand(sae, _batch(), [0.1, 0.5])
+    _, _, grads = _hand(sae, _batch(), [0.1, 0.5], StepBuffers())
     assert bool((grads["W_enc_KNJ"][:, :, :7] == 0).all())
     assert bool((grads["b_enc_KJ"][:, :7] == 0).all())
     assert bool((grads["W_dec_KJN"][:, :7] == 0).all())
@@ -75,14 +76,14 @@ def test_loss_and_grads__dead_latents_get_no_encoder_or_decoder_gradient():
 
 
 def test_loss_and_grads__overwrites_gradients_and_follows_a_new_batch_shape():
-    sae = _sae(2, True)
+    sae, buffers = _sae(2, True), StepBuffers()
     alpha_K = [0.1, 0.3]
-    first = _hand(sae, _batch(64, seed=2), alpha_K)
-    again = _hand(sae, _batch(64, seed=2), alpha_K)  # gradients are replaced, not accumulated
+    first = _hand(sae, _batch(64, seed=2), alpha_K, buffers)
+    again = _hand(sae, _batch(64, seed=2), alpha_K, buffers)  # gradients are replaced, not accumulated
     for name in first[2]:
         assert torch.equal(first[2][name], again[2][name])
     y = _batch(37, seed=3)  # a different batch size rebuilds the reused buffers
-    mse_h, l1_h, grads_h = _hand(sae, y, alpha_K)
+    mse_h, l1_h, grads_h = _hand(sae, y, alpha_K, buffers)
     mse_a, l1_a, grads_a = _autograd(sae, y, alpha_K)
     assert torch.allclose(mse_h, mse_a, rtol=1e-5) and torch.allclose(l1_h, l1_a, rtol=1e-5)
     _assert_grads_close(grads_h, grads_a)
@@ -90,7 +91,7 @@ def test_loss_and_grads__overwrites_gradients_and_follows_a_new_batch_shape():
 
 def test_loss_and_grads__rejects_a_batch_of_the_wrong_width():
     with pytest.raises(ValueError, match=r"y_BN must have shape \(B, 16\)"):
-        loss_and_grads(_sae(1, True), torch.randn(8, N + 1), [0.1])
+        loss_and_grads(_sae(1, True), torch.randn(8, N + 1), [0.1], buffers=StepBuffers())
 
 
 def test_project_decoder_grad__removes_the_component_along_each_atom():
@@ -113,9 +114,9 @@ def test_train_step__reduces_loss_on_toy_data():
     held_out = data.eval_set()[:2048]
     with torch.no_grad():
         before = sae.loss(held_out, torch.tensor(alpha_K))[0]
-    batches = data.batches(128, seed=0)
+    batches, buffers = data.batches(128, seed=0), StepBuffers()
     for _ in range(300):  # what train.train does per step
-        loss_and_grads(sae, next(batches), alpha_K)
+        loss_and_grads(sae, next(batches), alpha_K, buffers=buffers)
         sae.project_decoder_grad_()
         opt.step()
         sae.normalise_decoder_()
@@ -127,10 +128,10 @@ def test_train_step__reduces_loss_on_toy_data():
 
 def test_loss_and_grads__without_l1_gives_the_same_gradients_and_mse():
     sae = SAE(16, 48, k=2, generator=torch.Generator().manual_seed(4))
-    y = torch.rand(64, 16, generator=torch.Generator().manual_seed(5))
-    mse_a, l1_a = loss_and_grads(sae, y, [0.2, 0.5])
+    y, buffers = torch.rand(64, 16, generator=torch.Generator().manual_seed(5)), StepBuffers()
+    mse_a, l1_a = loss_and_grads(sae, y, [0.2, 0.5], buffers=buffers)
     grads_a = [p.grad.clone() for p in sae.parameters()]
-    mse_b, l1_b = loss_and_grads(sae, y, [0.2, 0.5], with_l1=False)
+    mse_b, l1_b = loss_and_grads(sae, y, [0.2, 0.5], with_l1=False, buffers=buffers)
     assert l1_b is None and l1_a is not None
     assert torch.equal(mse_a, mse_b)
     assert all(torch.equal(a, p.grad) for a, p in zip(grads_a, sae.parameters(), strict=True))
