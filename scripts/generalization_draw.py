@@ -6,6 +6,8 @@
     python scripts/generalization_draw.py --seed 20261205 --names u v --ratio 3 8   # the fifth, u-v
     python scripts/generalization_draw.py --seed 20261206 --names w x y z --ratio 3 8   # the sixth, w-z
     python scripts/generalization_draw.py --seed 20261207 --names aa ab ac --ratio 3 8   # the seventh, aa-ac
+    python scripts/generalization_draw.py --seed 20261208 --names ad --ratio 3 8   # the eighth, ad
+    python scripts/generalization_draw.py --seed 20261209 --names ae af ag --ratio 3 8   # the ninth, ae-ag
 
 Prints one line per setting over the ranges the study must span: n in {32, 48, 64, 96, 128}, h/n
 log-uniform in [1, 8] (h rounded to a multiple of 8, at least n), exponential / zipf / constant decay,

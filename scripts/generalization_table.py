@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 # a-z chose the rules (q-z were held back until round 6 studied them); aa-ac are held back from round 6
-TUNING, HELD_BACK = (*"abcdefghijklmnopqrstuvwxyz", "aa", "ab", "ac"), ("ad",)  # aa-ac tuned on in round 7
+TUNING, HELD_BACK = (*"abcdefghijklmnopqrstuvwxyz", "aa", "ab", "ac", "ad"), ("ae", "af", "ag")  # ad tuned on in round 8
 SIGNALS = ("dead_latents", "loss_basin", "dictionary_agreement")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
