@@ -8,20 +8,20 @@ spread (:func:`bootstrap`), and returns an :class:`Estimate` with the evidence b
    latents that do no work appear. A latent counts as *alive* when it fires on more than
    ``min_frequency`` of the eval samples (default 0: the report's "never fires") and, with two or
    more seeds, only when it is also *reproduced*: another seed's dictionary at the same (alpha, J)
-   has an alive atom within cosine ``reproduce_cos`` of it. Beyond h the surplus latents either die or
-   settle as weak, seed-specific splits and blends (on toy data they keep firing for as long as we
-   trained, so the firing-only count alone bends only at 1.3-4 h; docs/calibration.md), so the share of
-   the dictionary alive in this sense falls once J passes h. Below h it is low where latents hold blends
-   that differ from seed to seed (features of equal frequency and scale), but close to 1 where the
-   features have a clear order (frequency or magnitude decay): there a small dictionary learns the
-   strongest J features cleanly and every seed finds the same ones. Per alpha, h' = the *smallest* J
-   whose reproduced share is within ``plateau`` of the highest (:func:`plateau_start`), or, where that
-   is the grid's smallest J (ordered features), the *largest* such J (the end of the plateau before the
-   share falls, :func:`plateau_end`). Under strong superposition (h/n >= 3) the seeds reproduce the
-   surplus latents just beyond h as well, so the plateau runs on to 1.1-1.2 h and its end read 12-27 %
-   high (docs/generalization.md, round 7); an alpha whose best share is below ``min_reproduced_share``, or whose plateau reaches the
-   grid's largest J, gives no estimate. Pooled: the median over alphas. Each seed's count is its mean over the other
-   seeds of the sweep (one comparison each), so the bootstrap resamples per-seed counts, not the pairing.
+   has an alive atom within cosine ``reproduce_cos`` of it. Beyond h the surplus latents die, settle
+   as weak seed-specific splits and blends, or (under strong superposition, docs/generalization.md
+   round 8) become *twins*: a second atom within ``reproduce_cos`` of one the dictionary already has,
+   learned by every seed, so they count as reproduced. Twins (transitively) count once: the *distinct
+   reproduced* count. It grows about one per added latent while J < h (less where seeds learn
+   different blends of alike features) and levels off past h, where added latents are twins, dead or
+   seed-specific. Per alpha, h' = that count at the largest J reached with a gain of at least
+   ``min_gain`` (0.5) distinct latents per added latent (:func:`distinct_knees`): a count, not a grid
+   point. An alpha whose best reproduced share is below ``min_reproduced_share``, or still gaining at the
+   grid's largest J, gives no estimate. Pooled: the *most* over alphas, as an alpha that merges
+   features counts fewer and seeds rarely agree on a spurious direction (the earlier rules read the
+   share of reproduced latents, whose plateau ran from well below h to 1.1-1.3 h on aa-ad; round 8).
+   Each seed's count is its mean over the other seeds of the sweep (one comparison each), so the
+   bootstrap resamples per-seed counts, not the pairing.
 2. **Loss basin** (:func:`estimate_loss_basin`). A dictionary at least as large as h represents the
    data as well as any larger one, so its loss stops changing with J: at each alpha let L*(alpha) be
    the lowest total loss over J; the cell (alpha, J) is *in the basin* when its loss is within
@@ -166,7 +166,7 @@ def best_match_cos(atoms_AN: np.ndarray, others_BN: np.ndarray, *, chunk: int = 
 
 def reproduced_share(cells: pd.DataFrame) -> pd.DataFrame:
     """Seed-averaged cells with ``reproduced_share`` = reproduced latents / J."""
-    m = seed_mean(cells, ["reproduced"])
+    m = seed_mean(cells, ["reproduced", "distinct"])
     m["reproduced_share"] = m["reproduced"] / m["dict_size"]
     return m
 
@@ -177,24 +177,66 @@ def plateau_start(values: np.ndarray, tolerance: float) -> int:
     return int(np.flatnonzero(values >= values.max() - tolerance)[0])
 
 
-def plateau_end(values: np.ndarray, tolerance: float) -> int:
-    """Index of the last value within ``tolerance`` of the largest: where a plateau ends before the values fall."""
-    return int(np.flatnonzero(values >= values.max() - tolerance)[-1])
+def twin_pairs(atoms_AN: np.ndarray, min_cos: float, *, chunk: int = 2048) -> np.ndarray:
+    """The pairs (i, j, cosine), i < j, of one dictionary's unit atoms whose cosine reaches ``min_cos``:
+    shape (P, 3), float. Twins: one direction learned twice (a dictionary larger than the data needs)."""
+    parts = []
+    for start in range(0, len(atoms_AN), chunk):
+        cos = atoms_AN[start:start + chunk] @ atoms_AN.T
+        i, j = np.nonzero(cos >= min_cos)
+        keep = j > i + start
+        parts.append(np.column_stack([i[keep] + start, j[keep], cos[i[keep], j[keep]]]))
+    return np.concatenate(parts) if parts else np.zeros((0, 3))
 
 
-def _share_per_alpha(cells: pd.DataFrame, min_share: float, plateau: float = 0.0) -> dict[float, float | None]:
-    """Reproduced latents: per alpha, the smallest J whose share is within ``plateau`` of the highest, or,
-    where that is the grid's smallest J (ordered features), the largest such J (None: too low, or at the
-    grid's end). Under strong superposition the seeds reproduce the surplus latents just beyond h too
-    (splits of frequent features), so the plateau runs on past h and only its start reads h."""
-    out: dict[float, float | None] = {}
+def twin_groups(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Labels 0..k-1 of the groups of ``n`` atoms joined by ``pairs`` (shape (P, 2): atom indices whose
+    cosine reaches the criterion), transitively: union-find. An atom in no pair is a group of its own."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        ri, rj = root(int(i)), root(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([root(i) for i in range(n)], dtype=int)
+    return np.unique(roots, return_inverse=True)[1] if n else roots
+
+
+def distinct_reproduced(labels: np.ndarray, best: np.ndarray, min_cos: float) -> int:
+    """How many groups of twin atoms (``labels``, :func:`twin_groups`) have a member that another seed's
+    dictionary reproduces (its best cosine there, ``best``, reaches ``min_cos``)."""
+    return int(len(np.unique(labels[best >= min_cos])))
+
+
+def distinct_knees(cells: pd.DataFrame, min_share: float, min_gain: float) -> dict[float, tuple[float, float] | None]:
+    """Distinct reproduced latents (module docstring, 1): per alpha, (J, count) at the largest J reached
+    with a gain of at least ``min_gain`` new distinct latents per added latent (None: share too low, or
+    still gaining at the grid's largest J). Without a ``distinct`` column, the reproduced count."""
+    out: dict[float, tuple[float, float] | None] = {}
+    column = "distinct" if "distinct" in cells.columns and cells["distinct"].notna().all() else "reproduced"
     for alpha, g in reproduced_share(cells).groupby("alpha"):
         g = g.sort_values("dict_size")
-        share = g["reproduced_share"].to_numpy()
-        k = plateau_start(share, plateau) or plateau_end(share, plateau)
-        ok = len(g) >= 3 and share.max() >= min_share and k < len(g) - 1
-        out[float(alpha)] = float(g["dict_size"].iloc[k]) if ok else None
+        j, count = g["dict_size"].to_numpy(float), g[column].to_numpy(float)
+        gaining = np.flatnonzero(np.diff(count) / np.diff(j) >= min_gain) + 1 if len(g) > 1 else np.zeros(0, int)
+        k = int(gaining[-1]) if len(gaining) else 0
+        ok = len(g) >= 3 and g["reproduced_share"].max() >= min_share and k < len(g) - 1
+        out[float(alpha)] = (float(j[k]), float(count[k])) if ok else None
     return out
+
+
+def _distinct_per_alpha(cells: pd.DataFrame, min_share: float, min_gain: float) -> dict[float, float | None]:
+    return {a: (v[1] if v else None) for a, v in distinct_knees(cells, min_share, min_gain).items()}
+
+
+def _max(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(max(finite)) if finite else None
 
 
 def _reproduced_cells(cells: pd.DataFrame) -> pd.DataFrame | None:
@@ -206,11 +248,12 @@ def _reproduced_cells(cells: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
-                          min_reproduced_share: float = 0.7, plateau: float = 0.0) -> Estimate:
+                          min_reproduced_share: float = 0.7, min_gain: float = 0.5) -> Estimate:
     """Dead-latent estimate of h (module docstring, 1).
 
     ``cells`` needs alpha, dict_size, seed, alive; with a ``reproduced`` column (alive latents matched
-    in another seed's dictionary; NaN where unknown) and two or more seeds it uses the reproduced share.
+    in another seed's dictionary; NaN where unknown) and two or more seeds it uses the reproduced latents,
+    counted as ``distinct`` groups of twins where that column is there (report.with_reproduced).
     """
     firing = _median(list(_dead_per_alpha(cells, min_dead_share).values()))
     rep = _reproduced_cells(cells)
@@ -218,19 +261,23 @@ def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
         data = rep
 
         def per_alpha_of(c: pd.DataFrame) -> dict[float, float | None]:
-            return _share_per_alpha(c, min_reproduced_share, plateau)
+            return _distinct_per_alpha(c, min_reproduced_share, min_gain)
     else:
         data = cells
 
         def per_alpha_of(c: pd.DataFrame) -> dict[float, float | None]:
             return _dead_per_alpha(c, min_dead_share)
 
+    # Reproduced: the most any working alpha counts (an alpha that merges features counts fewer, and the
+    # seeds rarely agree on a spurious direction); firing-only: the median, as the other signals.
+    pool = _max if rep is not None else _median
+
     def pooled(seeds: Sequence[int]) -> float | None:
-        return _median(list(per_alpha_of(_with_seeds(data, seeds)).values()))
+        return pool(list(per_alpha_of(_with_seeds(data, seeds)).values()))
 
     seeds = sorted(data["seed"].unique().tolist())
     per_alpha = per_alpha_of(data)
-    value = _median(list(per_alpha.values()))
+    value = pool(list(per_alpha.values()))
     j_max = int(data["dict_size"].max())
     firing_text = f"{firing:.0f}" if firing is not None else "no bend in the grid"
     if rep is not None:
@@ -238,17 +285,19 @@ def estimate_dead_latents(cells: pd.DataFrame, *, min_dead_share: float = 0.05,
             reproduced_share(rep), on=["alpha", "dict_size"], how="left")
         if value is None:
             best = evidence.loc[evidence["reproduced_share"].idxmax()]
-            note = (f"no alpha's share of reproduced latents peaks inside the grid at {min_reproduced_share:.0%} or "
-                    f"more (best: {best['reproduced_share']:.0%} at alpha {best['alpha']:g}, J = {best['dict_size']:.0f}): "
-                    f"a peak at the largest J says h is at least about {j_max}, a low one that the seeds disagree "
-                    "(undertrained SAEs)")
+            note = (f"no alpha's count of distinct reproduced latents levels off inside the grid with a share of "
+                    f"{min_reproduced_share:.0%} or more (best share: {best['reproduced_share']:.0%} at alpha "
+                    f"{best['alpha']:g}, J = {best['dict_size']:.0f}): still gaining at the largest J says h is at "
+                    f"least about {j_max}, a low share that the seeds disagree (undertrained SAEs)")
         else:
-            note = f"alive = firing and reproduced by another seed; firing alone: {firing_text} (an upper bound)"
-            j_min = int(data["dict_size"].min())
-            at_min = [f"{a:g}" for a, v in per_alpha.items() if v == j_min]
+            note = (f"alive = firing and reproduced by another seed, twins (cosine >= reproduce_cos within one "
+                    f"dictionary) counted once; the most over alphas; firing alone: {firing_text} (an upper bound)")
+            j_min = float(data["dict_size"].min())
+            knees = distinct_knees(data, min_reproduced_share, min_gain)
+            at_min = [f"{a:g}" for a, v in knees.items() if v is not None and v[0] == j_min]
             if at_min:
-                note += (f"; at alpha {', '.join(at_min)} the share is highest at the grid's smallest J ({j_min}): "
-                         "h may be smaller")
+                note += (f"; at alpha {', '.join(at_min)} the count gains less than {min_gain:g} per latent from the "
+                         f"grid's smallest J ({j_min:.0f}) on: h may be smaller")
     else:
         evidence = seed_mean(cells, ["alive", "dead"])
         note = ("alive = firing only (needs two seeds with saved dictionaries to count reproduced latents): "

@@ -82,29 +82,51 @@ def agreement_matrices(cells: pd.DataFrame, dictionaries: Dictionaries) -> dict[
     return out
 
 
-Matches = dict[str, list[np.ndarray]]  # run dir -> per other seed: each alive atom's best cosine there
+@dataclass
+class Matches:
+    """Per cell with weights (run dir): ``best``, one array per other seed at the same (alpha, J), each of
+    its alive atoms' best cosine with that seed's alive atoms; ``twins``, the pairs (i, j, cosine) of its
+    own alive atoms whose cosine reaches ``floor``. Computed once; any ``reproduce_cos >= floor`` reads it."""
+
+    best: dict[str, list[np.ndarray]]
+    twins: dict[str, np.ndarray]
+    floor: float
 
 
-def match_cosines(cells: pd.DataFrame, dictionaries: Dictionaries, min_frequency: float) -> Matches:
-    """For every cell with weights, one array per other seed at the same (alpha, J): each of its alive
-    atoms' best cosine with that seed's alive atoms. Computed once; any ``reproduce_cos`` reads it."""
+def match_cosines(cells: pd.DataFrame, dictionaries: Dictionaries, min_frequency: float,
+                  twin_floor: float = 0.8) -> Matches:
+    """The cosines every ``reproduce_cos`` from ``twin_floor`` up reads (:class:`Matches`)."""
     alive = {d: atoms[freq > min_frequency] for d, (atoms, freq) in dictionaries.items()}
-    out: Matches = {}
+    best: dict[str, list[np.ndarray]] = {}
+    twins: dict[str, np.ndarray] = {}
     for _, g in cells[cells["run_dir"].isin(alive)].groupby(["alpha", "dict_size"]):
         for run_dir, seed in zip(g["run_dir"], g["seed"], strict=True):
-            out[run_dir] = [est.best_match_cos(alive[run_dir], alive[d])
-                            for d, s in zip(g["run_dir"], g["seed"], strict=True) if s != seed]
-    return out
+            best[run_dir] = [est.best_match_cos(alive[run_dir], alive[d])
+                             for d, s in zip(g["run_dir"], g["seed"], strict=True) if s != seed]
+            twins[run_dir] = est.twin_pairs(alive[run_dir], twin_floor)
+    return Matches(best, twins, twin_floor)
 
 
 def with_reproduced(cells: pd.DataFrame, matches: Matches, min_cos: float) -> pd.DataFrame:
     """``reproduced``: how many of a cell's alive atoms another seed's dictionary at the same (alpha, J) has
     (an alive atom within ``min_cos``), averaged over the other seeds, so the count does not grow with the
-    number of seeds. NaN for a cell without saved weights or without another seed to compare with.
+    number of seeds; ``distinct``: the same with twins (atoms of the cell within ``min_cos`` of each other,
+    transitively) counted once. NaN for a cell without saved weights or without another seed to compare with.
     """
+    if min_cos < matches.floor:
+        raise ValueError(f"reproduce_cos {min_cos} is below the twin cosines computed (from {matches.floor})")
     out = cells.copy()
-    out["reproduced"] = [float(np.mean([(b >= min_cos).sum() for b in matches[d]])) if matches.get(d) else np.nan
-                         for d in out["run_dir"]]
+    reproduced, distinct = [], []
+    for d in out["run_dir"]:
+        if not matches.best.get(d):
+            reproduced.append(np.nan)
+            distinct.append(np.nan)
+            continue
+        pairs = matches.twins[d]
+        labels = est.twin_groups(len(matches.best[d][0]), pairs[pairs[:, 2] >= min_cos, :2].astype(int))
+        reproduced.append(float(np.mean([(b >= min_cos).sum() for b in matches.best[d]])))
+        distinct.append(float(np.mean([est.distinct_reproduced(labels, b, min_cos) for b in matches.best[d]])))
+    out["reproduced"], out["distinct"] = reproduced, distinct
     return out
 
 
@@ -125,7 +147,7 @@ def sensitivity(cells: pd.DataFrame, matches: Matches, matrices: dict[tuple[floa
         if parameter == "reproduce_cos":
             return est.estimate_dead_latents(with_reproduced(cells, matches, value), min_dead_share=settings.min_dead_share,
                                              min_reproduced_share=settings.min_reproduced_share,
-                                             plateau=settings.share_plateau).value
+                                             min_gain=settings.distinct_gain).value
         if parameter == "basin_tolerance":
             return est.estimate_loss_basin(cells, tolerance=value).value
         return (est.estimate_agreement(matrices, min_agreement=value, plateau=settings.agreement_plateau).value
@@ -145,7 +167,7 @@ def signals(cells: pd.DataFrame, matrices: dict[tuple[float, int], pd.DataFrame]
     """The three estimates of h over ``cells`` (pooled over their alphas), in the report's order."""
     return [
         est.estimate_dead_latents(cells, min_dead_share=settings.min_dead_share,
-                                  min_reproduced_share=settings.min_reproduced_share, plateau=settings.share_plateau),
+                                  min_reproduced_share=settings.min_reproduced_share, min_gain=settings.distinct_gain),
         est.estimate_loss_basin(cells, tolerance=settings.basin_tolerance),
         est.estimate_agreement(matrices, min_agreement=settings.min_agreement, plateau=settings.agreement_plateau),
     ]
@@ -159,7 +181,8 @@ def analyze_group(label: dict[str, Any], cells: pd.DataFrame, out_dir: Path,
         cells["l1_sum"] = cells["l1"] * cells["dict_size"]
     h = true_h(cells)
     dictionaries = load_dictionaries(cells)
-    matches = match_cosines(cells, dictionaries, settings.min_frequency)
+    twin_floor = min(settings.reproduce_cos, *SENSITIVITY_GRID["reproduce_cos"][1])
+    matches = match_cosines(cells, dictionaries, settings.min_frequency, twin_floor)
     all_cells = with_reproduced(cells, matches, settings.reproduce_cos)
     selection = vd.select_alphas(all_cells, min_converged_share=settings.min_converged_share,
                                  min_reproduced_share=settings.min_reproduced_share,
@@ -309,9 +332,10 @@ def write_report(sweep_dir: Path, reports: list[GroupReport], settings: Analysis
     md += ["", "Thresholds: " + ", ".join(f"`{k}={v}`" for k, v in asdict(settings).items()) + ".", "",
            "Definitions (see `sae_sweep/analysis/estimate.py`): **dead_latents**: a latent is alive when it fires and "
            "(with two or more seeds) another seed's dictionary at the same (alpha, J) has an alive atom within the "
-           "reproduce cosine (a mean over the other seeds); per alpha, ĥ is the smallest J whose share of such latents is within the share "
-           "plateau of the highest (where that is the grid's smallest J, the largest such J: the plateau's end) (one seed: a hinge in "
-           "log-log coordinates through the firing-only count, an upper bound); median over alphas. "
+           "reproduce cosine (a mean over the other seeds), and twins (atoms of one dictionary within that cosine of each "
+           "other) count once; per alpha, ĥ is that count at the largest J reached while each added latent still adds at "
+           "least the distinct gain of them; the most over alphas (one seed: a hinge in log-log coordinates through the "
+           "firing-only count, an upper bound; median over alphas). "
            "**loss_basin**: a cell is in the basin when its total loss is within the tolerance of the best "
            "dictionary size at that alpha; per alpha, ĥ is the smallest J in the basin; median over alphas. "
            "**dictionary_agreement**: frequency-weighted MMCS of dictionary J's atoms against each larger "

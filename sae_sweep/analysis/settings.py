@@ -29,8 +29,9 @@ class AnalysisSettings:
     """The agreement estimate needs a J whose worst MMCS against every larger dictionary reaches this."""
     agreement_plateau: float = 0.005
     """Agreement: h is the smallest J whose worst agreement is within this of the best J's (not the argmax)."""
-    share_plateau: float = 0.02
-    """Dead latents: h is the largest J whose reproduced share is within this of the highest share."""
+    distinct_gain: float = 0.5
+    """Dead latents: h is the count of distinct reproduced latents at the largest J reached while each added
+    latent still adds at least this many (1: every latent a new feature; 0: none; chosen on aa-ad, round 8)."""
     min_converged_share: float = 0.5
     """A working alpha needs this share of its runs converged; the verdict needs it over the working alphas."""
     alpha_share_margin: float = 0.05

@@ -36,17 +36,20 @@ def build_dead_cells(h: float, *, seeds: tuple[int, ...] = (0, 1, 2), noise: flo
 
 
 def build_reproduced_cells(h: int, *, seeds: tuple[int, ...] = (0, 1), alphas: list[float] = ALPHAS,
-                           grid: list[int] = CAL_GRID, floor: float = 0.6, surplus: float = 0.5) -> pd.DataFrame:
+                           grid: list[int] = CAL_GRID, floor: float = 0.6, surplus: float = 0.5,
+                           twins: float = 0.8) -> pd.DataFrame:
     """Cells shaped like the calibration's: every latent fires (no dead latents at all), but only some are
     reproduced by the other seed: a share ``floor`` below h (blends), all at h, ``surplus`` of the rest
-    beyond h (seed-specific splits). Alive never bends: the firing-only hinge has nothing to find."""
+    beyond h (seed-specific splits, of which a share ``twins`` are twins of atoms the dictionary has:
+    ``distinct`` counts them once). Alive never bends: the firing-only hinge has nothing to find."""
     rows = []
     for alpha in alphas:
         for seed in seeds:
             for j in grid:
                 rep = floor * j if j < h else h + surplus * (j - h)
+                distinct = floor * j if j < h else h + (1 - twins) * surplus * (j - h)
                 rows.append({"alpha": alpha, "dict_size": j, "seed": seed, "alive": float(j), "dead": 0.0,
-                             "reproduced": rep * (1 - 0.01 * seed)})
+                             "reproduced": rep * (1 - 0.01 * seed), "distinct": distinct * (1 - 0.01 * seed)})
     return pd.DataFrame(rows)
 
 

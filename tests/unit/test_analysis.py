@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from sae_sweep.analysis.report import match_cosines, with_reproduced
 
@@ -22,7 +23,7 @@ def test_with_reproduced__counts_alive_atoms_matched_by_another_seed_at_the_same
     }
     cells = pd.DataFrame({"run_dir": ["a0", "a1", "b0", "nw"], "alpha": [0.1, 0.1, 1.0, 0.1],
                           "dict_size": [5, 5, 2, 5], "seed": [0, 1, 0, 2]})
-    matches = match_cosines(cells, d, min_frequency=0.0)
+    matches = match_cosines(cells, d, min_frequency=0.0, twin_floor=-1.0)
     out = with_reproduced(cells, matches, min_cos=0.99).set_index("run_dir")["reproduced"]
     # a0: shared[2] never fires, so 2 of its atoms are reproduced; a1's copy of shared[2] finds no alive
     # partner in a0; b0 has no other seed and "nw" saved no weights: unknown, not zero.
@@ -46,3 +47,19 @@ def test_with_reproduced__with_three_seeds_averages_over_the_other_two():
     out = with_reproduced(cells, match_cosines(cells, d, 0.0), min_cos=0.99).set_index("run_dir")["reproduced"]
     assert out["s0"] == (4 + 2) / 2  # a mean over pairs, not "found in any other seed" (which would be 4)
     assert out["s1"] == (4 + 2) / 2 and out["s2"] == (2 + 2) / 2
+
+
+def test_with_reproduced__distinct_counts_twins_once_and_needs_twin_cosines_from_the_floor_up():
+    rng = np.random.default_rng(2)
+    shared = _unit(rng.standard_normal((4, 16)))
+    twin = _unit((shared[0] + 0.05 * rng.standard_normal(16))[None])  # within cosine 0.99 of shared[0]
+    d = {"s0": (np.vstack([shared, twin, _unit(rng.standard_normal((1, 16)))]), np.full(6, 0.1)),
+         "s1": (np.vstack([shared, twin, _unit(rng.standard_normal((1, 16)))]), np.full(6, 0.1))}
+    cells = pd.DataFrame({"run_dir": list(d), "alpha": 0.3, "dict_size": 6, "seed": [0, 1]})
+    matches = match_cosines(cells, d, 0.0)
+    out = with_reproduced(cells, matches, min_cos=0.95).set_index("run_dir")
+    assert (out["reproduced"] == 5).all()  # four shared atoms and the twin; the last atoms are each seed's own
+    assert (out["distinct"] == 4).all()  # the twin and shared[0] are one direction
+    assert (with_reproduced(cells, matches, min_cos=0.9999).set_index("run_dir")["distinct"] == 5).all()
+    with pytest.raises(ValueError, match="below the twin cosines computed"):
+        with_reproduced(cells, matches, min_cos=0.5)  # twins were computed from 0.8 up only

@@ -1,4 +1,4 @@
-"""Working alphas and the verdict on planted cells; the plateau rules of the estimators."""
+"""Working alphas and the verdict on planted cells; the agreement's plateau rule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_sweep.analysis.estimate import agreement_h, estimate_dead_latents, plateau_start
+from sae_sweep.analysis.estimate import agreement_h, plateau_start
 from sae_sweep.analysis.verdict import AlphaSelection, select_alphas, verdict
 
 GRID = [16, 32, 64, 128, 256]
@@ -289,19 +289,3 @@ def test_agreement_h__takes_the_start_of_the_plateau_not_a_noisy_argmax():
                 m.loc[j, k] = w
     assert agreement_h(m, 0.9)[0] == 128
     assert agreement_h(m, 0.9, plateau=0.01)[0] == 64
-
-
-def test_estimate_dead_latents__plateau_takes_the_largest_j_before_the_share_falls():
-    # Ordered features (frequency / magnitude decay): below h a small dictionary learns the strongest
-    # features cleanly, so the reproduced share is flat near 1 up to h = 128 and falls beyond it.
-    cells = build_cells({0.3: (128, 0.9)})
-    share = {16: 0.97, 32: 0.96, 64: 0.97, 128: 0.96, 256: 0.6, 512: 0.35}
-    cells["reproduced"] = [share[j] * j for j in cells["dict_size"]]
-    alive = cells.assign(alive=cells["dict_size"])
-    assert estimate_dead_latents(alive, plateau=0.02).value == 128  # the start of the plateau would say 16
-    assert estimate_dead_latents(alive, plateau=0.0).value == 64  # an argmax on a plateau: whichever is noisiest
-
-
-def test_estimate_dead_latents__a_share_that_only_peaks_is_unaffected_by_the_plateau():
-    cells = build_cells({0.3: (64, 0.9)})
-    assert estimate_dead_latents(cells.assign(alive=cells["dict_size"]), plateau=0.02).value == 64
