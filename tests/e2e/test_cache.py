@@ -74,7 +74,7 @@ def _cfg(tmp_path: Path, cache: Path, name: str = "acts.npy", **kw) -> CacheConf
 def small_file(tmp_path_factory, lm, model_cache) -> tuple[CacheConfig, dict]:
     """One finished 3000-row extraction shared by the tests that only read it."""
     cfg = _cfg(tmp_path_factory.mktemp("small"), model_cache)
-    return cfg, extract(cfg, lm)
+    return cfg, extract(cfg, lm)[0]
 
 
 # --- (a) the file --------------------------------------------------------------------------------------
@@ -148,14 +148,14 @@ def test_hook__layer_beyond_the_model_is_an_error(lm):
 @needs_smollm2
 def test_resume__an_interrupted_extraction_finishes_into_the_identical_file(tmp_path, lm, model_cache):
     kw = {"tokens": 3000, "batch_size": 4, "checkpoint_every": 2}  # 508 rows a batch, 6 batches, the last short
-    whole = extract(_cfg(tmp_path, model_cache, "whole.npy", **kw), lm)
+    [whole] = extract(_cfg(tmp_path, model_cache, "whole.npy", **kw), lm)
     cfg = _cfg(tmp_path, model_cache, "parts.npy", **kw)
     extract(cfg, lm, stop_after_batches=3)  # "killed" after batch 3: checkpoint at 2, rows of batch 3 written
     progress = json.loads(Path(cfg.out + ".progress.json").read_text())
     assert progress["batches_done"] == 2 and not Path(cfg.out + ".json").exists()
     extract(cfg, lm, stop_after_batches=3)  # resumed at batch 3, killed again after batch 5 (checkpoint at 4)
     assert json.loads(Path(cfg.out + ".progress.json").read_text())["batches_done"] == 4
-    parts = extract(cfg, lm)
+    [parts] = extract(cfg, lm)
     assert Path(tmp_path / "parts.npy").read_bytes() == Path(tmp_path / "whole.npy").read_bytes()
     assert parts["mean"] == whole["mean"] and parts["mean_row_norm"] == whole["mean_row_norm"]
     assert not Path(cfg.out + ".progress.json").exists()
