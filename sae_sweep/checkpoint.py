@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from sae_sweep.config import RunConfig
-from sae_sweep.kill import kill_point  # os-only test hook (SAE_SWEEP_KILL_AT)
+from sae_sweep.kill import kill_point, raise_point  # os-only test hooks (SAE_SWEEP_KILL_AT / _RAISE_AT)
 from sae_sweep.record import (
     CHECKPOINT_FILE,
     CHECKPOINT_PREVIOUS_FILE,
@@ -196,7 +196,7 @@ def write_round(rounds: Sequence[tuple[Path, dict[str, torch.Tensor], dict[str, 
     """Write one checkpoint per (run dir, tensors, state) of a pack, all taken at one step (module doc).
 
     Kill points (tests): ``checkpoint_writing`` halfway through a temp file, ``checkpoint_replacing``
-    between two members' replaces, ``checkpoint_written`` once the round is on disk."""
+    between two members' replaces, ``checkpoint_written`` once the round is on disk (also a raise point)."""
     tmps = []
     for run_dir, tensors, state in rounds:
         tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
@@ -218,6 +218,7 @@ def write_round(rounds: Sequence[tuple[Path, dict[str, torch.Tensor], dict[str, 
             current.replace(run_dir / CHECKPOINT_PREVIOUS_FILE)
         tmp.replace(current)
     kill_point("checkpoint_written")
+    raise_point("checkpoint_written")
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -327,7 +327,8 @@ class TrainConfig:
     more of training) and leaves runs below a million samples (smoke runs, tests) without one."""
     keep_checkpoint: bool = False
     """Keep the last checkpoint after the run has ended (completed, diverged or pruned); by default it
-    is deleted then. An interrupted or failed run always keeps it, to resume from."""
+    is deleted then. An interrupted or failed run keeps it, for a re-run to resume from; the Optuna sweeper
+    removes a FAIL trial's (nothing re-runs it) unless this is set."""
 
     def validate(self, path: str = "train") -> None:
         _check(_is_num(self.lr) and self.lr > 0, f"{path}.lr", self.lr, "a number > 0")

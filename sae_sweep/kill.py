@@ -13,7 +13,13 @@ jobs of a batch returned, before the study is told); in ``python -m sae_sweep.re
 ``checkpoint_writing`` (halfway through a checkpoint's temp file), ``checkpoint_replacing`` (between two
 members' renames of a pack's round) and ``checkpoint_written`` (a round is renamed into place) and ``summary_written`` (a run's summary.json is
 written, its checkpoints not yet removed); in the Optuna sweeper, ``adopting`` (a retry's trial.json is
-written into the dead attempt's run dir, not yet renamed to the retry's). A leaf module: any layer may hold a point.
+written into the dead attempt's run dir, not yet renamed to the retry's).
+
+``SAE_SWEEP_RAISE_AT=<point>`` (or ``<point>:<n>``) instead raises :class:`InjectedFailure` (a
+RuntimeError) at ``raise_point("<point>")``: the run fails as a bug or a full disk would, its
+``finally`` blocks and failed record included. Its one point: ``checkpoint_written`` (checkpoint.py,
+right after the kill point of that name). Unset, it too costs one environment lookup. A leaf module:
+any layer may hold a point.
 """
 
 from __future__ import annotations
@@ -21,16 +27,30 @@ from __future__ import annotations
 import os
 
 KILL_ENV = "SAE_SWEEP_KILL_AT"
-_reached: dict[str, int] = {}
+RAISE_ENV = "SAE_SWEEP_RAISE_AT"
+_reached: dict[tuple[str, str], int] = {}
+
+
+class InjectedFailure(RuntimeError):
+    """Raised at a raise point named by SAE_SWEEP_RAISE_AT (tests only)."""
+
+
+def _due(env: str, spec: str, name: str) -> bool:
+    """Whether this visit of point ``name`` is the one ``spec`` (``point`` or ``point:n``) names."""
+    point, _, nth = spec.partition(":")
+    if point != name:
+        return False
+    _reached[env, name] = _reached.get((env, name), 0) + 1
+    return _reached[env, name] == (int(nth) if nth else 1)
 
 
 def kill_point(name: str) -> None:
     spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _reached[name] = _reached.get(name, 0) + 1
-    if _reached[name] == (int(nth) if nth else 1):
+    if spec and _due(KILL_ENV, spec, name):
         os._exit(9)
+
+
+def raise_point(name: str) -> None:
+    spec = os.environ.get(RAISE_ENV)
+    if spec and _due(RAISE_ENV, spec, name):
+        raise InjectedFailure(f"{RAISE_ENV}={spec}: raised at {name}")

@@ -10,7 +10,8 @@ While it trains, a run also keeps checkpoint.safetensors (and checkpoint.prev.sa
 ``train.checkpoint_every`` samples (checkpoint.py). A run started in a run dir that holds one of the same
 config continues from it instead of starting over (a solo run, or every member of a pack from the
 latest step they all have), and ends as it would have without the break; the checkpoints are deleted
-when the run ends, unless ``train.keep_checkpoint`` (an interrupted or failed run keeps them).
+when the run ends, unless ``train.keep_checkpoint`` (an interrupted or failed run keeps them: a re-run
+resumes it; the Optuna sweeper removes those of a FAIL trial, which nothing re-runs).
 """
 
 from __future__ import annotations

@@ -112,18 +112,26 @@ def finished_cells(sweep_dir: Path) -> dict[str, Path]:
     return done
 
 
-def drop_stranded_checkpoints(run_dir: Path) -> bool:
-    """Remove the checkpoints of a finished run that did not ask to keep them (``train.keep_checkpoint``):
-    a kill between its summary and their removal (run.py) leaves them. Returns whether any were removed."""
+def discard_unkept_checkpoints(run_dir: Path) -> bool:
+    """Remove a run dir's checkpoints unless its run asked to keep them (``train.keep_checkpoint`` in its
+    config.yaml; an unreadable one keeps them rather than guess). Returns whether any were removed."""
     if not any((run_dir / n).exists() for n in (CHECKPOINT_FILE, CHECKPOINT_PREVIOUS_FILE)):
         return False
     try:
         keep = OmegaConf.select(OmegaConf.load(run_dir / CONFIG_FILE), "train.keep_checkpoint", default=False)
-    except (OSError, yaml.YAMLError, OmegaConfBaseException):  # unreadable: leave them rather than guess
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):
         return False
     if keep:
         return False
     remove_checkpoints(run_dir)
+    return True
+
+
+def drop_stranded_checkpoints(run_dir: Path) -> bool:
+    """Remove the checkpoints of a finished run that did not ask to keep them (``train.keep_checkpoint``):
+    a kill between its summary and their removal (run.py) leaves them. Returns whether any were removed."""
+    if not discard_unkept_checkpoints(run_dir):
+        return False
     log.info(f"resume: removed the leftover checkpoints of finished {run_dir.name}")
     return True
 

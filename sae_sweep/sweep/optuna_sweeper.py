@@ -7,7 +7,8 @@ Each trial is one Hydra job in ``<sweep dir>/trial_NNNNN``. The study lives in s
 - the job reaches its own trial through the storage (run dir's trial.json) and reports every
   evaluation, so the study's pruner can stop it in whatever process or machine it runs;
 - a run that raises, diverges or returns a non-finite objective is told FAIL and the sweep goes on
-  until failures exceed ``max_failure_rate``.
+  until failures exceed ``max_failure_rate``; a FAIL trial is never run again, so the checkpoints its
+  recorded run left go (unless ``train.keep_checkpoint``; a run killed before its record keeps them).
 
 A kill anywhere (``kill -9``, a lost node) loses, strands and retrains nothing; the same command
 re-run picks up. Every trial is created RUNNING together with its owner (host, pid and the pid's
@@ -54,13 +55,15 @@ from sae_sweep.record import (
     FAILED,
     MULTIRUN_FILE,
     PRUNED,
+    SUMMARY_FILE,
     TRIAL_FILE,
     read_json,
     write_json_atomic,
 )
-from sae_sweep.sweep.cells import subdir_override
+from sae_sweep.sweep.cells import discard_unkept_checkpoints, subdir_override
 from sae_sweep.sweep.job import to_run_config
 from sae_sweep.sweep.liveness import (  # noqa: F401  (HOST, _process_start, worker_alive: the old import path)
+    FINAL,
     HOST,
     WORKER,
     Heartbeat,
@@ -181,6 +184,13 @@ def own_summary(ret: JobReturn, number: int) -> dict[str, Any]:
         return {"status": FAILED, "message": repr(ret._return_value) if ret.status == JobStatus.FAILED
                 else f"no record of trial {number} in {run_dir}"}
     return summary
+
+
+def recorded_here(run_dir: Path, number: int) -> bool:
+    """Whether ``run_dir`` holds trial ``number``'s own finished record: its cell.json is the trial's and its
+    summary.json ended (completed, pruned, diverged or failed; not interrupted, nor missing as after a kill)."""
+    cell, summary = read_json(run_dir / CELL_FILE), read_json(run_dir / SUMMARY_FILE)
+    return bool(cell and cell.get("trial") == number and summary and summary.get("status") in FINAL)
 
 
 class SaeOptunaSweeper(Sweeper):
@@ -388,6 +398,9 @@ class SaeOptunaSweeper(Sweeper):
             message = str(summary.get("message") or f"objective {shown} is not finite")
             storage.set_trial_user_attr(trial_id, "message", message[:500])
             study.tell(number, state=state, skip_if_finished=True)
+            # Nothing resumes a FAIL trial's checkpoints (a raised run keeps them for a grid's retry: run.py).
+            if run_dir is not None and recorded_here(run_dir, number) and discard_unkept_checkpoints(run_dir):
+                log.info(f"trial {number}: removed the checkpoints of its failed run")
         log.info(f"trial {number}: {state.name} {shown} {params}")
         return state
 

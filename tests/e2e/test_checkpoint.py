@@ -20,7 +20,7 @@ from sae_sweep import record
 from sae_sweep.config import ActivationsDataConfig, ConfigError, TrainConfig
 from sae_sweep.data.activations import ActivationShards
 from sae_sweep.data.toy import ToyFeatures
-from sae_sweep.kill import KILL_ENV
+from sae_sweep.kill import KILL_ENV, RAISE_ENV
 from sae_sweep.run import Job, run, run_packed
 from tests.helpers.build import build_cfg
 from tests.helpers.cli import REPO, SMOKE, run_cli
@@ -277,3 +277,48 @@ def test_cli__a_grid_cell_killed_between_its_summary_and_its_checkpoints_removal
     assert (first / record.SUMMARY_FILE).read_text() == summary  # not retrained
     assert (first / record.CHECKPOINT_FILE).is_file() is keep  # kept only when asked
     assert len(_cli_run_dirs(tmp_path)) == 2
+
+
+# A grid cell that fails after writing a checkpoint. Diverged (train.lr=1e30: step 1's loss is finite, step 2's
+# is not; a checkpoint every step): it is over, its checkpoints go unless kept. Raised (SAE_SWEEP_RAISE_AT at
+# its first checkpoint): the failed record is written and the checkpoint kept, for the re-run that retries the
+# cell to resume from; the completed cell is not retrained.
+EVERY_STEP = [*(a for a in CLI if not a.startswith("train.checkpoint_every=")), "train.checkpoint_every=128"]
+
+
+def _by_status(cwd: Path) -> dict[str, Path]:
+    return {json.loads((d / record.SUMMARY_FILE).read_text())["status"]: d for d in _cli_run_dirs(cwd)}
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
+def test_cli__a_grid_cell_diverging_after_a_checkpoint_is_recorded_and_its_checkpoints_removed_unless_kept(
+        tmp_path, keep):
+    res = run_cli("-m", *EVERY_STEP, "train.lr=0.001,1e30", f"train.keep_checkpoint={str(keep).lower()}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cells = _by_status(tmp_path)
+    assert sorted(cells) == ["completed", "diverged"]
+    summary = json.loads((cells["diverged"] / record.SUMMARY_FILE).read_text())
+    assert summary["message"].endswith("at sample 256")  # step 2: after step 1's checkpoint
+    assert (cells["diverged"] / record.CHECKPOINT_FILE).is_file() is keep  # kept: one was written before step 2
+    assert no_checkpoint_left(cells["completed"]) is not keep
+
+
+def test_cli__a_grid_cell_raising_after_a_checkpoint_keeps_it_and_the_rerun_resumes_the_cell_from_it(tmp_path):
+    command = ["-m", *CLI, "alpha=0.3,1.0"]
+    res = run_cli(*command, cwd=tmp_path, env={RAISE_ENV: "checkpoint_written:1"})  # the first cell's first
+    assert res.returncode == 0, res.stderr[-3000:]  # one failed cell of two: within the budget
+    cells = _by_status(tmp_path)
+    assert sorted(cells) == ["completed", "failed"]
+    failed, completed = cells["failed"], cells["completed"]
+    message = json.loads((failed / record.SUMMARY_FILE).read_text())["message"]
+    assert message.startswith("InjectedFailure: ") and "checkpoint_written" in message
+    assert (failed / record.CHECKPOINT_FILE).is_file() and no_checkpoint_left(completed)
+    done = (completed / record.SUMMARY_FILE).read_text()
+
+    res = run_cli(*command, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = res.stdout + res.stderr + "".join(p.read_text() for p in tmp_path.rglob("*.log"))
+    assert "resuming from the checkpoint at sample 1024" in logs
+    assert json.loads((failed / record.SUMMARY_FILE).read_text())["status"] == "completed"
+    assert (completed / record.SUMMARY_FILE).read_text() == done  # not retrained
+    assert no_checkpoint_left(failed) and len(_cli_run_dirs(tmp_path)) == 2

@@ -5,14 +5,17 @@ Every test runs the real CLI in a subprocess and reads the study back from its r
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sae_sweep.kill import RAISE_ENV
 from sae_sweep.sweep.storage import open_storage, storage_spec
-from tests.helpers.sweep import ok, run_sweep, table
+from tests.helpers.sweep import cli_env, ok, run_sweep, sweep_cmd, table
 from tests.helpers.wandb_offline import read_wandb_offline_run
 
 OPTUNA = ("hydra/sweeper=sae_optuna",)
@@ -78,6 +81,32 @@ def test_optuna__diverging_runs_are_told_fail_and_the_sweep_goes_on(tmp_path: Pa
     assert read_wandb_offline_run(diverged_dir)["exit_code"] == 1  # its W&B run is marked failed
     assert by_point[(0.2, 0.001)].state == TrialState.COMPLETE
     assert sorted(table(sweep)["status"]) == ["completed", "completed", "diverged", "diverged"]
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
+def test_optuna__a_trial_failing_after_a_checkpoint_is_told_fail_without_its_checkpoints_and_the_study_goes_on(
+        tmp_path: Path, keep: bool) -> None:
+    sweep = tmp_path / "raised"
+    args = (*OPTUNA, "hydra.sweeper.sampler=grid", "hydra.sweeper.n_trials=null", "alpha=choice(0.1,0.2)",
+            "train.checkpoint_every=1280", f"train.keep_checkpoint={str(keep).lower()}")
+    # The first trial raises right after its first checkpoint (sae_sweep/kill.py); the basic launcher runs
+    # both trials in the sweeper's process, so the second one passes that point a second time and goes on.
+    sweep.parent.mkdir(parents=True, exist_ok=True)
+    ok(subprocess.run(sweep_cmd(sweep, *args), cwd=sweep.parent, env={**cli_env(), RAISE_ENV: "checkpoint_written:1"},
+                      capture_output=True, text=True, timeout=240))
+    first, second = load(sweep).get_trials()
+    assert first.state == TrialState.FAIL and first.user_attrs["status"] == "failed"
+    assert "InjectedFailure" in first.user_attrs["message"]
+    failed_dir = Path(first.user_attrs["run_dir"])
+    assert json.loads((failed_dir / "summary.json").read_text())["status"] == "failed"  # its record is kept
+    assert (failed_dir / "checkpoint.safetensors").is_file() is keep
+    assert not list(failed_dir.glob(".checkpoint*"))
+    assert second.state == TrialState.COMPLETE
+    assert sorted(table(sweep)["status"]) == ["completed", "failed"]
+
+    again = ok(run_sweep(sweep, *args))  # the whole grid is told: the failure is not trained again
+    assert "Launching" not in again.stdout + again.stderr
+    assert [t.state for t in load(sweep).get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
 
 
 def test_optuna__stops_with_a_one_line_error_once_failures_exceed_the_rate(tmp_path: Path) -> None:
