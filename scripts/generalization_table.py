@@ -26,7 +26,11 @@ from sae_sweep.record import COMPLETED, ESTIMATES_FILE, RESULTS_FILE  # noqa: E4
 
 
 def _setting(name: str) -> dict:
-    data = yaml.safe_load((ROOT / "conf" / "experiment" / f"gen_{name}.yaml").read_text())["data"]
+    recipe = yaml.safe_load((ROOT / "conf" / "experiment" / f"gen_{name}.yaml").read_text())
+    if "data" not in recipe:  # a variant of another setting (gen_ae_3x: defaults gen_ae, other train settings)
+        parent = next(d for d in recipe["defaults"] if isinstance(d, str) and d.startswith("gen_") and d != "gen_base")
+        return _setting(parent.removeprefix("gen_"))
+    data = recipe["data"]
     return {"n": data["n"], "h": data["h"], "decay": data["decay"], "corr": data["correlation"],
             "active": data["mean_active"], "extra": ", ".join(f"{k} {v}" for k, v in data.items()
                                                              if k in ("magnitude_decay", "noise_std"))}
