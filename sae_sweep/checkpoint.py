@@ -35,6 +35,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from sae_sweep.adam import Adam
 from sae_sweep.config import RunConfig
 from sae_sweep.kill import kill_point, raise_point  # os-only test hooks (SAE_SWEEP_KILL_AT / _RAISE_AT)
 from sae_sweep.record import (
@@ -91,7 +92,7 @@ def sae_from(tensors: dict[str, torch.Tensor], prefix: str, like: SAE, j: int) -
 
 
 @torch.no_grad()
-def member_tensors(sae: SAE, opt: torch.optim.Optimizer, k: int) -> dict[str, torch.Tensor]:
+def member_tensors(sae: SAE, opt: Adam, k: int) -> dict[str, torch.Tensor]:
     """Member k of a group (its SAE and Adam): ``param.*`` and ``adam.*`` of :class:`MemberState`, at its own J, on the CPU."""
     member = sae.member(k)
     tensors = sae_tensors(member, "param")
@@ -108,7 +109,7 @@ def member_tensors(sae: SAE, opt: torch.optim.Optimizer, k: int) -> dict[str, to
 
 
 @torch.no_grad()
-def load_member_(sae: SAE, opt: torch.optim.Optimizer, k: int, tensors: dict[str, torch.Tensor], j: int) -> None:
+def load_member_(sae: SAE, opt: Adam, k: int, tensors: dict[str, torch.Tensor], j: int) -> None:
     """The inverse of :func:`member_tensors`: member k (of size ``j``) of the group takes ``tensors``'
     parameters and Adam's state. ValueError when a parameter has the wrong shape."""
     member = sae_from(tensors, "param", sae, j)

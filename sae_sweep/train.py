@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_sweep import metrics
+from sae_sweep.adam import Adam
 from sae_sweep.checkpoint import (
     MemberState,
     load_member_,
@@ -140,10 +141,8 @@ class _Group:
         self.opt = self._adam(sae)
         self.buffers = StepBuffers()
 
-    def _adam(self, sae: SAE) -> torch.optim.Adam:
-        device = sae.W_dec_KJN.device
-        fused = device.type == "cpu" or device.type == "cuda"
-        return torch.optim.Adam(list(sae.parameters()), lr=self.lr, fused=fused)
+    def _adam(self, sae: SAE) -> Adam:
+        return Adam(sae.parameters(), lr=self.lr)
 
     def step(self, y_SBN: torch.Tensor, with_l1: bool, running: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimiser step; (mse_K, l1_K). Members not ``running`` (by global member number) are
